@@ -1,0 +1,181 @@
+//! Wire types of the `/call` protocol, shared by the in-container server and the client.
+//!
+//! The shapes are those of Rayfine-Env and affinetes, so their Python clients work against our
+//! server unchanged, and our client works against theirs:
+//!
+//! - `POST /call` `{"method", "args"?, "kwargs"?, "timeout"?}` → `{"status": "success", "result"}`
+//! - `GET /methods` → `{"methods": [MethodInfo]}`
+//! - `GET /health` → `{"status": "ok"}` (200) or `{"status": <state>, "detail", "error"?}` (503)
+//! - any error → `{"status": "error", "detail", "error": {"type", "message", "traceback"}}`
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Body of `POST /call`.
+///
+/// `args` and `kwargs` stay raw JSON: the server forwards them to the worker without re-encoding.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    /// Name of the method to call.
+    pub method: String,
+    /// Positional arguments; must be a JSON array when present.
+    #[serde(default)]
+    pub args: Option<Box<RawValue>>,
+    /// Keyword arguments; must be a JSON object when present.
+    #[serde(default)]
+    pub kwargs: Option<Box<RawValue>>,
+    /// Per-call timeout in seconds, so clients other than ours can bound a call too.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+/// Body the client sends to `POST /call`; the owned counterpart of [`CallRequest`].
+#[derive(Debug, Serialize)]
+pub struct CallRequestBody<'a> {
+    /// Name of the method to call.
+    pub method: &'a str,
+    /// Positional arguments.
+    #[serde(skip_serializing_if = "<[serde_json::Value]>::is_empty")]
+    pub args: &'a [serde_json::Value],
+    /// Keyword arguments.
+    pub kwargs: &'a serde_json::Value,
+    /// Per-call timeout in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+}
+
+/// Successful answer of a call: `{"status": "success", "result": ...}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CallSuccess<R> {
+    /// Always `"success"`.
+    pub status: String,
+    /// The method's return value, converted to JSON by the worker.
+    pub result: R,
+}
+
+/// Machine-readable part of an error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The Python exception's type for errors raised by the environment, else one of
+    /// [`error_type`]'s names.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Python traceback when the environment raised, else empty.
+    #[serde(default)]
+    pub traceback: String,
+}
+
+/// Every error answer of the server, whatever its HTTP status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Always `"error"`.
+    pub status: String,
+    /// One-line message, the field FastAPI-based peers use.
+    pub detail: String,
+    /// Structured error; absent in answers from servers that only give `detail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// Error types the server itself produces (as opposed to Python exception names).
+pub mod error_type {
+    /// The method does not exist or is not callable.
+    pub const METHOD_NOT_FOUND: &str = "MethodNotFound";
+    /// The body is not JSON or not of the expected shape.
+    pub const BAD_REQUEST: &str = "BadRequest";
+    /// The arguments do not bind to the method's signature.
+    pub const INVALID_ARGUMENTS: &str = "InvalidArguments";
+    /// The result could not be converted to JSON.
+    pub const NOT_SERIALIZABLE: &str = "ResultNotSerializable";
+    /// The call ran past its timeout.
+    pub const TIMEOUT: &str = "Timeout";
+    /// The worker is not running (starting, restarting or failed).
+    pub const UNAVAILABLE: &str = "WorkerUnavailable";
+    /// The body exceeds the configured limit.
+    pub const TOO_LARGE: &str = "PayloadTooLarge";
+    /// Missing or wrong bearer token.
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    /// The environment failed to load (e.g. the `Actor` constructor raised).
+    pub const LOAD_FAILED: &str = "LoadFailed";
+}
+
+/// One entry of `GET /methods`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodInfo {
+    /// Method name.
+    pub name: String,
+    /// Python signature, e.g. `(x, y=1)`.
+    #[serde(default)]
+    pub signature: String,
+    /// `"Actor"` for methods of the `Actor` class, `"module"` for top-level functions.
+    #[serde(default)]
+    pub source: String,
+    /// RESTful endpoint, `/<name>`.
+    #[serde(default)]
+    pub endpoint: String,
+    /// Docstring, empty when there is none.
+    #[serde(default)]
+    pub doc: String,
+    /// Whether the method is a coroutine function.
+    #[serde(default)]
+    pub is_async: bool,
+}
+
+/// Body of `GET /methods`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodList {
+    /// Every callable method.
+    pub methods: Vec<MethodInfo>,
+}
+
+/// Body of `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// `"ok"` when ready; `"starting"`, `"restarting"` or `"failed"` otherwise.
+    pub status: String,
+    /// Why the environment is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The load error, when the environment failed to load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// Health states.
+pub mod health_status {
+    /// Loaded and serving.
+    pub const OK: &str = "ok";
+    /// Loading `env.py` for the first time.
+    pub const STARTING: &str = "starting";
+    /// The worker died or was stopped and is being started again.
+    pub const RESTARTING: &str = "restarting";
+    /// Loading failed; the server will not serve calls.
+    pub const FAILED: &str = "failed";
+}
+
+/// Lines the server prints on its stdout so that a parent process learns its port and readiness
+/// at once instead of polling. Each is one JSON object on one line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ServerEvent {
+    /// The listener is bound.
+    Listening {
+        /// The bound port (useful when asked for port 0).
+        port: u16,
+    },
+    /// The environment loaded; calls will succeed.
+    Ready,
+    /// The environment failed to load.
+    Failed {
+        /// Why.
+        error: ErrorInfo,
+    },
+}
+
+/// Header carrying the bearer token.
+pub const AUTH_HEADER: &str = "authorization";
+/// Environment variable through which the server receives its token.
+pub const TOKEN_ENV: &str = "RAYFINE_TOKEN";

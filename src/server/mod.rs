@@ -1,0 +1,257 @@
+//! The in-container server: loads an environment through a Python worker and serves `/call`.
+//!
+//! It is the same program in every mode: PID 1 of a Docker container, a child process of the
+//! client in process mode, or started by hand. [`run`] takes its listener and its shutdown trigger
+//! from the caller, so tests can start it on any socket and stop it with anything.
+
+mod app;
+mod error;
+mod worker;
+
+use std::future::{Future, IntoFuture};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use app::{app, AppState};
+pub use error::ApiError;
+pub use worker::{CallError, Phase, Supervisor, WorkerConfig};
+
+use crate::protocol::{ServerEvent, TOKEN_ENV};
+
+/// The worker script, embedded so the server needs no file beside it.
+pub const WORKER_SCRIPT: &str = include_str!("../../templates/worker.py");
+
+/// Settings of `rayfine serve` / `rayfine-server`, from flags or environment variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[arg(long, env = "RAYFINE_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (announced on stdout).
+    #[arg(long, env = "RAYFINE_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// The environment: env.py or the folder holding it.
+    #[arg(long = "env-path", env = "RAYFINE_ENV_PATH", default_value = "/app/env.py")]
+    pub env_path: PathBuf,
+    /// Python interpreter that runs the worker.
+    #[arg(long, env = "RAYFINE_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Worker script to run instead of the embedded copy.
+    #[arg(long = "worker-script", env = "RAYFINE_WORKER_SCRIPT")]
+    pub worker_script: Option<PathBuf>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long = "max-body-bytes", env = "RAYFINE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Timeout, in seconds, for calls whose request names none; unset means no limit.
+    #[arg(long = "call-timeout", env = "RAYFINE_CALL_TIMEOUT")]
+    pub call_timeout: Option<f64>,
+    /// How long in-flight calls may finish after SIGTERM or SIGINT, in seconds.
+    #[arg(long = "shutdown-grace", env = "RAYFINE_SHUTDOWN_GRACE", default_value_t = 5.0)]
+    pub shutdown_grace: f64,
+    /// Exit when stdin reaches end of file: a parent that dies, even by SIGKILL, takes us along.
+    #[arg(long = "exit-on-stdin-eof")]
+    pub exit_on_stdin_eof: bool,
+    /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
+    #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH")]
+    pub no_auth: bool,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A flag has a value the server cannot use.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The embedded worker script could not be written to a temporary file.
+    #[error("cannot write the worker script to {path}: {source}")]
+    WorkerScript {
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A worker script on disk; the embedded copy is removed again when this is dropped.
+struct ScriptFile {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl ScriptFile {
+    fn prepare(configured: Option<&PathBuf>) -> Result<ScriptFile, ServeError> {
+        if let Some(path) = configured {
+            return Ok(ScriptFile { path: path.clone(), temporary: false });
+        }
+        // Several servers may run in one process (tests), so the name carries a counter too.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rayfine-worker-{}-{n}.py", std::process::id()));
+        std::fs::write(&path, WORKER_SCRIPT).map_err(|source| ServeError::WorkerScript { path: path.clone(), source })?;
+        Ok(ScriptFile { path, temporary: true })
+    }
+}
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Runs the server from its configuration until SIGINT, SIGTERM or (if asked) stdin's end.
+pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let stdin_closed = config.exit_on_stdin_eof.then(stdin_eof);
+    let shutdown = async move {
+        match stdin_closed {
+            Some(closed) => tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = closed => tracing::info!("stdin closed: the parent is gone; shutting down"),
+            },
+            None => shutdown_signal().await,
+        }
+    };
+    run(config, listener, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then gives in-flight calls the configured grace.
+pub async fn run(
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let local: SocketAddr = listener.local_addr()?;
+    let script = ScriptFile::prepare(config.worker_script.as_ref())?;
+    let default_timeout = match config.call_timeout {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => return Err(ServeError::Config(format!("--call-timeout must be a positive number of seconds, not {s}"))),
+    };
+    let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty() && !config.no_auth).map(Arc::<str>::from);
+    if token.is_none() {
+        tracing::warn!("authentication is off: anyone who reaches port {} can call this environment", local.port());
+    }
+    let supervisor = Supervisor::start(WorkerConfig {
+        python: config.python.clone(),
+        script: script.path.clone(),
+        // The worker runs in the environment's folder, so a relative path would resolve twice.
+        env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
+        hidden_env: vec![TOKEN_ENV.to_string()],
+    });
+    announce(&ServerEvent::Listening { port: local.port() });
+    tokio::spawn(announce_phases(supervisor.clone()));
+    tracing::info!("listening on {local}, loading {}", config.env_path.display());
+
+    let router = app(AppState { supervisor: supervisor.clone(), token, default_timeout, max_body_bytes: config.max_body_bytes });
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result?,
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(());
+            let grace = Duration::from_secs_f64(config.shutdown_grace.clamp(0.0, 3600.0));
+            if tokio::time::timeout(grace, &mut server).await.is_err() {
+                tracing::warn!("calls still in flight after {grace:?}; stopping anyway");
+            }
+        }
+    }
+    supervisor.shutdown();
+    drop(script);
+    Ok(())
+}
+
+/// Prints one event line on stdout for a parent process to read.
+fn announce(event: &ServerEvent) {
+    let line = serde_json::to_string(event).expect("events always serialize");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn announce_phases(supervisor: Supervisor) {
+    let mut phases = supervisor.subscribe();
+    let mut announced_ready = false;
+    loop {
+        let phase = phases.borrow_and_update().clone();
+        match phase {
+            Phase::Ready if !announced_ready => {
+                announced_ready = true;
+                tracing::info!("environment ready");
+                announce(&ServerEvent::Ready);
+            }
+            Phase::Failed(error) => {
+                announce(&ServerEvent::Failed { error });
+                return;
+            }
+            _ => {}
+        }
+        if phases.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM: `docker stop` sends SIGTERM to PID 1.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!("cannot watch SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// Completes when stdin reaches end of file. A plain thread reads it: stdin may be a pipe or a
+/// file, and blocking reads work for both.
+fn stdin_eof() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("rayfine-stdin-watch".into())
+        .spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        })
+        .expect("spawning a thread succeeds");
+    rx
+}
+
+/// Sets up logging to stderr: stdout carries only [`ServerEvent`] lines.
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| default_filter.into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}

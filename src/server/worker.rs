@@ -1,0 +1,517 @@
+//! Supervision of the Python worker process and the channel to it.
+//!
+//! One worker runs the environment. Calls are multiplexed over its stdin/stdout as JSON lines
+//! tagged with an id; a single writer task batches whatever is queued into one `write`, and a single
+//! reader task routes each reply to the waiting call. A worker that dies, or is killed because a
+//! sync call overran its timeout, is started again with backoff; calls in flight on it fail with
+//! [`CallError::WorkerLost`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::protocol::{health_status, ErrorInfo, MethodInfo};
+
+/// How to start the worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Python interpreter to run.
+    pub python: String,
+    /// The worker script (templates/worker.py).
+    pub script: PathBuf,
+    /// env.py, or the folder holding it.
+    pub env_path: PathBuf,
+    /// Environment variables not to pass to the worker (the server's token).
+    pub hidden_env: Vec<String>,
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No such callable method.
+    #[error("no method named `{method}`; available: {available}")]
+    NotFound {
+        /// The requested name.
+        method: String,
+        /// Comma-separated available names.
+        available: String,
+    },
+    /// The arguments do not bind to the signature.
+    #[error("{0}")]
+    InvalidArguments(String),
+    /// The method raised.
+    #[error("{}: {}", .0.kind, .0.message)]
+    Raised(ErrorInfo),
+    /// The result could not be converted to JSON.
+    #[error("{0}")]
+    NotSerializable(String),
+    /// The call ran past its timeout.
+    #[error("call to `{method}` timed out after {seconds:.3} s; {action}")]
+    Timeout {
+        /// The method.
+        method: String,
+        /// The timeout.
+        seconds: f64,
+        /// What was done to stop it.
+        action: &'static str,
+    },
+    /// The worker is not serving (starting, restarting or failed to load).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The worker died or was restarted while the call was in flight.
+    #[error("{0}")]
+    WorkerLost(String),
+}
+
+/// A reply as the worker sent it; `result` stays raw JSON.
+#[derive(Deserialize)]
+struct Reply<'a> {
+    id: Option<u64>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<ReplyError>,
+    #[serde(default)]
+    ready: bool,
+    #[serde(default)]
+    methods: Option<Vec<MethodInfo>>,
+    #[serde(default)]
+    fatal: Option<ErrorInfo>,
+}
+
+#[derive(Deserialize)]
+struct ReplyError {
+    kind: String,
+    #[serde(rename = "type")]
+    exc_type: String,
+    message: String,
+    #[serde(default)]
+    traceback: String,
+}
+
+type Outcome = Result<Box<RawValue>, CallError>;
+
+/// One running worker process and its channel.
+struct Session {
+    /// Messages for the writer task.
+    outbox: mpsc::UnboundedSender<Bytes>,
+    /// Calls awaiting a reply, by id. A plain mutex: it is never held across an await.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Methods by name, as the worker described them.
+    methods: HashMap<String, MethodInfo>,
+    /// The methods in the worker's order, for `/methods`.
+    method_list: Vec<MethodInfo>,
+    /// Asks the supervisor to kill this worker (a sync call overran its timeout).
+    kill: Notify,
+}
+
+impl Session {
+    fn fail_pending(&self, reason: &str) {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for (_, waiter) in pending {
+            let _ = waiter.send(Err(CallError::WorkerLost(reason.to_string())));
+        }
+    }
+
+    fn deliver(&self, id: u64, outcome: Outcome) {
+        if let Some(waiter) = self.pending.lock().remove(&id) {
+            let _ = waiter.send(outcome);
+        }
+    }
+}
+
+/// What the worker is doing, as `/health` reports it.
+#[derive(Clone)]
+pub enum Phase {
+    /// Loading env.py for the first time.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Being started again after it died or was killed.
+    Restarting(String),
+    /// Loading failed; nothing will be served.
+    Failed(ErrorInfo),
+}
+
+impl Phase {
+    /// The `/health` status word.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Phase::Starting => health_status::STARTING,
+            Phase::Ready => health_status::OK,
+            Phase::Restarting(_) => health_status::RESTARTING,
+            Phase::Failed(_) => health_status::FAILED,
+        }
+    }
+}
+
+/// Cheap handle to the supervised worker, shared by all request handlers.
+#[derive(Clone)]
+pub struct Supervisor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The serving worker, if any. Read on every call, written only on (re)start.
+    session: RwLock<Option<Arc<Session>>>,
+    /// Current phase; a watch so the server can print readiness as soon as it changes.
+    phase: watch::Sender<Phase>,
+    /// Ids tag calls on the channel so replies can come back in any order.
+    next_id: AtomicU64,
+    /// Asks the supervision loop to kill the worker and end (server shutdown).
+    stop: Notify,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A worker that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+impl Supervisor {
+    /// Starts the worker and keeps it running until the returned handle's last clone is dropped
+    /// and the server shuts down.
+    pub fn start(config: WorkerConfig) -> Supervisor {
+        let (phase, _) = watch::channel(Phase::Starting);
+        let shared = Arc::new(Shared {
+            session: RwLock::new(None),
+            phase,
+            next_id: AtomicU64::new(1),
+            stop: Notify::new(),
+        });
+        tokio::spawn(supervise(config, Arc::downgrade(&shared)));
+        Supervisor { shared }
+    }
+
+    /// Kills the worker and ends supervision; calls in flight fail with [`CallError::WorkerLost`].
+    pub fn shutdown(&self) {
+        self.shared.stop.notify_one();
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.shared.phase.borrow().clone()
+    }
+
+    /// Watches phase changes (used to print readiness events).
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.shared.phase.subscribe()
+    }
+
+    /// The methods of the running worker, or why there is none.
+    pub fn methods(&self) -> Result<Vec<MethodInfo>, CallError> {
+        Ok(self.session()?.method_list.clone())
+    }
+
+    fn session(&self) -> Result<Arc<Session>, CallError> {
+        if let Some(session) = self.shared.session.read().as_ref() {
+            return Ok(session.clone());
+        }
+        Err(CallError::Unavailable(unavailable_reason(&self.phase())))
+    }
+
+    /// Calls `method` with raw JSON `args` (an array) and `kwargs` (an object).
+    pub async fn call(&self, method: &str, args: &str, kwargs: &str, timeout: Option<Duration>) -> Outcome {
+        let session = self.session()?;
+        let Some(info) = session.methods.get(method) else {
+            let mut names: Vec<&str> = session.method_list.iter().map(|m| m.name.as_str()).collect();
+            names.sort_unstable();
+            return Err(CallError::NotFound { method: method.to_string(), available: names.join(", ") });
+        };
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        session.pending.lock().insert(id, tx);
+        let message = encode_call(id, method, args, kwargs);
+        if session.outbox.send(message).is_err() {
+            session.pending.lock().remove(&id);
+            return Err(CallError::WorkerLost("the worker stopped before the call was sent".into()));
+        }
+        let received = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(received) => received,
+                Err(_) => return Err(self.on_timeout(&session, id, info, limit)),
+            },
+            None => rx.await,
+        };
+        received.unwrap_or_else(|_| Err(CallError::WorkerLost("the worker stopped during the call".into())))
+    }
+
+    /// Stops an overrunning call: async calls are cancelled, sync ones kill the worker, since a
+    /// thread cannot be stopped from outside.
+    fn on_timeout(&self, session: &Session, id: u64, info: &MethodInfo, limit: Duration) -> CallError {
+        session.pending.lock().remove(&id);
+        let action = if info.is_async {
+            let _ = session.outbox.send(Bytes::from(format!("{{\"cancel\":{id}}}\n")));
+            "the call was cancelled"
+        } else {
+            tracing::warn!(method = %info.name, "sync call timed out; restarting the worker to stop it");
+            session.kill.notify_one();
+            "the worker was restarted to stop it (its in-memory state is lost)"
+        };
+        CallError::Timeout { method: info.name.clone(), seconds: limit.as_secs_f64(), action }
+    }
+}
+
+fn unavailable_reason(phase: &Phase) -> String {
+    match phase {
+        Phase::Starting => "the environment is still loading".into(),
+        Phase::Ready => "the worker is between sessions".into(),
+        Phase::Restarting(why) => format!("the worker is restarting: {why}"),
+        Phase::Failed(error) => format!("the environment failed to load: {}: {}", error.kind, error.message),
+    }
+}
+
+fn encode_call(id: u64, method: &str, args: &str, kwargs: &str) -> Bytes {
+    let method = serde_json::to_string(method).expect("a string always serializes");
+    let mut line = Vec::with_capacity(40 + method.len() + args.len() + kwargs.len());
+    line.extend_from_slice(format!("{{\"id\":{id},\"method\":{method},\"args\":").as_bytes());
+    line.extend_from_slice(args.as_bytes());
+    line.extend_from_slice(b",\"kwargs\":");
+    line.extend_from_slice(kwargs.as_bytes());
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
+/// The supervision loop: start, wait for ready, serve until death or kill, back off, repeat.
+async fn supervise(config: WorkerConfig, shared: std::sync::Weak<Shared>) {
+    let mut backoff = BACKOFF_START;
+    let mut ever_ready = false;
+    loop {
+        let Some(strong) = shared.upgrade() else { return };
+        let started = Instant::now();
+        let outcome = run_once(&config, &strong, &mut ever_ready).await;
+        let reason = match outcome {
+            RunEnd::LoadFailed(error) if !ever_ready => {
+                tracing::error!("environment failed to load: {}: {}", error.kind, error.message);
+                strong.phase.send_replace(Phase::Failed(error));
+                return;
+            }
+            RunEnd::LoadFailed(error) => format!("reloading failed: {}: {}", error.kind, error.message),
+            RunEnd::Exited(why) => why,
+            RunEnd::Stopped => return,
+            RunEnd::Killed => {
+                backoff = BACKOFF_START;
+                strong.phase.send_replace(Phase::Restarting("a sync call timed out".into()));
+                continue;
+            }
+        };
+        tracing::warn!("worker stopped ({reason}); restarting in {backoff:?}");
+        strong.phase.send_replace(Phase::Restarting(reason));
+        drop(strong);
+        if started.elapsed() > STABLE_AFTER {
+            backoff = BACKOFF_START;
+        }
+        let Some(strong) = shared.upgrade() else { return };
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = strong.stop.notified() => return,
+        }
+        drop(strong);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum RunEnd {
+    LoadFailed(ErrorInfo),
+    Exited(String),
+    Killed,
+    Stopped,
+}
+
+async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool) -> RunEnd {
+    let mut child = match spawn(config) {
+        Ok(child) => child,
+        Err(err) => {
+            return RunEnd::LoadFailed(ErrorInfo {
+                kind: "WorkerStartError".into(),
+                message: format!("could not start `{}`: {err}", config.python),
+                traceback: String::new(),
+            })
+        }
+    };
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let mut lines = BufReader::with_capacity(1 << 16, child.stdout.take().expect("stdout is piped"));
+    let (methods, method_list) = match read_handshake(&mut lines).await {
+        Ok(methods) => methods,
+        Err(error) => {
+            let _ = child.start_kill();
+            let status = child.wait().await.ok();
+            let mut error = error;
+            if error.kind == "WorkerExited" {
+                error.message = format!("{} ({})", error.message, describe_status(status));
+            }
+            return RunEnd::LoadFailed(error);
+        }
+    };
+    let (outbox, inbox) = mpsc::unbounded_channel();
+    let session = Arc::new(Session { outbox, pending: Mutex::new(HashMap::new()), methods, method_list, kill: Notify::new() });
+    let writer = tokio::spawn(write_loop(stdin, inbox));
+    let reader = tokio::spawn(read_loop(lines, session.clone()));
+    *shared.session.write() = Some(session.clone());
+    *ever_ready = true;
+    shared.phase.send_replace(Phase::Ready);
+
+    let end = tokio::select! {
+        status = child.wait() => RunEnd::Exited(format!("the worker exited: {}", describe_status(status.ok()))),
+        _ = session.kill.notified() => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            RunEnd::Killed
+        }
+        _ = shared.stop.notified() => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            RunEnd::Stopped
+        }
+    };
+    *shared.session.write() = None;
+    writer.abort();
+    // Let the reader deliver replies the worker wrote before it died.
+    let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
+    let reason = match &end {
+        RunEnd::Killed => "the worker was restarted because a sync call timed out".to_string(),
+        RunEnd::Stopped => "the server is shutting down".to_string(),
+        RunEnd::Exited(why) | RunEnd::LoadFailed(ErrorInfo { message: why, .. }) => why.clone(),
+    };
+    session.fail_pending(&reason);
+    end
+}
+
+fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
+    let mut command = Command::new(&config.python);
+    command
+        .arg(&config.script)
+        .arg(&config.env_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(dir) = env_dir(&config.env_path) {
+        command.current_dir(dir);
+    }
+    for name in &config.hidden_env {
+        command.env_remove(name);
+    }
+    command.spawn()
+}
+
+fn env_dir(env_path: &std::path::Path) -> Option<PathBuf> {
+    if env_path.is_dir() {
+        Some(env_path.to_path_buf())
+    } else {
+        env_path.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.to_path_buf())
+    }
+}
+
+fn describe_status(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) if s.code().is_some() => format!("exit code {}", s.code().unwrap_or_default()),
+        Some(s) => match s.signal() {
+            Some(libc::SIGKILL) => "killed by SIGKILL (out of memory?)".into(),
+            Some(libc::SIGSEGV) => "killed by SIGSEGV (segmentation fault)".into(),
+            Some(sig) => format!("killed by signal {sig}"),
+            None => "unknown status".into(),
+        },
+        None => "status unknown".into(),
+    }
+}
+
+type MethodTables = (HashMap<String, MethodInfo>, Vec<MethodInfo>);
+
+async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<MethodTables, ErrorInfo> {
+    let mut line = Vec::new();
+    let read = lines.read_until(b'\n', &mut line).await;
+    let exited = || ErrorInfo {
+        kind: "WorkerExited".into(),
+        message: "the worker exited before loading the environment".into(),
+        traceback: String::new(),
+    };
+    match read {
+        Ok(0) | Err(_) => return Err(exited()),
+        Ok(_) => {}
+    }
+    let reply: Reply = serde_json::from_slice(&line).map_err(|err| ErrorInfo {
+        kind: "ProtocolError".into(),
+        message: format!("the worker's first message is not valid: {err}"),
+        traceback: String::new(),
+    })?;
+    if let Some(fatal) = reply.fatal {
+        return Err(fatal);
+    }
+    match (reply.ready, reply.methods) {
+        (true, Some(list)) => {
+            let map = list.iter().map(|m| (m.name.clone(), m.clone())).collect();
+            Ok((map, list))
+        }
+        _ => Err(exited()),
+    }
+}
+
+async fn write_loop(mut stdin: ChildStdin, mut inbox: mpsc::UnboundedReceiver<Bytes>) {
+    let mut batch = Vec::with_capacity(1 << 16);
+    while let Some(first) = inbox.recv().await {
+        // Everything queued meanwhile goes out in the same write.
+        if inbox.is_empty() {
+            if stdin.write_all(&first).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while let Ok(next) = inbox.try_recv() {
+            batch.extend_from_slice(&next);
+        }
+        if stdin.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_loop(mut lines: BufReader<ChildStdout>, session: Arc<Session>) {
+    let mut line = Vec::with_capacity(1 << 12);
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply: Reply = match serde_json::from_slice(&line) {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!("ignored a malformed message from the worker: {err}");
+                continue;
+            }
+        };
+        let Some(id) = reply.id else { continue };
+        let outcome = match reply.error {
+            Some(error) => Err(reply_error(error)),
+            None => Ok(reply.result.map(RawValue::to_owned).unwrap_or_else(null_value)),
+        };
+        session.deliver(id, outcome);
+    }
+}
+
+fn null_value() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is valid JSON")
+}
+
+fn reply_error(error: ReplyError) -> CallError {
+    match error.kind.as_str() {
+        "args" => CallError::InvalidArguments(error.message),
+        "serialize" => CallError::NotSerializable(error.message),
+        "not_found" => CallError::NotFound { method: error.message, available: String::new() },
+        _ => CallError::Raised(ErrorInfo { kind: error.exc_type, message: error.message, traceback: error.traceback }),
+    }
+}

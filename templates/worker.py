@@ -1,0 +1,323 @@
+"""Rayfine's Python worker: loads an environment's env.py and runs its methods for rayfine-server.
+
+Standard library only, Python 3.8 or newer, so an image needs nothing but `python3`.
+
+The server talks to this process over a private channel made of the stdin and stdout it was started
+with: one JSON object per line each way. At start-up the worker moves that channel to fresh file
+descriptors and points fd 0 at /dev/null and fd 1 at stderr, so whatever the environment prints goes
+to the log and can never corrupt the channel.
+
+Server -> worker:  {"id": N, "method": "...", "args": [...], "kwargs": {...}}   a call
+                   {"cancel": N}                                               cancel an async call
+Worker -> server:  {"ready": true, "methods": [...]}     once, after env.py loaded
+                   {"fatal": {"type", "message", "traceback"}}   loading failed; the worker exits
+                   {"id": N, "result": <json>}           a call returned
+                   {"id": N, "error": {"kind", "type", "message", "traceback"}}   a call failed
+
+Async methods run as tasks on one event loop, which also reads the channel, so an async call costs
+no thread switch. Sync methods run on a pool of threads that grows on demand, and each thread writes
+its own reply.
+"""
+
+import asyncio
+import dataclasses
+import enum
+import importlib.util
+import inspect
+import json
+import os
+import queue
+import sys
+import threading
+import traceback
+
+CHANNEL_IN = os.dup(0)
+CHANNEL_OUT = os.dup(1)
+_null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_null, 0)
+os.close(_null)
+os.dup2(2, 1)
+try:
+    sys.stdout.reconfigure(line_buffering=True)
+except (AttributeError, ValueError):
+    pass
+
+MAX_SYNC_THREADS = int(os.environ.get("RAYFINE_MAX_SYNC_THREADS", "512"))
+_write_lock = threading.Lock()
+
+
+def log(message):
+    sys.stderr.write("rayfine-worker: %s\n" % message)
+    sys.stderr.flush()
+
+
+def send(data):
+    """Writes one message (bytes ending in a newline) to the server, whole, from any thread."""
+    view = memoryview(data)
+    with _write_lock:
+        while view:
+            written = os.write(CHANNEL_OUT, view)
+            view = view[written:]
+
+
+def send_json(obj):
+    send(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+
+def exception_info(exc):
+    tb = exc.__traceback__
+    # The worker's own frames say nothing about the environment's error.
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+    }
+
+
+class NotSerializable(TypeError):
+    pass
+
+
+def to_jsonable(value):
+    """json.dumps' fallback: turns the result types environments commonly return into JSON."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    for method in ("model_dump", "to_dict", "tolist"):
+        convert = getattr(value, method, None)
+        if callable(convert):
+            return convert()
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise NotSerializable("result of type %s is not JSON-serializable" % type(value).__name__)
+
+
+def encode_result(call_id, result):
+    try:
+        payload = json.dumps(result, default=to_jsonable, allow_nan=False, separators=(",", ":"))
+    except NotSerializable as exc:
+        return error_message(call_id, "serialize", "ResultNotSerializable", str(exc))
+    except ValueError as exc:
+        return error_message(
+            call_id, "serialize", "ResultNotSerializable",
+            "result is not JSON-serializable: %s (NaN and Infinity have no JSON form)" % exc)
+    except (TypeError, RecursionError) as exc:
+        return error_message(call_id, "serialize", "ResultNotSerializable",
+                             "result is not JSON-serializable: %s" % exc)
+    return b'{"id":%d,"result":%s}\n' % (call_id, payload.encode())
+
+
+def error_message(call_id, kind, exc_type, message, tb=""):
+    body = {"id": call_id, "error": {"kind": kind, "type": exc_type, "message": message, "traceback": tb}}
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def raised_message(call_id, exc):
+    info = exception_info(exc)
+    return error_message(call_id, "raised", info["type"], info["message"], info["traceback"])
+
+
+class Method:
+    """A callable of the environment with what the server and the binder need to know of it."""
+
+    __slots__ = ("name", "func", "signature", "source", "is_async")
+
+    def __init__(self, name, func, source):
+        self.name = name
+        self.func = func
+        self.source = source
+        self.is_async = inspect.iscoroutinefunction(func)
+        try:
+            self.signature = inspect.signature(func)
+        except (TypeError, ValueError):
+            self.signature = None
+
+    def bind(self, args, kwargs):
+        """Checks the arguments against the signature; returns an error message or None."""
+        if self.signature is None:
+            return None
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return "arguments do not bind to %s%s: %s" % (self.name, self.signature, exc)
+        return None
+
+    def describe(self):
+        return {
+            "name": self.name,
+            "signature": str(self.signature) if self.signature is not None else "(...)",
+            "source": self.source,
+            "endpoint": "/" + self.name,
+            "doc": inspect.getdoc(self.func) or "",
+            "is_async": self.is_async,
+        }
+
+
+def defined_in(obj, module_name):
+    return getattr(obj, "__module__", None) == module_name
+
+
+def discover_methods(module):
+    """Public functions defined by env.py itself, and the public methods of its Actor.
+
+    Imported functions, classes and names starting with '_' are never callable.
+    """
+    methods = {}
+    for name, obj in vars(module).items():
+        if not name.startswith("_") and inspect.isfunction(obj) and defined_in(obj, module.__name__):
+            methods[name] = Method(name, obj, "module")
+    actor_class = vars(module).get("Actor")
+    if inspect.isclass(actor_class):
+        actor = actor_class()
+        for klass in reversed(actor_class.__mro__):
+            if not defined_in(klass, module.__name__):
+                continue
+            for name, attr in vars(klass).items():
+                if name.startswith("_"):
+                    continue
+                if isinstance(attr, (staticmethod, classmethod)):
+                    attr = attr.__func__
+                if inspect.isfunction(attr):
+                    methods[name] = Method(name, getattr(actor, name), "Actor")
+    return methods
+
+
+def load_env(path):
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "env.py")
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location("env", path)
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot load %s" % path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["env"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class SyncPool:
+    """Threads that run sync methods; grows while every thread is busy, up to MAX_SYNC_THREADS."""
+
+    def __init__(self):
+        self.jobs = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.threads = 0
+        self.idle = 0
+
+    def submit(self, call_id, method, args, kwargs):
+        with self.lock:
+            grow = self.idle == 0 and self.threads < MAX_SYNC_THREADS
+            if grow:
+                self.threads += 1
+            else:
+                self.idle -= 1
+        self.jobs.put((call_id, method, args, kwargs))
+        if grow:
+            threading.Thread(target=self.run, name="rayfine-sync", daemon=True).start()
+
+    def run(self):
+        while True:
+            call_id, method, args, kwargs = self.jobs.get()
+            try:
+                message = encode_result(call_id, method.func(*args, **kwargs))
+            except BaseException as exc:  # noqa: B902 - the environment's errors go to the caller
+                message = raised_message(call_id, exc)
+            send(message)
+            with self.lock:
+                self.idle += 1
+
+
+class Worker:
+    def __init__(self, loop, methods):
+        self.loop = loop
+        self.methods = methods
+        self.pool = SyncPool()
+        self.tasks = {}
+        self.buffer = bytearray()
+
+    def on_readable(self):
+        try:
+            chunk = os.read(CHANNEL_IN, 1 << 20)
+        except BlockingIOError:
+            return
+        if not chunk:
+            log("server closed the channel; exiting")
+            os._exit(0)
+        self.buffer += chunk
+        start = 0
+        while True:
+            end = self.buffer.find(b"\n", start)
+            if end < 0:
+                break
+            self.dispatch(bytes(self.buffer[start:end]))
+            start = end + 1
+        del self.buffer[:start]
+
+    def dispatch(self, line):
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            log("dropped a malformed message: %s" % exc)
+            return
+        if "cancel" in message:
+            task = self.tasks.pop(message["cancel"], None)
+            if task is not None:
+                task.cancel()
+            return
+        call_id = message["id"]
+        name = message.get("method")
+        method = self.methods.get(name)
+        if method is None:
+            send(error_message(call_id, "not_found", "MethodNotFound", "no method named %r" % name))
+            return
+        args = message.get("args") or []
+        kwargs = message.get("kwargs") or {}
+        problem = method.bind(args, kwargs)
+        if problem is not None:
+            send(error_message(call_id, "args", "InvalidArguments", problem))
+            return
+        if method.is_async:
+            task = self.loop.create_task(self.run_async(call_id, method, args, kwargs))
+            self.tasks[call_id] = task
+        else:
+            self.pool.submit(call_id, method, args, kwargs)
+
+    async def run_async(self, call_id, method, args, kwargs):
+        try:
+            result = await method.func(*args, **kwargs)
+            message = encode_result(call_id, result)
+        except asyncio.CancelledError:
+            self.tasks.pop(call_id, None)
+            return
+        except BaseException as exc:  # noqa: B902
+            message = raised_message(call_id, exc)
+        self.tasks.pop(call_id, None)
+        send(message)
+
+
+def main():
+    env_path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RAYFINE_ENV_PATH", "/app/env.py")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        methods = discover_methods(load_env(env_path))
+    except BaseException as exc:  # noqa: B902 - a failed load is reported, whatever it was
+        info = exception_info(exc)
+        log("loading %s failed: %s: %s" % (env_path, info["type"], info["message"]))
+        send_json({"fatal": info})
+        os._exit(3)
+    os.set_blocking(CHANNEL_IN, False)
+    worker = Worker(loop, methods)
+    loop.add_reader(CHANNEL_IN, worker.on_readable)
+    send_json({"ready": True, "methods": [m.describe() for m in methods.values()]})
+    loop.run_forever()
+
+
+if __name__ == "__main__":
+    main()
