@@ -262,8 +262,14 @@ class Worker:
     def dispatch(self, line):
         try:
             message = json.loads(line)
-        except ValueError as exc:
-            log("dropped a malformed message: %s" % exc)
+        except (ValueError, RecursionError) as exc:
+            # The server writes the id first: answer the call rather than leave it hanging.
+            try:
+                call_id = int(line[6:line.index(b",")])
+            except ValueError:
+                log("dropped a malformed message: %s" % exc)
+                return
+            send(error_message(call_id, "bad_request", "BadRequest", "arguments cannot be decoded: %s" % exc))
             return
         if "cancel" in message:
             task = self.tasks.pop(message["cancel"], None)

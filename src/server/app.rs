@@ -165,3 +165,147 @@ async fn invoke(state: &AppState, method: &str, args: &str, kwargs: &str, timeou
     body.push('}');
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Router tests through `oneshot`: no port, a real Python worker on the example environments.
+
+    use super::*;
+    use crate::server::WorkerConfig;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    fn worker_script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/worker.py")
+    }
+
+    async fn ready_app(env: &str, token: Option<&str>) -> (Router, Supervisor) {
+        let env_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments").join(env);
+        let supervisor = Supervisor::start(WorkerConfig {
+            python: "python3".into(),
+            script: worker_script(),
+            env_path,
+            hidden_env: vec![],
+        });
+        let mut phases = supervisor.subscribe();
+        tokio::time::timeout(Duration::from_secs(20), phases.wait_for(|p| !matches!(p, Phase::Starting)))
+            .await
+            .expect("the worker loads within 20 s")
+            .expect("the supervisor lives");
+        let state = AppState { supervisor: supervisor.clone(), token: token.map(Arc::from), default_timeout: None, max_body_bytes: 1024 };
+        (app(state), supervisor)
+    }
+
+    async fn send(app: &Router, method: &str, uri: &str, body: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = app.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("body is JSON: {bytes:?}"));
+        (status, value)
+    }
+
+    #[tokio::test]
+    async fn call_returns_the_result_in_the_success_shape() {
+        let (app, supervisor) = ready_app("echo", None).await;
+        let (status, body) = send(&app, "POST", "/call", r#"{"method":"add","args":[2],"kwargs":{"b":3}}"#, None).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "success", "result": 5})));
+        supervisor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn restful_route_takes_kwargs_or_the_args_kwargs_wrapper() {
+        let (app, supervisor) = ready_app("echo", None).await;
+        let (_, body) = send(&app, "POST", "/add", r#"{"a":1,"b":2}"#, None).await;
+        assert_eq!(body["result"], 3);
+        let (_, body) = send(&app, "POST", "/add", r#"{"args":[1],"kwargs":{"b":5}}"#, None).await;
+        assert_eq!(body["result"], 6);
+        let (_, body) = send(&app, "POST", "/ping", "", None).await;
+        assert_eq!(body["result"], "pong");
+        supervisor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn every_error_has_the_protocol_shape_and_status() {
+        let (app, supervisor) = ready_app("echo", None).await;
+        let cases = [
+            ("/call", r#"{"method":"nope"}"#, StatusCode::NOT_FOUND, "MethodNotFound"),
+            ("/call", r#"{"method":"_private"}"#, StatusCode::NOT_FOUND, "MethodNotFound"),
+            ("/call", "not json", StatusCode::BAD_REQUEST, "BadRequest"),
+            ("/call", r#"{"method":"add","args":{"a":1}}"#, StatusCode::BAD_REQUEST, "BadRequest"),
+            ("/call", r#"{"method":"add","kwargs":[1]}"#, StatusCode::BAD_REQUEST, "BadRequest"),
+            ("/call", r#"{"method":"add","timeout":-1}"#, StatusCode::BAD_REQUEST, "BadRequest"),
+            ("/call", r#"{"method":"add","args":[1]}"#, StatusCode::UNPROCESSABLE_ENTITY, "InvalidArguments"),
+            ("/call", r#"{"method":"add","args":[1,"x"]}"#, StatusCode::INTERNAL_SERVER_ERROR, "TypeError"),
+            ("/add", "[1,2]", StatusCode::BAD_REQUEST, "BadRequest"),
+            ("/call", &format!(r#"{{"method":"echo","args":["{}"]}}"#, "x".repeat(2000)), StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+        ];
+        for (uri, body, status, kind) in cases {
+            let (got_status, got) = send(&app, "POST", uri, body, None).await;
+            assert_eq!((got_status, got["error"]["type"].as_str()), (status, Some(kind)), "{uri} {body}: {got}");
+            assert_eq!(got["status"], "error");
+            assert!(got["detail"].as_str().is_some_and(|d| !d.is_empty() && !d.contains('\n')), "{got}");
+        }
+        supervisor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn unknown_method_error_lists_the_available_ones() {
+        let (app, supervisor) = ready_app("echo", None).await;
+        let (_, body) = send(&app, "POST", "/call", r#"{"method":"nope"}"#, None).await;
+        assert_eq!(body["detail"], "no method named `nope`; available: add, aping, echo, ping, slow_echo");
+        supervisor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn token_is_required_everywhere_but_health() {
+        let (app, supervisor) = ready_app("echo", Some("s3cret")).await;
+        let (status, _) = send(&app, "GET", "/health", "", None).await;
+        assert_eq!(status, StatusCode::OK);
+        for (method, uri, body) in [("GET", "/methods", ""), ("POST", "/call", r#"{"method":"ping"}"#), ("POST", "/ping", "{}")] {
+            let (status, body_json) = send(&app, method, uri, body, None).await;
+            assert_eq!((status, body_json["error"]["type"].as_str()), (StatusCode::UNAUTHORIZED, Some("Unauthorized")));
+            let (status, _) = send(&app, method, uri, body, Some("wrong")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            let (status, _) = send(&app, method, uri, body, Some("s3cret")).await;
+            assert_eq!(status, StatusCode::OK, "{method} {uri}");
+        }
+        supervisor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn methods_describe_signature_source_and_asyncness() {
+        let (app, supervisor) = ready_app("gridgame", None).await;
+        let (status, body) = send(&app, "GET", "/methods", "", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let names: Vec<&str> = body["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["reset", "step", "state", "close"], "private `_observe` and imported names are hidden");
+        let step = &body["methods"][1];
+        assert_eq!(step["signature"], "(episode_id: str, action: str)");
+        assert_eq!(step["source"], "Actor");
+        assert_eq!(step["endpoint"], "/step");
+        assert_eq!(step["is_async"], false);
+        assert!(step["doc"].as_str().unwrap().starts_with("Moves one cell"));
+        supervisor.shutdown();
+    }
+
+    #[tokio::test]
+    async fn dataclass_results_become_json_objects() {
+        let (app, supervisor) = ready_app("gridgame", None).await;
+        let (_, body) = send(&app, "POST", "/reset", r#"{"size":4,"seed":1}"#, None).await;
+        let result = &body["result"];
+        assert_eq!(result["observation"]["position"], json!([0, 0]));
+        assert_eq!(result["done"], false);
+        let id = result["episode_id"].as_str().unwrap();
+        let (_, body) = send(&app, "POST", "/step", &json!({"episode_id": id, "action": "down"}).to_string(), None).await;
+        assert_eq!(body["result"]["observation"]["position"], json!([0, 1]));
+        assert_eq!(body["result"]["info"]["steps"], 1);
+        supervisor.shutdown();
+    }
+}

@@ -512,6 +512,7 @@ fn reply_error(error: ReplyError) -> CallError {
         "args" => CallError::InvalidArguments(error.message),
         "serialize" => CallError::NotSerializable(error.message),
         "not_found" => CallError::NotFound { method: error.message, available: String::new() },
+        "bad_request" => CallError::InvalidArguments(error.message),
         _ => CallError::Raised(ErrorInfo { kind: error.exc_type, message: error.message, traceback: error.traceback }),
     }
 }
