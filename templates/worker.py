@@ -27,6 +27,7 @@ import inspect
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 import traceback
@@ -41,6 +42,13 @@ try:
     sys.stdout.reconfigure(line_buffering=True)
 except (AttributeError, ValueError):
     pass
+
+# The server supervises this process: it ends it by closing the channel or with SIGKILL. Signals
+# sent to the whole process group (Ctrl-C in a terminal, a group SIGTERM on cleanup) are for the
+# server, which then shuts down in order. Python-level handlers, unlike SIG_IGN, are not inherited
+# by programs the environment starts.
+for _signal in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_signal, lambda signum, frame: None)
 
 MAX_SYNC_THREADS = int(os.environ.get("RAYFINE_MAX_SYNC_THREADS", "512"))
 _write_lock = threading.Lock()

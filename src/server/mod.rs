@@ -250,8 +250,15 @@ fn stdin_eof() -> tokio::sync::oneshot::Receiver<()> {
     rx
 }
 
-/// Sets up logging to stderr: stdout carries only [`ServerEvent`] lines.
-pub fn init_logging(default_filter: &str) {
+/// Sets up logging to stderr (stdout carries only [`ServerEvent`] lines), in colour only on a
+/// terminal; `with_time` is off for short-lived CLI commands, where timestamps are noise.
+pub fn init_logging(default_filter: &str, with_time: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| default_filter.into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let _ = if with_time { builder.try_init() } else { builder.without_time().try_init() };
 }

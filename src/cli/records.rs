@@ -1,0 +1,119 @@
+//! Records of kept environments (`rayfine run --keep`), so later commands can find them.
+//!
+//! One JSON file per environment in the state folder, readable by the owner only: it holds the
+//! token. A record whose server process is gone is stale and is removed when seen.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// What a later `rayfine call` needs to reach a kept environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Registry id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Server base URL.
+    pub url: String,
+    /// Bearer token.
+    pub token: String,
+    /// Server process id, which is also its process group.
+    pub pid: u32,
+    /// What was loaded (folder path).
+    pub source: String,
+}
+
+fn path_of(id: &str) -> PathBuf {
+    rayfine::state_dir().join(format!("{id}.json"))
+}
+
+/// Saves a record, owner-only.
+pub fn save(record: &Record) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = rayfine::state_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = path_of(&record.id);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(&serde_json::to_vec_pretty(record)?)?;
+    Ok(())
+}
+
+/// Every record whose server is still running; stale ones are deleted.
+pub fn live() -> Vec<Record> {
+    let Ok(entries) = std::fs::read_dir(rayfine::state_dir()) else { return vec![] };
+    let mut records = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Some(record) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()) else { continue };
+        if is_alive(record.pid) {
+            records.push(record);
+        } else {
+            forget(&record.id);
+        }
+    }
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    records
+}
+
+/// The live record with this id, or the only one with this name.
+pub fn find(id_or_name: &str) -> anyhow::Result<Record> {
+    let records = live();
+    if let Some(record) = records.iter().find(|r| r.id == id_or_name) {
+        return Ok(record.clone());
+    }
+    let named: Vec<&Record> = records.iter().filter(|r| r.name == id_or_name).collect();
+    match named.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("no running environment with id or name `{id_or_name}` (see `rayfine ps`)"),
+        many => bail!(
+            "{} environments are named `{id_or_name}`; use an id: {}",
+            many.len(),
+            many.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Deletes a record and its log.
+pub fn forget(id: &str) {
+    let _ = std::fs::remove_file(path_of(id));
+    let _ = std::fs::remove_file(rayfine::state_dir().join(format!("{id}.log")));
+}
+
+fn is_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+/// Stops a kept environment's server and its worker: SIGTERM to the group, then SIGKILL.
+pub fn stop(record: &Record) {
+    let group = -(record.pid as i32);
+    // SAFETY: plain syscalls on the group the record names; the record is live (checked above).
+    unsafe {
+        libc::kill(group, libc::SIGTERM);
+    }
+    for _ in 0..30 {
+        if !is_alive(record.pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if is_alive(record.pid) {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(group, libc::SIGKILL);
+        }
+    }
+    forget(&record.id);
+}

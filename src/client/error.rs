@@ -1,0 +1,176 @@
+//! The client's one error type. Each way a call or a start can fail is its own variant, so a
+//! training loop can retry a timeout, skip a sample whose environment raised, and stop on bad input.
+
+use crate::protocol::{error_type, ErrorBody};
+
+/// Result of client operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when loading or calling an environment.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The environment's code raised a Python exception.
+    #[error("`{method}` raised {kind}: {message}")]
+    Raised {
+        /// The method called.
+        method: String,
+        /// The Python exception's type, e.g. `ValueError`.
+        kind: String,
+        /// The exception's message.
+        message: String,
+        /// The Python traceback.
+        traceback: String,
+    },
+    /// No callable method of that name; the message lists the available ones.
+    #[error("{detail}")]
+    MethodNotFound {
+        /// The method asked for.
+        method: String,
+        /// The server's message.
+        detail: String,
+    },
+    /// The arguments do not fit the method's signature, or are not JSON of the right shape.
+    #[error("invalid arguments for `{method}`: {detail}")]
+    InvalidArguments {
+        /// The method called.
+        method: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The result could not be converted to JSON inside the environment.
+    #[error("result of `{method}` cannot be sent: {detail}")]
+    NotSerializable {
+        /// The method called.
+        method: String,
+        /// Which type failed.
+        detail: String,
+    },
+    /// The call ran past its timeout; the work was stopped.
+    #[error("call to `{method}` timed out: {detail}")]
+    Timeout {
+        /// The method called.
+        method: String,
+        /// What the server did about it, or that the client gave up waiting.
+        detail: String,
+    },
+    /// The environment is up but not serving (loading, restarting its worker).
+    #[error("environment is not ready: {detail}")]
+    NotReady {
+        /// Why.
+        detail: String,
+    },
+    /// The environment could not be reached at all.
+    #[error("cannot reach the environment at {url}: {source}")]
+    Connection {
+        /// Where.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The token was refused.
+    #[error("the environment at {url} refused our token (HTTP 401)")]
+    Unauthorized {
+        /// Where.
+        url: String,
+    },
+    /// The environment did not start; `logs` holds its last output lines.
+    #[error("environment `{name}` failed to start: {reason}{}", fmt_logs(.logs))]
+    StartFailed {
+        /// The environment's name.
+        name: String,
+        /// Why, e.g. the Python error raised by the `Actor` constructor.
+        reason: String,
+        /// Last lines the environment wrote to its log.
+        logs: Vec<String>,
+    },
+    /// The environment stopped while in use: its server process exited.
+    #[error("environment `{name}` has stopped: {reason}{}", fmt_logs(.logs))]
+    Stopped {
+        /// The environment's name.
+        name: String,
+        /// What is known of why.
+        reason: String,
+        /// Last lines the environment wrote to its log.
+        logs: Vec<String>,
+    },
+    /// The caller passed something unusable (missing folder, bad option, malformed JSON).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The environment was cleaned up; no further calls are possible.
+    #[error("environment `{0}` has been cleaned up")]
+    Closed(String),
+    /// The server answered something that is not the protocol.
+    #[error("unexpected answer from {url} (HTTP {status}): {detail}")]
+    Protocol {
+        /// Where.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The result is valid JSON but not of the type asked for.
+    #[error("result of `{method}` does not have the expected type: {source}")]
+    Decode {
+        /// The method called.
+        method: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A local operation failed (spawning the server, reading a file).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn fmt_logs(logs: &[String]) -> String {
+    if logs.is_empty() {
+        String::new()
+    } else {
+        format!("\n--- last log lines ---\n{}", logs.join("\n"))
+    }
+}
+
+impl Error {
+    /// Builds the error for a non-200 answer to a call.
+    pub(crate) fn from_answer(method: &str, url: &str, status: u16, body: &[u8]) -> Error {
+        let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+            let text = String::from_utf8_lossy(body);
+            let detail = text.chars().take(300).collect::<String>();
+            return match status {
+                401 => Error::Unauthorized { url: url.to_string() },
+                404 => Error::MethodNotFound { method: method.to_string(), detail: format!("no method named `{method}` ({detail})") },
+                _ => Error::Protocol { url: url.to_string(), status, detail },
+            };
+        };
+        let method = method.to_string();
+        let info = parsed.error;
+        let kind = info.as_ref().map(|i| i.kind.as_str()).unwrap_or_default();
+        let detail = info.as_ref().map(|i| i.message.clone()).unwrap_or_else(|| parsed.detail.clone());
+        match (status, kind) {
+            (401, _) => Error::Unauthorized { url: url.to_string() },
+            (404, _) => Error::MethodNotFound { method, detail },
+            (400 | 413 | 422, _) => Error::InvalidArguments { method, detail },
+            (504, _) | (_, error_type::TIMEOUT) => Error::Timeout { method, detail },
+            (503, _) => Error::NotReady { detail },
+            (_, error_type::NOT_SERIALIZABLE) => Error::NotSerializable { method, detail },
+            (500, _) => match info {
+                Some(info) => Error::Raised { method, kind: info.kind, message: info.message, traceback: info.traceback },
+                None => Error::Raised { method, kind: "Exception".into(), message: parsed.detail, traceback: String::new() },
+            },
+            _ => Error::Protocol { url: url.to_string(), status, detail },
+        }
+    }
+
+    /// Whether the environment's own code failed (as opposed to the runner or the caller).
+    pub fn is_raised(&self) -> bool {
+        matches!(self, Error::Raised { .. })
+    }
+}

@@ -1,0 +1,170 @@
+//! What `load_env` is asked to start, and how.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::{Error, Result};
+
+/// Where the environment comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An environment folder (holding `env.py`), run by a local server process.
+    Folder(PathBuf),
+    /// A server already running elsewhere (Rayfine's or affinetes'); cleanup only disconnects.
+    Url(String),
+}
+
+impl Source {
+    /// Reads a source from what a user typed: an `http(s)://` URL or an existing folder.
+    pub fn parse(text: &str) -> Result<Source> {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Ok(Source::Url(text.trim_end_matches('/').to_string()));
+        }
+        let path = PathBuf::from(text);
+        if path.is_dir() {
+            return Ok(Source::Folder(path));
+        }
+        if path.is_file() && path.file_name().is_some_and(|n| n == "env.py") {
+            return Ok(Source::Folder(path.parent().map(PathBuf::from).unwrap_or_default()));
+        }
+        Err(Error::InvalidInput(format!(
+            "`{text}` is neither an environment folder nor an http:// URL (no such directory)"
+        )))
+    }
+}
+
+/// How a folder is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The best mode this machine offers.
+    #[default]
+    Auto,
+    /// A server child process on 127.0.0.1: no isolation, no Docker needed.
+    Process,
+}
+
+/// Options of [`load_env`](super::load_env).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// What to load.
+    pub source: Source,
+    /// How to run it.
+    pub mode: Mode,
+    /// Environment variables for the environment (API keys, settings). Never logged.
+    pub env_vars: BTreeMap<String, String>,
+    /// A name to find it by; defaults to the folder's name.
+    pub name: Option<String>,
+    /// How long the start may take, until the environment answers.
+    pub startup_timeout: Duration,
+    /// Default timeout of each call; the server stops work that runs longer.
+    pub call_timeout: Duration,
+    /// Bearer token for a remote server.
+    pub token: Option<String>,
+    /// Keep the environment running after this process exits (`rayfine run --keep`).
+    pub keep: bool,
+}
+
+impl LoadOptions {
+    /// Options for `source` with the defaults: auto mode, 120 s start-up, 600 s calls.
+    pub fn new(source: Source) -> LoadOptions {
+        LoadOptions {
+            source,
+            mode: Mode::Auto,
+            env_vars: BTreeMap::new(),
+            name: None,
+            startup_timeout: Duration::from_secs(120),
+            call_timeout: Duration::from_secs(600),
+            token: None,
+            keep: false,
+        }
+    }
+
+    /// Options for an environment folder.
+    pub fn folder(path: impl Into<PathBuf>) -> LoadOptions {
+        LoadOptions::new(Source::Folder(path.into()))
+    }
+
+    /// Options for a server already running at `url`.
+    pub fn url(url: impl Into<String>) -> LoadOptions {
+        LoadOptions::new(Source::Url(url.into().trim_end_matches('/').to_string()))
+    }
+
+    /// Adds an environment variable.
+    pub fn env_var(mut self, key: impl Into<String>, value: impl Into<String>) -> LoadOptions {
+        self.env_vars.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the name.
+    pub fn name(mut self, name: impl Into<String>) -> LoadOptions {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the mode.
+    pub fn mode(mut self, mode: Mode) -> LoadOptions {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the start-up timeout.
+    pub fn startup_timeout(mut self, timeout: Duration) -> LoadOptions {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Sets the default call timeout.
+    pub fn call_timeout(mut self, timeout: Duration) -> LoadOptions {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Sets the bearer token for a remote server.
+    pub fn token(mut self, token: impl Into<String>) -> LoadOptions {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Keeps the environment running after this process exits.
+    pub fn keep(mut self, keep: bool) -> LoadOptions {
+        self.keep = keep;
+        self
+    }
+
+    /// Checks what can be checked before anything starts.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Source::Folder(path) = &self.source {
+            if !path.is_dir() {
+                return Err(Error::InvalidInput(format!("environment folder `{}` does not exist", path.display())));
+            }
+            let env_py = path.join("env.py");
+            if !env_py.is_file() {
+                return Err(Error::InvalidInput(format!("`{}` has no env.py: an environment folder needs one", path.display())));
+            }
+        }
+        for key in self.env_vars.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(Error::InvalidInput(format!("`{key}` is not a valid environment variable name")));
+            }
+        }
+        if self.call_timeout.is_zero() || self.startup_timeout.is_zero() {
+            return Err(Error::InvalidInput("timeouts must be longer than zero".into()));
+        }
+        Ok(())
+    }
+
+    /// The name to register under.
+    pub(crate) fn display_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match &self.source {
+            Source::Folder(path) => std::path::absolute(path)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "env".into()),
+            Source::Url(url) => url.clone(),
+        }
+    }
+}
