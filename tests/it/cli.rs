@@ -1,0 +1,133 @@
+//! The `rayfine` CLI end to end, and what happens to environments when their owner is signalled.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{cli, processes_mentioning, EnvCopy};
+
+#[test]
+fn run_calls_a_method_and_prints_the_result() {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = cli(&["run", env.path_str(), "--call", "add", "--kwargs", r#"{"a": 2, "b": 40}"#], state.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("add(a, b)"), "methods are listed: {stdout}");
+    assert_eq!(stdout.lines().last(), Some("42"));
+    env.assert_no_process_left();
+}
+
+#[test]
+fn json_output_carries_methods_and_result() {
+    let env = EnvCopy::of("counter");
+    let state = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) =
+        cli(&["--json", "run", env.path_str(), "-e", "COUNTER_NAME=cli", "--call", "increment", "--arg", "times=4"], state.path());
+    assert_eq!(code, 0, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(value["result"], 4);
+    assert_eq!(value["methods"][0]["name"], "increment");
+    env.assert_no_process_left();
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_exit_code_two() {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["run", "/nonexistent/folder"], "`/nonexistent/folder` is neither an environment folder nor an http:// URL"),
+        (&["run", env.path_str(), "--call", "add", "--kwargs", "{oops"], "invalid --kwargs: not JSON"),
+        (&["run", env.path_str(), "--call", "add", "--kwargs", "[1, 2]"], "invalid --kwargs: expected a JSON object, got an array"),
+        (&["run", env.path_str(), "--call", "nope"], "no method named `nope`; available: add, aping, echo, ping, slow_echo"),
+    ];
+    for (args, expected) in cases {
+        let (code, _, stderr) = cli(args, state.path());
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let line = stderr.lines().find(|l| l.starts_with("rayfine: error:")).unwrap_or_else(|| panic!("{stderr}"));
+        assert!(line.contains(expected), "{args:?}: expected {expected:?} in {line:?}");
+    }
+    let broken = EnvCopy::of("broken_syntax");
+    let (code, _, stderr) = cli(&["run", broken.path_str()], state.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("SyntaxError"), "{stderr}");
+    env.assert_no_process_left();
+    broken.assert_no_process_left();
+}
+
+#[test]
+fn an_exception_in_the_environment_exits_with_code_one() {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = cli(&["run", env.path_str(), "--call", "add", "--kwargs", r#"{"a": 1, "b": "x"}"#], state.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("`add` raised TypeError"), "{stderr}");
+    env.assert_no_process_left();
+}
+
+#[test]
+fn kept_environment_is_called_listed_and_cleaned_up_by_name() {
+    let env = EnvCopy::of("counter");
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = cli(&["run", env.path_str(), "-e", "COUNTER_NAME=kept", "--name", "kept-counter", "--keep"], state.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!env.processes().is_empty(), "the kept environment runs after `run` returned");
+    let (_, stdout, _) = cli(&["call", "kept-counter", "increment", "-a", "times=3"], state.path());
+    assert_eq!(stdout.trim(), "3");
+    let (_, stdout, _) = cli(&["call", "kept-counter", "increment"], state.path());
+    assert_eq!(stdout.trim(), "4", "state persists between CLI invocations");
+    let (_, stdout, _) = cli(&["--json", "ps"], state.path());
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["name"], "kept-counter");
+    assert!(!stdout.contains("token"), "ps never shows tokens: {stdout}");
+    let (code, _, stderr) = cli(&["cleanup", "kept-counter"], state.path());
+    assert_eq!(code, 0, "{stderr}");
+    env.assert_no_process_left();
+    let (_, stdout, _) = cli(&["--json", "ps"], state.path());
+    assert_eq!(stdout.trim(), "[]");
+}
+
+/// Starts `rayfine run` holding an environment in a long call, waits until its worker is up.
+fn owner_in_a_long_call(env: &EnvCopy, state: &std::path::Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_rayfine"))
+        .args(["run", env.path_str(), "--call", "slow_echo", "--kwargs", r#"{"text": "x", "delay": 120}"#])
+        .env("RAYFINE_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_mentioning(env.path_str()).len() < 2 {
+        assert!(Instant::now() < deadline, "the environment did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    child
+}
+
+fn signal_owner_and_check(signal: i32) {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let mut owner = owner_in_a_long_call(&env, state.path());
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(owner.id() as i32, signal);
+    }
+    let status = owner.wait().unwrap();
+    assert!(!status.success(), "signal {signal}: {status:?}");
+    env.assert_no_process_left();
+}
+
+#[test]
+fn sigint_to_the_owner_leaves_no_process_behind() {
+    signal_owner_and_check(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_to_the_owner_leaves_no_process_behind() {
+    signal_owner_and_check(libc::SIGTERM);
+}
+
+#[test]
+fn sigkill_to_the_owner_leaves_no_process_behind() {
+    signal_owner_and_check(libc::SIGKILL);
+}

@@ -1,0 +1,203 @@
+//! The library end to end in process mode.
+
+use std::time::Duration;
+
+use rayfine::{load_env, Error, LoadOptions, Mode};
+use serde_json::json;
+
+use crate::util::EnvCopy;
+
+fn process(env: &EnvCopy) -> LoadOptions {
+    LoadOptions::folder(env.path()).mode(Mode::Process)
+}
+
+#[tokio::test]
+async fn load_call_and_cleanup_leave_nothing_behind() {
+    let dir = EnvCopy::of("counter");
+    let env = load_env(process(&dir).env_var("COUNTER_NAME", "lib").name("lib-counter")).await.unwrap();
+    assert!(env.is_ready().await);
+    assert_eq!(env.call("increment", json!({"times": 2})).await.unwrap(), 2);
+    assert_eq!(env.call_with("increment", &[json!(3)], json!({}), None).await.unwrap(), 5);
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct Counter {
+        name: String,
+        value: i64,
+    }
+    let typed: Counter = env.call_as("get", json!({})).await.unwrap();
+    assert_eq!(typed, Counter { name: "lib".into(), value: 5 });
+    let names: Vec<String> = env.list_methods().await.unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["increment", "get", "reset", "evaluate"]);
+    assert!(rayfine::get_environment("lib-counter").is_some());
+    assert!(rayfine::get_environment(env.id()).is_some());
+    env.cleanup().await.unwrap();
+    assert!(rayfine::get_environment(env.id()).is_none());
+    assert!(matches!(env.call("get", json!({})).await, Err(Error::Closed(_))));
+    dir.assert_no_process_left();
+}
+
+#[tokio::test]
+async fn remote_python_exception_arrives_typed_with_its_traceback() {
+    let dir = EnvCopy::of("gridgame");
+    let env = load_env(process(&dir)).await.unwrap();
+    let err = env.call("reset", json!({"size": 1})).await.unwrap_err();
+    match &err {
+        Error::Raised { method, kind, message, traceback } => {
+            assert_eq!((method.as_str(), kind.as_str()), ("reset", "ValueError"));
+            assert!(message.contains("size must be between 2 and 100"), "{message}");
+            assert!(traceback.contains("raise ValueError"), "{traceback}");
+        }
+        other => panic!("expected Raised, got {other:?}"),
+    }
+    assert!(err.is_raised());
+    env.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_naming_the_problem() {
+    let missing = load_env(LoadOptions::folder("/nonexistent/env")).await.unwrap_err();
+    assert_eq!(missing.to_string(), "environment folder `/nonexistent/env` does not exist");
+
+    let broken = EnvCopy::of("broken_syntax");
+    let err = load_env(process(&broken)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::StartFailed { .. }), "{err:?}");
+    assert!(text.contains("SyntaxError"), "{text}");
+    broken.assert_no_process_left();
+
+    let dir = EnvCopy::of("echo");
+    let env = load_env(process(&dir)).await.unwrap();
+    let unknown = env.call("nope", json!({})).await.unwrap_err();
+    assert!(matches!(unknown, Error::MethodNotFound { .. }), "{unknown:?}");
+    assert!(unknown.to_string().contains("available: add, aping, echo, ping, slow_echo"), "{unknown}");
+    let bad_args = env.call("add", json!({"a": 1})).await.unwrap_err();
+    assert!(matches!(bad_args, Error::InvalidArguments { .. }), "{bad_args:?}");
+    let not_object = env.call("add", json!([1, 2])).await.unwrap_err();
+    assert!(matches!(not_object, Error::InvalidArguments { .. }), "{not_object:?}");
+    env.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+#[tokio::test]
+async fn a_hung_sync_call_times_out_and_the_environment_serves_again() {
+    let dir = EnvCopy::of("unserializable");
+    let env = load_env(process(&dir)).await.unwrap();
+    let err = env.call_with("spin", &[], json!({"seconds": 60}), Some(Duration::from_millis(500))).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("worker was restarted"), "{err}");
+    let mut answered = None;
+    for _ in 0..100 {
+        match env.call("alive", json!({})).await {
+            Ok(value) => {
+                answered = Some(value);
+                break;
+            }
+            Err(Error::NotReady { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(other) => panic!("unexpected error after the restart: {other:?}"),
+        }
+    }
+    assert_eq!(answered, Some(json!("yes")));
+    let err = env.call_with("sleepy", &[], json!({}), Some(Duration::from_millis(200))).await.unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    assert_eq!(env.call("alive", json!({})).await.unwrap(), "yes", "cancelling an async call needs no restart");
+    env.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+#[tokio::test]
+async fn a_dead_worker_fails_calls_in_flight_and_is_restarted() {
+    let dir = EnvCopy::of("unserializable");
+    let env = load_env(process(&dir)).await.unwrap();
+    let err = env.call("crash", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady { .. }), "{err:?}");
+    assert!(err.to_string().contains("exit code 9"), "{err}");
+    let mut answered = false;
+    for _ in 0..100 {
+        if env.call("alive", json!({})).await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the worker was not restarted");
+    env.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+/// Runs one `#[ignore]`d test of this binary in a child process, for tests that touch the
+/// whole registry or end their process, which must not disturb tests running beside them.
+fn run_child(test: &str, envs: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
+        .env("RAYFINE_TEST_CHILD", "1")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn in_child() -> bool {
+    std::env::var_os("RAYFINE_TEST_CHILD").is_some()
+}
+
+#[test]
+fn cleanup_all_removes_every_registered_environment() {
+    let dirs: Vec<EnvCopy> = (0..3).map(|_| EnvCopy::of("echo")).collect();
+    let paths: Vec<&str> = dirs.iter().map(|d| d.path_str()).collect();
+    let output = run_child("client::child_loads_three_and_cleans_up_all", &[("RAYFINE_TEST_DIRS", &paths.join(":"))]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    for dir in &dirs {
+        dir.assert_no_process_left();
+    }
+}
+
+#[tokio::test]
+#[ignore = "run by cleanup_all_removes_every_registered_environment in a child process"]
+async fn child_loads_three_and_cleans_up_all() {
+    if !in_child() {
+        return;
+    }
+    let dirs = std::env::var("RAYFINE_TEST_DIRS").unwrap();
+    let mut ids = Vec::new();
+    for dir in dirs.split(':') {
+        ids.push(load_env(LoadOptions::folder(dir).mode(Mode::Process)).await.unwrap().id().to_string());
+    }
+    let mut active: Vec<String> = rayfine::list_active_environments().into_iter().map(|e| e.id().to_string()).collect();
+    active.sort();
+    ids.sort();
+    assert_eq!(active, ids);
+    assert_eq!(rayfine::cleanup_all_environments().await, 3);
+    assert!(rayfine::list_active_environments().is_empty());
+}
+
+#[test]
+fn a_panicking_owner_leaves_no_process_behind() {
+    let dir = EnvCopy::of("echo");
+    let output = run_child("client::child_panics_while_holding_an_environment", &[("RAYFINE_TEST_DIRS", dir.path_str())]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("deliberate panic"), "{}", String::from_utf8_lossy(&output.stderr));
+    dir.assert_no_process_left();
+}
+
+#[tokio::test]
+#[ignore = "run by a_panicking_owner_leaves_no_process_behind in a child process"]
+async fn child_panics_while_holding_an_environment() {
+    if !in_child() {
+        return;
+    }
+    let _guard = rayfine::CleanupGuard::new();
+    let env = load_env(LoadOptions::folder(std::env::var("RAYFINE_TEST_DIRS").unwrap()).mode(Mode::Process)).await.unwrap();
+    assert_eq!(env.call("ping", json!({})).await.unwrap(), "pong");
+    panic!("deliberate panic while an environment is loaded");
+}
+
+#[test]
+fn blocking_facade_loads_calls_and_cleans_up() {
+    let dir = EnvCopy::of("gridgame");
+    let env = rayfine::blocking::load_env(process(&dir)).unwrap();
+    let first = env.call("reset", json!({"size": 3, "seed": 7})).unwrap();
+    let id = first["episode_id"].as_str().unwrap().to_string();
+    let step = env.call("step", json!({"episode_id": id, "action": "right"})).unwrap();
+    assert_eq!(step["observation"]["position"], json!([1, 0]));
+    env.cleanup().unwrap();
+    dir.assert_no_process_left();
+}

@@ -1,0 +1,185 @@
+//! The real server over a real socket against the example environments and fixtures.
+
+use serde_json::json;
+
+use crate::util::{http, EnvCopy, RunningServer};
+
+#[test]
+fn sync_and_async_functions_answer_over_a_real_socket() {
+    let env = EnvCopy::of("echo");
+    let (server, ready) = RunningServer::start(&env, &[]);
+    assert_eq!(ready["event"], "ready");
+    assert_eq!(http("GET", &server.url("/health"), "", None), (200, json!({"status": "ok"})));
+    let (_, body) = http("POST", &server.url("/call"), r#"{"method":"echo","kwargs":{"text":"hi"}}"#, None);
+    assert_eq!(body, json!({"status": "success", "result": "hi"}));
+    let (_, body) = http("POST", &server.url("/slow_echo"), r#"{"text":"later","delay":0.01}"#, None);
+    assert_eq!(body["result"], "later");
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn actor_keeps_state_and_reads_env_vars_in_its_constructor() {
+    let env = EnvCopy::of("counter");
+    let (server, ready) = RunningServer::start(&env, &[("COUNTER_NAME", "c1"), ("COUNTER_STEP", "5")]);
+    assert_eq!(ready["event"], "ready");
+    for expected in [5, 10, 15] {
+        let (_, body) = http("POST", &server.url("/increment"), "{}", None);
+        assert_eq!(body["result"], expected);
+    }
+    let (_, body) = http("POST", &server.url("/get"), "", None);
+    assert_eq!(body["result"], json!({"name": "c1", "value": 15}));
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn failing_constructor_is_reported_by_health_and_the_start_event() {
+    let env = EnvCopy::of("counter");
+    let (server, event) = RunningServer::start(&env, &[]);
+    assert_eq!(event["event"], "failed");
+    assert_eq!(event["error"]["type"], "KeyError");
+    assert!(event["error"]["traceback"].as_str().unwrap().contains("COUNTER_NAME"), "{event}");
+    let (status, health) = http("GET", &server.url("/health"), "", None);
+    assert_eq!(status, 503);
+    assert_eq!(health["status"], "failed");
+    assert_eq!(health["error"]["type"], "KeyError");
+    let (status, body) = http("POST", &server.url("/call"), r#"{"method":"get"}"#, None);
+    assert_eq!((status, body["error"]["type"].as_str()), (503, Some("WorkerUnavailable")));
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn exceptions_bad_arguments_and_unknown_or_private_methods_get_their_status() {
+    let env = EnvCopy::of("gridgame");
+    let (server, _) = RunningServer::start(&env, &[]);
+    let cases = [
+        (r#"{"method":"step","kwargs":{"episode_id":"x","action":"up"}}"#, 500, "KeyError"),
+        (r#"{"method":"reset","kwargs":{"size":1}}"#, 500, "ValueError"),
+        (r#"{"method":"step","kwargs":{"episode":"x"}}"#, 422, "InvalidArguments"),
+        (r#"{"method":"fly"}"#, 404, "MethodNotFound"),
+        (r#"{"method":"_observe"}"#, 404, "MethodNotFound"),
+        (r#"{"method":"random"}"#, 404, "MethodNotFound"),
+        (r#"{"method":"Observation"}"#, 404, "MethodNotFound"),
+        (r#"{"method":"__init__"}"#, 404, "MethodNotFound"),
+    ];
+    for (body, status, kind) in cases {
+        let (got, answer) = http("POST", &server.url("/call"), body, None);
+        assert_eq!((got, answer["error"]["type"].as_str()), (status, Some(kind)), "{body} -> {answer}");
+    }
+    let (_, answer) = http("POST", &server.url("/call"), r#"{"method":"reset","kwargs":{"size":1}}"#, None);
+    assert!(answer["error"]["traceback"].as_str().unwrap().contains("env.py"), "{answer}");
+    assert!(!answer["error"]["traceback"].as_str().unwrap().contains("worker.py"), "worker frames are trimmed: {answer}");
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn results_json_cannot_carry_are_a_500_naming_the_type() {
+    let env = EnvCopy::of("unserializable");
+    let (server, _) = RunningServer::start(&env, &[]);
+    let (status, body) = http("POST", &server.url("/opaque"), "{}", None);
+    assert_eq!((status, body["error"]["type"].as_str()), (500, Some("ResultNotSerializable")));
+    assert!(body["detail"].as_str().unwrap().contains("Opaque"), "{body}");
+    let (status, body) = http("POST", &server.url("/nan"), "{}", None);
+    assert_eq!((status, body["error"]["type"].as_str()), (500, Some("ResultNotSerializable")));
+    let (status, body) = http("POST", &server.url("/converted"), "{}", None);
+    assert_eq!((status, body["result"].clone()), (200, json!({"tuple": [1, 2], "set": [3], "frozen": [4]})));
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn two_hundred_calls_in_flight_at_once_all_succeed() {
+    let env = EnvCopy::of("echo");
+    let (server, _) = RunningServer::start(&env, &[]);
+    let started = std::time::Instant::now();
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let url = server.url("/call");
+            let method = if i % 2 == 0 { "slow_echo" } else { "echo" };
+            std::thread::spawn(move || {
+                let kwargs = if method == "slow_echo" { json!({"text": format!("n{i}"), "delay": 1.0}) } else { json!({"text": format!("n{i}")}) };
+                let body = json!({"method": method, "kwargs": kwargs}).to_string();
+                http("POST", &url, &body, None)
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (status, body) = handle.join().unwrap();
+        assert_eq!((status, body["result"].clone()), (200, json!(format!("n{i}"))));
+    }
+    // 100 async calls sleeping 1 s each ran concurrently: one after the other would take 100 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(50), "calls were serialized: {:?}", started.elapsed());
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn prints_from_the_environment_go_to_the_log_not_the_channel() {
+    let env = EnvCopy::of("noisy");
+    let (server, ready) = RunningServer::start(&env, &[]);
+    assert_eq!(ready["event"], "ready");
+    for _ in 0..3 {
+        let (status, body) = http("POST", &server.url("/shout"), r#"{"text":"hey"}"#, None);
+        assert_eq!((status, body["result"].clone()), (200, json!("HEY")));
+    }
+    let log = server.stderr();
+    for expected in ["noisy env loading", "stdout: hey", "stderr: hey", r#"{"id": 1, "result": "forged"}"#] {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn affinetes_style_python_client_works_unchanged() {
+    let env = EnvCopy::of("counter");
+    let (server, _) = RunningServer::start(&env, &[("COUNTER_NAME", "py")]);
+    let script = r#"
+import json, sys, urllib.request, urllib.error
+base = sys.argv[1]
+
+def call(method, *args, **kwargs):
+    body = json.dumps({"method": method, "args": list(args), "kwargs": kwargs}).encode()
+    req = urllib.request.Request(base + "/call", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            payload = json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        payload = json.loads(err.read())
+        raise RuntimeError(payload["detail"])
+    assert payload["status"] == "success", payload
+    return payload["result"]
+
+assert urllib.request.urlopen(base + "/health").status == 200
+names = [m["name"] for m in json.loads(urllib.request.urlopen(base + "/methods").read())["methods"]]
+assert "increment" in names, names
+assert call("increment", 2) == 2
+assert call("increment", times=3) == 5
+assert call("evaluate", answer=5) == {"score": 1.0, "expected": 5}
+try:
+    call("missing")
+except RuntimeError as err:
+    assert "no method named" in str(err), err
+else:
+    raise AssertionError("missing method did not fail")
+print("client ok")
+"#;
+    let output = std::process::Command::new("python3").args(["-c", script, &server.url("")]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "client ok");
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn server_exits_with_its_worker_when_stdin_closes() {
+    let env = EnvCopy::of("echo");
+    let (mut server, _) = RunningServer::start(&env, &[]);
+    drop(server.child.stdin.take());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    env.assert_no_process_left();
+}

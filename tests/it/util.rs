@@ -1,0 +1,164 @@
+//! Helpers shared by the integration tests: fixture folders, the real server over a real socket,
+//! the CLI binary, and the leak check every test ends with.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A private copy of an example environment or test fixture, so that every process started for
+/// one test carries a unique path in its command line and can be found by the leak check.
+pub struct EnvCopy {
+    pub dir: TempDir,
+}
+
+impl EnvCopy {
+    pub fn of(name: &str) -> EnvCopy {
+        let source = [repo().join("environments").join(name), repo().join("tests/fixtures").join(name)]
+            .into_iter()
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| panic!("no environment or fixture named {name}"));
+        let dir = tempfile::Builder::new().prefix(&format!("rayfine-test-{name}-")).tempdir().unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        EnvCopy { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    /// Processes whose command line mentions this folder (servers and workers started for it).
+    pub fn processes(&self) -> Vec<String> {
+        processes_mentioning(self.path_str())
+    }
+
+    /// Waits (bounded) until no process mentions this folder; panics naming the leftovers.
+    pub fn assert_no_process_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.processes();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("processes left behind for {}:\n{}", self.path_str(), left.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `needle`, as "pid cmdline".
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
+        if !zombie && cmdline.contains(needle) && pid != std::process::id() {
+            found.push(format!("{pid} {cmdline}"));
+        }
+    }
+    found
+}
+
+/// The real `rayfine-server` on 127.0.0.1 with an ephemeral port; killed on drop.
+pub struct RunningServer {
+    pub child: Child,
+    pub port: u16,
+    pub stderr_log: PathBuf,
+    _log_dir: TempDir,
+}
+
+impl RunningServer {
+    /// Starts the server for `env` and waits for its first event after `listening`.
+    pub fn start(env: &EnvCopy, vars: &[(&str, &str)]) -> (RunningServer, serde_json::Value) {
+        let log_dir = tempfile::tempdir().unwrap();
+        let stderr_log = log_dir.path().join("stderr.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rayfine-server"));
+        command
+            .args(["--host", "127.0.0.1", "--port", "0", "--env-path", env.path_str(), "--exit-on-stdin-eof"])
+            .env_remove("RAYFINE_TOKEN")
+            .envs(vars.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap());
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(first["event"], "listening");
+        let port = first["port"].as_u64().unwrap() as u16;
+        let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        (RunningServer { child, port, stderr_log, _log_dir: log_dir }, second)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI with a private state folder; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], state: &Path) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_rayfine"))
+        .args(args)
+        .env("RAYFINE_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A blocking JSON POST with reqwest's async client on a throwaway runtime is overkill; tests
+/// use this tiny HTTP/1.1 client over std's TcpStream, which also keeps them honest about the
+/// raw wire format.
+pub fn http(method: &str, url: &str, body: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status: u16 = response[9..12].parse().unwrap();
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    let json = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    (status, json)
+}
