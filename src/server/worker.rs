@@ -13,13 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, BufReader, Interest};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 
@@ -104,8 +107,8 @@ type Outcome = Result<Box<RawValue>, CallError>;
 
 /// One running worker process and its channel.
 struct Session {
-    /// Messages for the writer task.
-    outbox: mpsc::UnboundedSender<Bytes>,
+    /// The write side of the channel to the worker.
+    outbox: Outbox,
     /// Calls awaiting a reply, by id. A plain mutex: it is never held across an await.
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
     /// Methods by name, as the worker described them.
@@ -232,7 +235,7 @@ impl Supervisor {
         let (tx, rx) = oneshot::channel();
         session.pending.lock().insert(id, tx);
         let message = encode_call(id, method, args, kwargs);
-        if session.outbox.send(message).is_err() {
+        if session.outbox.send(&message).is_err() {
             session.pending.lock().remove(&id);
             return Err(CallError::WorkerLost("the worker stopped before the call was sent".into()));
         }
@@ -251,7 +254,7 @@ impl Supervisor {
     fn on_timeout(&self, session: &Session, id: u64, info: &MethodInfo, limit: Duration) -> CallError {
         session.pending.lock().remove(&id);
         let action = if info.is_async {
-            let _ = session.outbox.send(Bytes::from(format!("{{\"cancel\":{id}}}\n")));
+            let _ = session.outbox.send(format!("{{\"cancel\":{id}}}\n").as_bytes());
             "the call was cancelled"
         } else {
             tracing::warn!(method = %info.name, "sync call timed out; restarting the worker to stop it");
@@ -353,9 +356,12 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
             return RunEnd::LoadFailed(error);
         }
     };
-    let (outbox, inbox) = mpsc::unbounded_channel();
+    let (outbox, writer) = match Outbox::new(stdin) {
+        Ok(pair) => pair,
+        Err(err) => return RunEnd::Exited(format!("cannot set up the channel to the worker: {err}")),
+    };
     let session = Arc::new(Session { outbox, pending: Mutex::new(HashMap::new()), methods, method_list, kill: Notify::new() });
-    let writer = tokio::spawn(write_loop(stdin, inbox));
+    let writer = tokio::spawn(writer);
     let reader = tokio::spawn(read_loop(lines, session.clone()));
     *shared.session.write() = Some(session.clone());
     *ever_ready = true;
@@ -458,23 +464,120 @@ async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<MethodTabl
     }
 }
 
-async fn write_loop(mut stdin: ChildStdin, mut inbox: mpsc::UnboundedReceiver<Bytes>) {
-    let mut batch = Vec::with_capacity(1 << 16);
-    while let Some(first) = inbox.recv().await {
-        // Everything queued meanwhile goes out in the same write.
-        if inbox.is_empty() {
-            if stdin.write_all(&first).await.is_err() {
-                return;
+/// The write side of the channel. A call writes its line straight into the pipe from the handler
+/// that makes it, under a short lock and without blocking: handing it to a writer task first
+/// would cost a wake-up of another thread on every call. Only when the pipe is full does the rest
+/// go to a backlog that a flusher task writes out as the pipe drains.
+struct Outbox {
+    shared: Arc<OutboxShared>,
+}
+
+struct OutboxShared {
+    /// The pipe, non-blocking, registered with the runtime so the flusher can wait for room.
+    fd: AsyncFd<OwnedFd>,
+    /// Bytes not yet written; while non-empty, new messages queue behind them to keep lines whole.
+    /// A plain mutex: it is never held across an await.
+    backlog: Mutex<Vec<u8>>,
+    /// Wakes the flusher when the backlog gains bytes.
+    wake: Notify,
+    /// Set when the pipe is broken (the worker is gone).
+    broken: std::sync::atomic::AtomicBool,
+}
+
+/// The worker's end of the channel is gone.
+struct ChannelClosed;
+
+impl Outbox {
+    fn new(stdin: ChildStdin) -> std::io::Result<(Outbox, impl std::future::Future<Output = ()>)> {
+        let fd = stdin.into_owned_fd()?;
+        set_nonblocking(&fd)?;
+        // SAFETY: the descriptor is owned by the AsyncFd for as long as it is registered, so it
+        // cannot be closed or reused behind the runtime's back.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.map_err(std::io::Error::from)?;
+        let shared = Arc::new(OutboxShared { fd, backlog: Mutex::new(Vec::new()), wake: Notify::new(), broken: false.into() });
+        Ok((Outbox { shared: shared.clone() }, flush_loop(shared)))
+    }
+
+    fn send(&self, message: &[u8]) -> Result<(), ChannelClosed> {
+        let shared = &self.shared;
+        if shared.broken.load(Ordering::Relaxed) {
+            return Err(ChannelClosed);
+        }
+        let mut backlog = shared.backlog.lock();
+        if !backlog.is_empty() {
+            backlog.extend_from_slice(message);
+            return Ok(());
+        }
+        match write_some(shared.fd.get_ref(), message) {
+            Ok(n) if n == message.len() => return Ok(()),
+            Ok(n) => backlog.extend_from_slice(&message[n..]),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => backlog.extend_from_slice(message),
+            Err(_) => {
+                shared.broken.store(true, Ordering::Relaxed);
+                return Err(ChannelClosed);
             }
-            continue;
         }
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while let Ok(next) = inbox.try_recv() {
-            batch.extend_from_slice(&next);
+        drop(backlog);
+        shared.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// tokio hands the pipe back in blocking mode; writes from handlers must never block.
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own, with flags it just returned.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn write_some(fd: &OwnedFd, bytes: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: writes from a valid buffer of `bytes.len()` bytes to a descriptor we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
         }
-        if stdin.write_all(&batch).await.is_err() {
-            return;
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+async fn flush_loop(shared: Arc<OutboxShared>) {
+    loop {
+        shared.wake.notified().await;
+        loop {
+            let mut ready = match shared.fd.writable().await {
+                Ok(ready) => ready,
+                Err(_) => break,
+            };
+            let mut backlog = shared.backlog.lock();
+            if backlog.is_empty() {
+                break;
+            }
+            match write_some(shared.fd.get_ref(), &backlog) {
+                Ok(n) => {
+                    backlog.drain(..n);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    drop(backlog);
+                    ready.clear_ready();
+                }
+                Err(_) => {
+                    shared.broken.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
         }
     }
 }

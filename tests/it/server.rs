@@ -183,3 +183,26 @@ fn server_exits_with_its_worker_when_stdin_closes() {
     assert!(status.success(), "{status:?}");
     env.assert_no_process_left();
 }
+
+#[test]
+fn arguments_larger_than_the_pipe_buffer_arrive_whole() {
+    let env = EnvCopy::of("echo");
+    let (server, _) = RunningServer::start(&env, &[]);
+    // 4 MiB is far beyond a pipe's 64 KiB, so the channel's backlog has to carry most of it;
+    // several at once check that lines from different calls never interleave.
+    let handles: Vec<_> = (0..4u8)
+        .map(|i| {
+            let url = server.url("/call");
+            std::thread::spawn(move || {
+                let text = char::from(b'a' + i).to_string().repeat(4 << 20);
+                let (status, body) = http("POST", &url, &json!({"method": "echo", "args": [text.clone()]}).to_string(), None);
+                (status, body["result"].as_str() == Some(text.as_str()))
+            })
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join().unwrap(), (200, true));
+    }
+    drop(server);
+    env.assert_no_process_left();
+}
