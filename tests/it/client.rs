@@ -78,6 +78,18 @@ async fn bad_input_gets_a_clear_error_naming_the_problem() {
     dir.assert_no_process_left();
 }
 
+/// Calls `alive` until the restarted worker answers (bounded: 5 s); only "not ready" is retried.
+async fn answer_after_restart(env: &rayfine::EnvironmentWrapper) -> serde_json::Value {
+    for _ in 0..100 {
+        match env.call("alive", json!({})).await {
+            Ok(value) => return value,
+            Err(Error::NotReady { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(other) => panic!("unexpected error after the restart: {other:?}"),
+        }
+    }
+    panic!("the worker was not restarted within 5 s");
+}
+
 #[tokio::test]
 async fn a_hung_sync_call_times_out_and_the_environment_serves_again() {
     let dir = EnvCopy::of("unserializable");
@@ -85,18 +97,7 @@ async fn a_hung_sync_call_times_out_and_the_environment_serves_again() {
     let err = env.call_with("spin", &[], json!({"seconds": 60}), Some(Duration::from_millis(500))).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(err.to_string().contains("worker was restarted"), "{err}");
-    let mut answered = None;
-    for _ in 0..100 {
-        match env.call("alive", json!({})).await {
-            Ok(value) => {
-                answered = Some(value);
-                break;
-            }
-            Err(Error::NotReady { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(other) => panic!("unexpected error after the restart: {other:?}"),
-        }
-    }
-    assert_eq!(answered, Some(json!("yes")));
+    assert_eq!(answer_after_restart(&env).await, json!("yes"));
     let err = env.call_with("sleepy", &[], json!({}), Some(Duration::from_millis(200))).await.unwrap_err();
     assert!(err.to_string().contains("cancelled"), "{err}");
     assert_eq!(env.call("alive", json!({})).await.unwrap(), "yes", "cancelling an async call needs no restart");
@@ -111,15 +112,7 @@ async fn a_dead_worker_fails_calls_in_flight_and_is_restarted() {
     let err = env.call("crash", json!({})).await.unwrap_err();
     assert!(matches!(err, Error::NotReady { .. }), "{err:?}");
     assert!(err.to_string().contains("exit code 9"), "{err}");
-    let mut answered = false;
-    for _ in 0..100 {
-        if env.call("alive", json!({})).await.is_ok() {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(answered, "the worker was not restarted");
+    assert_eq!(answer_after_restart(&env).await, json!("yes"));
     env.cleanup().await.unwrap();
     dir.assert_no_process_left();
 }
