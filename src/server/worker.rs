@@ -7,15 +7,13 @@
 //! [`CallError::WorkerLost`].
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::os::fd::OwnedFd;
-
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -274,7 +272,7 @@ fn unavailable_reason(phase: &Phase) -> String {
     }
 }
 
-fn encode_call(id: u64, method: &str, args: &str, kwargs: &str) -> Bytes {
+fn encode_call(id: u64, method: &str, args: &str, kwargs: &str) -> Vec<u8> {
     let method = serde_json::to_string(method).expect("a string always serializes");
     let mut line = Vec::with_capacity(40 + method.len() + args.len() + kwargs.len());
     line.extend_from_slice(format!("{{\"id\":{id},\"method\":{method},\"args\":").as_bytes());
@@ -282,7 +280,7 @@ fn encode_call(id: u64, method: &str, args: &str, kwargs: &str) -> Bytes {
     line.extend_from_slice(b",\"kwargs\":");
     line.extend_from_slice(kwargs.as_bytes());
     line.extend_from_slice(b"}\n");
-    Bytes::from(line)
+    line
 }
 
 /// The supervision loop: start, wait for ready, serve until death or kill, back off, repeat.
