@@ -21,15 +21,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an environment folder into a Docker image (two stages for function-based ones).
+    Build(BuildArgs),
     /// Start an environment, print its methods, optionally call one, then clean up.
     Run(RunArgs),
     /// Call a method of a running environment (kept by `run --keep`, or a URL).
     Call(CallArgs),
     /// List the methods of a running environment.
     Methods(TargetArgs),
-    /// List running environments kept by `run --keep`.
+    /// List running environments: kept processes, and every container Rayfine started.
     Ps,
-    /// Stop kept environments.
+    /// Stop kept environments and remove Rayfine's containers.
     Cleanup(CleanupArgs),
     /// Serve an environment's env.py over HTTP (the in-container server).
     Serve(ServeArgs),
@@ -44,8 +46,49 @@ pub enum ModeArg {
 }
 
 #[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Environment folder: env.py, usually a Dockerfile.
+    pub folder: std::path::PathBuf,
+    /// Image tag; a function-based environment also gets `<TAG>-base`.
+    #[arg(short = 't', long = "tag")]
+    pub tag: String,
+    /// Build argument for the Dockerfile, KEY=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_arg: Vec<String>,
+    /// Ignore the layer cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Base image: FROM of a folder without Dockerfile, BASE_IMAGE build argument otherwise.
+    #[arg(long, env = "RAYFINE_BASE_IMAGE")]
+    pub base_image: Option<String>,
+    /// Build as this type instead of detecting it.
+    #[arg(long, value_enum)]
+    pub env_type: Option<EnvTypeArg>,
+    /// No progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EnvTypeArg {
+    /// env.py's Actor or functions, served by Rayfine's /call server.
+    Function,
+    /// A web server of the environment's own; calls are POST /{method}.
+    Http,
+}
+
+impl From<EnvTypeArg> for rayfine::EnvType {
+    fn from(arg: EnvTypeArg) -> rayfine::EnvType {
+        match arg {
+            EnvTypeArg::Function => rayfine::EnvType::Function,
+            EnvTypeArg::Http => rayfine::EnvType::Http,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Environment folder (with env.py) or the URL of a running server.
+    /// Environment folder (with env.py), Docker image, or the URL of a running server.
     pub source: String,
     /// How to run a folder.
     #[arg(long, value_enum, default_value = "auto")]
@@ -66,7 +109,45 @@ pub struct RunArgs {
     #[arg(long, env = "RAYFINE_REMOTE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     #[command(flatten)]
+    pub container: ContainerArgs,
+    #[command(flatten)]
     pub call: CallSpec,
+}
+
+/// Options of a container (image sources).
+#[derive(Debug, Args)]
+pub struct ContainerArgs {
+    /// Serve the image as this type instead of what its label says.
+    #[arg(long, value_enum)]
+    pub env_type: Option<EnvTypeArg>,
+    /// Port an HTTP-based image listens on inside the container.
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    /// Memory limit, e.g. 512m or 2g.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit, e.g. 1.5.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Most processes and threads in the container.
+    #[arg(long, default_value_t = rayfine::DEFAULT_PIDS_LIMIT)]
+    pub pids_limit: i64,
+}
+
+/// Parses a size like `512m`, `2g`, `1048576` into bytes.
+pub fn byte_size(text: &str) -> anyhow::Result<i64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.trim_end_matches('b');
+    let (digits, factor) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1i64 << 10),
+        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
+        _ => (lower, 1),
+    };
+    match digits.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n * (factor as f64) < 9e18 => Ok((n * factor as f64) as i64),
+        _ => bail!("invalid size `{text}`: expected a number with an optional k, m or g suffix, e.g. 512m"),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -114,9 +195,12 @@ pub struct CallArgs {
 pub struct CleanupArgs {
     /// Ids or names to stop.
     pub targets: Vec<String>,
-    /// Stop every kept environment.
+    /// Stop every kept environment and remove every container Rayfine started.
     #[arg(long)]
     pub all: bool,
+    /// Remove containers whose owning process is gone (and that were not kept).
+    #[arg(long)]
+    pub orphans: bool,
 }
 
 #[derive(Debug, Args)]

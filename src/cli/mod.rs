@@ -9,22 +9,58 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use args::{key_value, seconds, CallArgs, Cli, Command, ModeArg, RunArgs, TargetArgs};
-use rayfine::{EnvironmentWrapper, LoadOptions, Mode, Source};
+use args::{byte_size, key_value, seconds, BuildArgs, CallArgs, Cli, Command, ModeArg, RunArgs, TargetArgs};
+use rayfine::docker::ManagedContainer;
+use rayfine::{EnvironmentWrapper, ImageBuilder, LoadOptions, Mode, Source};
 
 /// Runs one command; the exit code follows from the error, if any (see `main`).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Build(args) => build(args, cli.json).await,
         Command::Run(args) => run_env(args, cli.json).await,
         Command::Call(args) => call(args, cli.json).await,
         Command::Methods(args) => methods(args, cli.json).await,
-        Command::Ps => {
-            output::ps(&records::live(), cli.json);
-            Ok(())
-        }
-        Command::Cleanup(args) => cleanup(args, cli.json),
+        Command::Ps => ps(cli.json).await,
+        Command::Cleanup(args) => cleanup(args, cli.json).await,
         Command::Serve(args) => Ok(rayfine::server::serve(args.config).await?),
     }
+}
+
+async fn build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
+    let mut builder = ImageBuilder::new().no_cache(args.no_cache).quiet(args.quiet);
+    for item in &args.build_arg {
+        let (key, value) = key_value(item, "--build-arg")?;
+        builder = builder.build_arg(key, value);
+    }
+    if let Some(base) = &args.base_image {
+        builder = builder.base_image(base);
+    }
+    if let Some(env_type) = args.env_type {
+        builder = builder.env_type(env_type.into());
+    }
+    let progress = (!args.quiet && !json).then(output::BuildDisplay::new);
+    if let Some(display) = &progress {
+        let display = display.clone();
+        builder = builder.on_progress(move |p| display.line(p));
+    }
+    let started = Instant::now();
+    let built = builder.build(&args.folder, &args.tag).await;
+    if let Some(display) = &progress {
+        display.finish();
+    }
+    let built = built?;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        let summary = json!({
+            "tag": built.tag, "base_tag": built.base_tag, "env_type": built.env_type.as_str(),
+            "reason": built.reason, "image_id": built.image_id, "seconds": seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!("built {} ({}-based: {}) in {seconds:.1} s", built.tag, built.env_type, built.reason);
+        println!("{}", built.tag);
+    }
+    Ok(())
 }
 
 async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
@@ -49,20 +85,39 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
     if let Some(token) = args.token {
         options = options.token(token);
     }
+    let container = &args.container;
+    if let Some(env_type) = container.env_type {
+        options = options.env_type(env_type.into());
+    }
+    if let Some(port) = container.http_port {
+        options = options.http_port(port);
+    }
+    if let Some(memory) = &container.memory {
+        options = options.memory_limit(byte_size(memory)?);
+    }
+    if let Some(cpus) = container.cpus {
+        options = options.cpu_limit(cpus);
+    }
+    options = options.pids_limit(container.pids_limit);
     let started = Instant::now();
     let env = rayfine::load_env(options).await?;
     let ready_in = started.elapsed();
     let outcome = run_loaded(&env, &args.call.method, kwargs, json, ready_in).await;
     if args.keep {
-        if let (Some(pid), Source::Folder(folder)) = (env.pid(), &source) {
-            let token = token_of(&env);
+        let source_text = match &source {
+            Source::Folder(folder) => Some(folder.display().to_string()),
+            Source::Image(image) => Some(image.clone()),
+            Source::Url(_) => None,
+        };
+        if let Some(source_text) = source_text {
             records::save(&records::Record {
                 id: env.id().into(),
                 name: env.name().into(),
                 url: env.url().into(),
-                token,
-                pid,
-                source: folder.display().to_string(),
+                token: token_of(&env),
+                pid: env.pid().unwrap_or(0),
+                source: source_text,
+                container_id: env.container_id().map(str::to_string),
             })?;
             if !json {
                 eprintln!("kept running as {}; stop it with `rayfine cleanup {}`", env.id(), env.id());
@@ -145,19 +200,71 @@ async fn methods(args: TargetArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
-    if !args.all && args.targets.is_empty() {
-        anyhow::bail!("name what to stop (ids or names), or pass --all");
+/// Containers from the engine, or none (with a note) when no engine answers: `ps` and
+/// `cleanup` still serve process-mode environments on a machine without Docker.
+async fn managed_containers() -> Vec<ManagedContainer> {
+    match rayfine::docker::list_managed_containers().await {
+        Ok(containers) => containers,
+        Err(rayfine::Error::DockerUnavailable { .. }) => Vec::new(),
+        Err(err) => {
+            tracing::warn!("{err}");
+            Vec::new()
+        }
     }
-    let chosen = if args.all {
-        records::live()
-    } else {
-        args.targets.iter().map(|t| records::find(t)).collect::<anyhow::Result<Vec<_>>>()?
-    };
+}
+
+async fn ps(json: bool) -> anyhow::Result<()> {
+    let containers = managed_containers().await;
+    // A kept container's record outlives nothing: drop records of containers that are gone.
+    let records: Vec<records::Record> = records::live()
+        .into_iter()
+        .filter(|r| match &r.container_id {
+            Some(id) if !containers.iter().any(|c| id.starts_with(&c.container_id)) => {
+                records::forget(&r.id);
+                false
+            }
+            Some(_) => false,
+            None => true,
+        })
+        .collect();
+    output::ps(&records, &containers, json);
+    Ok(())
+}
+
+async fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
+    if !args.all && !args.orphans && args.targets.is_empty() {
+        anyhow::bail!("name what to stop (ids or names), or pass --all or --orphans");
+    }
+    let containers = managed_containers().await;
+    let mut doomed_containers: Vec<&ManagedContainer> = Vec::new();
+    let mut chosen: Vec<records::Record> = Vec::new();
+    if args.all {
+        chosen = records::live().into_iter().filter(|r| r.container_id.is_none()).collect();
+        doomed_containers.extend(containers.iter());
+    }
+    if args.orphans {
+        doomed_containers.extend(containers.iter().filter(|c| c.is_orphan()));
+    }
+    for target in &args.targets {
+        let matching: Vec<&ManagedContainer> =
+            containers.iter().filter(|c| c.env_id == *target || c.name == *target || (target.len() >= 6 && c.container_id.starts_with(target.as_str()))).collect();
+        if !matching.is_empty() {
+            doomed_containers.extend(matching);
+            continue;
+        }
+        chosen.push(records::find(target)?);
+    }
+    doomed_containers.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+    doomed_containers.dedup_by(|a, b| a.container_id == b.container_id);
     for record in &chosen {
         records::stop(record);
     }
-    let ids: Vec<&str> = chosen.iter().map(|r| r.id.as_str()).collect();
+    let container_ids: Vec<String> = doomed_containers.iter().map(|c| c.container_id.clone()).collect();
+    rayfine::docker::remove_containers(&container_ids).await?;
+    for container in &doomed_containers {
+        records::forget(&container.env_id);
+    }
+    let ids: Vec<&str> = chosen.iter().map(|r| r.id.as_str()).chain(doomed_containers.iter().map(|c| c.env_id.as_str())).collect();
     if json {
         println!("{}", json!({ "removed": ids }));
     } else {

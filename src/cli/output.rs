@@ -2,6 +2,8 @@
 
 use rayfine::protocol::MethodInfo;
 
+use rayfine::docker::{BuildProgress, BuildStage, ManagedContainer};
+
 use super::records::Record;
 
 /// One line per method: signature, then the first line of its doc.
@@ -15,22 +17,76 @@ pub fn methods(methods: &[MethodInfo]) {
     }
 }
 
-/// The kept environments.
-pub fn ps(records: &[Record], json: bool) {
+/// Kept process-mode environments and every container Rayfine started. Tokens are never shown.
+pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
     if json {
-        let rows: Vec<_> = records
+        let mut rows: Vec<_> = records
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "url": r.url, "pid": r.pid, "source": r.source}))
+            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "mode": "process", "url": r.url, "pid": r.pid, "source": r.source}))
             .collect();
+        rows.extend(containers.iter().map(|c| {
+            serde_json::json!({
+                "id": c.env_id, "name": c.name, "mode": "docker", "container_id": c.container_id, "image": c.image,
+                "env_type": c.env_type, "state": c.state, "port": c.port, "owner_pid": c.owner_pid,
+                "owner_alive": c.owner_alive, "keep": c.keep, "orphan": c.is_orphan(),
+            })
+        }));
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
-    if records.is_empty() {
-        eprintln!("no kept environments are running");
+    if records.is_empty() && containers.is_empty() {
+        eprintln!("no environments are running");
         return;
     }
-    println!("{:<28} {:<16} {:<8} {:<24} SOURCE", "ID", "NAME", "PID", "URL");
+    println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} SOURCE", "ID", "NAME", "MODE", "STATE", "URL", "OWNER");
     for r in records {
-        println!("{:<28} {:<16} {:<8} {:<24} {}", r.id, r.name, r.pid, r.url, r.source);
+        println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}", r.id, r.name, "process", "running", r.url, "kept", r.source);
+    }
+    for c in containers {
+        let url = c.port.map(|p| format!("127.0.0.1:{p}")).unwrap_or_else(|| "-".into());
+        let owner = match (c.keep, c.owner_pid, c.owner_alive) {
+            (true, _, _) => "kept".to_string(),
+            (false, Some(pid), true) => format!("pid {pid}"),
+            (false, Some(pid), false) => format!("pid {pid} (gone)"),
+            (false, None, _) => "unknown".to_string(),
+        };
+        println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}", c.env_id, c.name, "docker", c.state, url, owner, c.image);
+    }
+}
+
+/// Streams build output: a spinner with the current step on a terminal, plain lines otherwise.
+#[derive(Clone)]
+pub struct BuildDisplay {
+    bar: indicatif::ProgressBar,
+}
+
+impl BuildDisplay {
+    pub fn new() -> BuildDisplay {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("valid template"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        BuildDisplay { bar }
+    }
+
+    /// One line of build output.
+    pub fn line(&self, progress: &BuildProgress) {
+        let stage = match progress.stage {
+            BuildStage::Environment => "environment",
+            BuildStage::Server => "server",
+        };
+        if self.bar.is_hidden() {
+            eprintln!("[{stage}] {}", progress.line);
+        } else if progress.line.starts_with("Step ") {
+            self.bar.println(format!("[{stage}] {}", progress.line));
+            self.bar.set_message(format!("{} ({stage})", progress.tag));
+        } else {
+            let text: String = progress.line.chars().take(100).collect();
+            self.bar.set_message(text);
+        }
+    }
+
+    /// Clears the spinner.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }

@@ -21,8 +21,11 @@ pub struct Record {
     pub token: String,
     /// Server process id, which is also its process group.
     pub pid: u32,
-    /// What was loaded (folder path).
+    /// What was loaded (folder path or image).
     pub source: String,
+    /// The container, for Docker mode (then `pid` is 0 and the engine says whether it runs).
+    #[serde(default)]
+    pub container_id: Option<String>,
 }
 
 fn path_of(id: &str) -> PathBuf {
@@ -57,7 +60,7 @@ pub fn live() -> Vec<Record> {
             continue;
         }
         let Some(record) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()) else { continue };
-        if is_alive(record.pid) {
+        if record.container_id.is_some() || is_alive(record.pid) {
             records.push(record);
         } else {
             forget(&record.id);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::docker::{DockerServer, EnvType};
 use super::error::{Error, Result};
 use super::http::ServerClient;
 use super::process::ProcessServer;
@@ -16,6 +17,8 @@ use crate::protocol::MethodInfo;
 pub(crate) enum Backend {
     /// A server child process we own.
     Process(ProcessServer),
+    /// A container we own.
+    Docker(DockerServer),
     /// A server someone else runs; cleanup only disconnects.
     Remote,
 }
@@ -80,11 +83,20 @@ impl EnvironmentWrapper {
         self.inner.client.token()
     }
 
-    /// `"process"` or `"remote"`.
+    /// `"process"`, `"docker"` or `"remote"`.
     pub fn mode(&self) -> &'static str {
         match self.inner.backend {
             Backend::Process(_) => "process",
+            Backend::Docker(_) => "docker",
             Backend::Remote => "remote",
+        }
+    }
+
+    /// How the environment is served: Rayfine's `/call` server, or a web server of its own.
+    pub fn env_type(&self) -> EnvType {
+        match &self.inner.backend {
+            Backend::Docker(server) => server.env_type(),
+            _ => EnvType::Function,
         }
     }
 
@@ -92,7 +104,15 @@ impl EnvironmentWrapper {
     pub fn pid(&self) -> Option<u32> {
         match &self.inner.backend {
             Backend::Process(server) => Some(server.pid()),
-            Backend::Remote => None,
+            _ => None,
+        }
+    }
+
+    /// The engine's container id, for Docker mode.
+    pub fn container_id(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Docker(server) => Some(server.id()),
+            _ => None,
         }
     }
 
@@ -116,7 +136,13 @@ impl EnvironmentWrapper {
             return Err(Error::InvalidInput("a call timeout must be longer than zero".into()));
         }
         let kwargs = if kwargs.is_null() { Value::Object(Default::default()) } else { kwargs };
-        let result = self.inner.client.call(method, args, &kwargs, timeout).await;
+        let result = match self.env_type() {
+            EnvType::Function => self.inner.client.call(method, args, &kwargs, timeout).await,
+            EnvType::Http if !args.is_empty() => {
+                return Err(Error::InvalidInput(format!("`{method}`: an HTTP-based environment takes keyword arguments only")))
+            }
+            EnvType::Http => self.inner.client.call_http(method, &kwargs, timeout).await,
+        };
         result.map_err(|err| self.explain(err))
     }
 
@@ -131,12 +157,23 @@ impl EnvironmentWrapper {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed(self.inner.name.clone()));
         }
-        self.inner.client.methods().await.map_err(|err| self.explain(err))
+        let methods = match self.env_type() {
+            EnvType::Function => self.inner.client.methods().await,
+            EnvType::Http => self.inner.client.openapi_methods().await,
+        };
+        methods.map_err(|err| self.explain(err))
     }
 
-    /// Whether the environment answers `/health` with ready.
+    /// Whether the environment answers `/health` with ready (an HTTP-based one: answers it
+    /// below 500, as it may have no such route).
     pub async fn is_ready(&self) -> bool {
-        !self.inner.closed.load(Ordering::SeqCst) && matches!(self.inner.client.health(Duration::from_secs(5)).await, Ok(None))
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self.env_type() {
+            EnvType::Function => matches!(self.inner.client.health(Duration::from_secs(5)).await, Ok(None)),
+            EnvType::Http => matches!(self.inner.client.probe(Duration::from_secs(5)).await, Ok(status) if status < 500),
+        }
     }
 
     /// Stops the environment and removes it from the registry. Idempotent.
@@ -145,19 +182,28 @@ impl EnvironmentWrapper {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        if let Backend::Process(server) = &self.inner.backend {
-            server.stop().await;
+        match &self.inner.backend {
+            Backend::Process(server) => server.stop().await,
+            Backend::Docker(server) => server.stop().await,
+            Backend::Remote => {}
         }
         Ok(())
     }
 
-    /// Ends the environment at once, without waiting; used by signal and panic handlers.
-    pub(crate) fn kill_now(&self) {
+    /// Ends the environment at once, without waiting; used by signal and panic handlers. A
+    /// container cannot be removed without talking to the engine: its id is returned, for the
+    /// caller to remove in one batch with the others.
+    pub(crate) fn kill_now(&self) -> Option<String> {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
-            return;
+            return None;
         }
-        if let Backend::Process(server) = &self.inner.backend {
-            server.kill_now();
+        match &self.inner.backend {
+            Backend::Process(server) => {
+                server.kill_now();
+                None
+            }
+            Backend::Docker(server) => Some(server.id().to_string()),
+            Backend::Remote => None,
         }
     }
 
@@ -167,6 +213,11 @@ impl EnvironmentWrapper {
             (Error::Connection { .. }, Backend::Process(server)) if server.has_exited() => Error::Stopped {
                 name: self.inner.name.clone(),
                 reason: "the environment's server process has exited".into(),
+                logs: server.last_logs(20),
+            },
+            (Error::Connection { .. }, Backend::Docker(server)) if server.has_exited() => Error::Stopped {
+                name: self.inner.name.clone(),
+                reason: format!("its container {} has exited", &server.id()[..12.min(server.id().len())]),
                 logs: server.last_logs(20),
             },
             _ => err,

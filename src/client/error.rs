@@ -119,6 +119,31 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// No Docker engine answers on this machine.
+    #[error("cannot reach the Docker engine (is it running, and may this user use it?): {detail}")]
+    DockerUnavailable {
+        /// The client's error.
+        detail: String,
+    },
+    /// The Docker engine refused or failed an operation.
+    #[error("{context}: {source}")]
+    Docker {
+        /// What was being done.
+        context: String,
+        /// The engine's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// An image build failed; `step` is the Dockerfile step that failed, when known.
+    #[error("building {tag} failed{}: {message}", .step.as_deref().map(|s| format!(" at {s}")).unwrap_or_default())]
+    Build {
+        /// The tag being built.
+        tag: String,
+        /// The failing step, e.g. `Step 3/4 : RUN make`.
+        step: Option<String>,
+        /// The engine's message, with the step's last output lines.
+        message: String,
+    },
     /// A local operation failed (spawning the server, reading a file).
     #[error("{context}: {source}")]
     Io {
@@ -165,6 +190,29 @@ impl Error {
                 Some(info) => Error::Raised { method, kind: info.kind, message: info.message, traceback: info.traceback },
                 None => Error::Raised { method, kind: "Exception".into(), message: parsed.detail, traceback: String::new() },
             },
+            _ => Error::Protocol { url: url.to_string(), status, detail },
+        }
+    }
+
+    /// Builds the error for a non-2xx answer of an HTTP-based environment, whose error bodies
+    /// follow no fixed shape (FastAPI's `{"detail": ...}`, Flask's HTML, plain text).
+    pub(crate) fn from_http_answer(method: &str, url: &str, status: u16, body: &[u8]) -> Error {
+        let detail = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) if map.contains_key("detail") => match &map["detail"] {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            },
+            Ok(value) => value.to_string(),
+            Err(_) => String::from_utf8_lossy(body).chars().take(500).collect(),
+        };
+        let method = method.to_string();
+        match status {
+            401 | 403 => Error::Unauthorized { url: url.to_string() },
+            404 | 405 => Error::MethodNotFound { detail: format!("the server has no `POST /{method}` (HTTP {status}): {detail}"), method },
+            400 | 413 | 422 => Error::InvalidArguments { method, detail },
+            503 => Error::NotReady { detail },
+            504 => Error::Timeout { method, detail },
+            500..=599 => Error::Raised { method, kind: format!("HTTP {status}"), message: detail, traceback: String::new() },
             _ => Error::Protocol { url: url.to_string(), status, detail },
         }
     }

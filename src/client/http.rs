@@ -80,9 +80,9 @@ impl ServerClient {
         Error::Connection { url: self.base.clone(), source }
     }
 
-    /// `GET /methods`.
-    pub async fn methods(&self) -> Result<Vec<MethodInfo>> {
-        let url = format!("{}/methods", self.base);
+    /// An authorized `GET` of `path`: the URL, the status and the body.
+    async fn get(&self, path: &str) -> Result<(String, u16, Vec<u8>)> {
+        let url = format!("{}{path}", self.base);
         let response = self
             .authorized(self.http.get(&url))
             .timeout(Duration::from_secs(30))
@@ -91,12 +91,56 @@ impl ServerClient {
             .map_err(|source| Error::Connection { url: url.clone(), source })?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|source| Error::Connection { url: url.clone(), source })?;
+        Ok((url, status, bytes.to_vec()))
+    }
+
+    /// `GET /methods`.
+    pub async fn methods(&self) -> Result<Vec<MethodInfo>> {
+        let (url, status, bytes) = self.get("/methods").await?;
         if status != 200 {
             return Err(Error::from_answer("methods", &url, status, &bytes));
         }
         let list: MethodList = serde_json::from_slice(&bytes)
             .map_err(|err| Error::Protocol { url, status, detail: format!("not a method list: {err}") })?;
         Ok(list.methods)
+    }
+
+    /// `POST /{method}` with the kwargs as the JSON body: how an HTTP-based environment is
+    /// called. A 2xx answer's JSON body is the result (an empty body is `null`, text a string).
+    pub async fn call_http(&self, method: &str, kwargs: &Value, timeout: Duration) -> Result<Value> {
+        if method.is_empty() || method.starts_with('/') || method.contains("..") || method.contains(['?', '#']) {
+            return Err(Error::InvalidInput(format!("`{method}` is not a method name")));
+        }
+        let url = format!("{}/{method}", self.base);
+        let request = self.authorized(self.http.post(&url).json(kwargs)).timeout(timeout);
+        let response = request.send().await.map_err(|source| self.transport_error(method, timeout, source))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|source| self.transport_error(method, timeout, source))?;
+        if !(200..300).contains(&status) {
+            return Err(Error::from_http_answer(method, &url, status, &bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+    }
+
+    /// The POST operations an HTTP-based environment's `/openapi.json` describes, as methods.
+    pub async fn openapi_methods(&self) -> Result<Vec<MethodInfo>> {
+        let (url, status, bytes) = self.get("/openapi.json").await?;
+        if status != 200 {
+            return Err(Error::Protocol { url, status, detail: "the server offers no OpenAPI description, so its methods cannot be listed".into() });
+        }
+        let spec: Value = serde_json::from_slice(&bytes).map_err(|err| Error::Protocol { url: url.clone(), status, detail: format!("not JSON: {err}") })?;
+        Ok(methods_from_openapi(&spec))
+    }
+
+    /// `GET /health`, any answer: its status code. For readiness of servers that may not have
+    /// such a route.
+    pub async fn probe(&self, timeout: Duration) -> Result<u16> {
+        let url = format!("{}/health", self.base);
+        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::Connection { url, source })?;
+        Ok(response.status().as_u16())
     }
 
     /// `GET /health`: `Ok(None)` when ready, `Ok(Some(health))` when the server answers but is not.
@@ -114,5 +158,66 @@ impl ServerClient {
             error: None,
         });
         Ok(Some(health))
+    }
+}
+
+/// One method per `POST` path without path parameters; the signature lists the request body's
+/// properties when its schema is inline or a `$ref` to a component.
+fn methods_from_openapi(spec: &Value) -> Vec<MethodInfo> {
+    let resolve = |schema: &Value| -> Value {
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(reference) => reference
+                .strip_prefix("#/")
+                .map(|path| path.split('/').fold(spec, |node, key| node.get(key).unwrap_or(&Value::Null)).clone())
+                .unwrap_or(Value::Null),
+            None => schema.clone(),
+        }
+    };
+    let mut methods = Vec::new();
+    let Some(paths) = spec.get("paths").and_then(Value::as_object) else { return methods };
+    for (path, operations) in paths {
+        let Some(post) = operations.get("post") else { continue };
+        if path.contains('{') || path == "/" {
+            continue;
+        }
+        let schema = post.pointer("/requestBody/content/application~1json/schema").map(resolve).unwrap_or(Value::Null);
+        let mut names: Vec<String> = schema.get("properties").and_then(Value::as_object).map(|p| p.keys().cloned().collect()).unwrap_or_default();
+        let required: Vec<&str> = schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        names.sort_by_key(|name| !required.contains(&name.as_str()));
+        let signature = format!("({})", names.iter().map(|n| if required.contains(&n.as_str()) { n.clone() } else { format!("{n}=...") }).collect::<Vec<_>>().join(", "));
+        let doc = post.get("summary").or_else(|| post.get("description")).and_then(Value::as_str).unwrap_or_default();
+        methods.push(MethodInfo {
+            name: path.trim_start_matches('/').to_string(),
+            signature,
+            source: "http".into(),
+            endpoint: path.clone(),
+            doc: doc.to_string(),
+            is_async: false,
+        });
+    }
+    methods.sort_by(|a, b| a.name.cmp(&b.name));
+    methods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_post_operations_become_methods() {
+        let spec = serde_json::json!({
+            "paths": {
+                "/evaluate": {"post": {"summary": "Score a task",
+                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Req"}}}}}},
+                "/items/{id}": {"post": {}},
+                "/health": {"get": {}}
+            },
+            "components": {"schemas": {"Req": {"properties": {"task_id": {}, "seed": {}}, "required": ["task_id"]}}}
+        });
+        let methods = methods_from_openapi(&spec);
+        assert_eq!(methods.len(), 1);
+        assert_eq!(methods[0].name, "evaluate");
+        assert_eq!(methods[0].signature, "(task_id, seed=...)");
+        assert_eq!(methods[0].doc, "Score a task");
     }
 }

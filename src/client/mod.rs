@@ -1,5 +1,6 @@
 //! The client library: load environments, call them, clean them up.
 
+pub mod docker;
 mod environment;
 mod error;
 mod http;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 pub use environment::EnvironmentWrapper;
 pub use error::{Error, Result};
 pub use http::ServerClient;
-pub use options::{LoadOptions, Mode, Source};
+pub use options::{ContainerLimits, LoadOptions, Mode, Source, DEFAULT_PIDS_LIMIT};
 pub use process::ServerProgram;
 pub use registry::{cleanup_all_environments, get_environment, list_active_environments, CleanupGuard};
 
@@ -58,8 +59,33 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
             let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), Some(token))?;
             EnvironmentWrapper::new(id, name, client, Backend::Process(server), options.call_timeout, options.keep)
         }
+        Source::Image(image) => {
+            let token = random_hex(32)?;
+            let started = docker::DockerServer::start(docker::DockerLaunch {
+                image,
+                env_id: &id,
+                name: &name,
+                env_vars: &options.env_vars,
+                token: &token,
+                keep: options.keep,
+                startup_timeout: options.startup_timeout,
+                limits: &options.limits,
+                env_type: options.env_type,
+                http_port: options.http_port,
+                labels: &options.labels,
+            })
+            .await?;
+            // An HTTP-based environment's server is the user's own: it knows no token.
+            let token = (started.env_type == docker::EnvType::Function).then_some(token);
+            let client = ServerClient::new(&format!("http://127.0.0.1:{}", started.port), token)?;
+            EnvironmentWrapper::new(id, name, client, Backend::Docker(started.server), options.call_timeout, options.keep)
+        }
     };
     registry::register(env.clone());
+    if let Some(container) = env.container_id() {
+        // From now on the registry covers it (and leaves it alone at exit if it is kept).
+        registry::untrack_container(container);
+    }
     Ok(env)
 }
 

@@ -13,6 +13,9 @@ pub enum Source {
     Folder(PathBuf),
     /// A server already running elsewhere (Rayfine's or affinetes'); cleanup only disconnects.
     Url(String),
+    /// A Docker image (built by `rayfine build`, or any image serving `/call` or HTTP), run as a
+    /// container.
+    Image(String),
 }
 
 impl Source {
@@ -28,11 +31,38 @@ impl Source {
         if path.is_file() && path.file_name().is_some_and(|n| n == "env.py") {
             return Ok(Source::Folder(path.parent().map(PathBuf::from).unwrap_or_default()));
         }
+        let parent_exists = path.parent().is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir());
+        let looks_like_path = text.starts_with(['.', '/', '~']) || text.ends_with('/') || path.exists() || parent_exists;
+        if !looks_like_path && crate::client::docker::validate_reference(text).is_ok() {
+            return Ok(Source::Image(text.to_string()));
+        }
         Err(Error::InvalidInput(format!(
-            "`{text}` is neither an environment folder nor an http:// URL (no such directory)"
+            "`{text}` is neither an environment folder (no such directory), an image name, nor an http:// URL"
         )))
     }
 }
+
+/// Resource limits of a container. Unset ones are the engine's defaults, except the number of
+/// processes, which is capped so a fork bomb in an environment cannot take the machine down.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerLimits {
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<i64>,
+    /// CPUs, e.g. `1.5`.
+    pub cpus: Option<f64>,
+    /// Most processes and threads the container may hold.
+    pub pids: Option<i64>,
+}
+
+impl Default for ContainerLimits {
+    fn default() -> ContainerLimits {
+        ContainerLimits { memory_bytes: None, cpus: None, pids: Some(DEFAULT_PIDS_LIMIT) }
+    }
+}
+
+/// Default cap on processes and threads per container: far above what hundreds of calls in
+/// flight need (a sync call holds one thread), far below what hurts the host.
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
 
 /// How a folder is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +93,14 @@ pub struct LoadOptions {
     pub token: Option<String>,
     /// Keep the environment running after this process exits (`rayfine run --keep`).
     pub keep: bool,
+    /// Container limits (image sources).
+    pub limits: ContainerLimits,
+    /// How an image is served, when its label should not decide (image sources).
+    pub env_type: Option<crate::client::docker::EnvType>,
+    /// The port an HTTP-based image listens on, when its label should not decide.
+    pub http_port: Option<u16>,
+    /// Extra labels on the container (image sources); Rayfine's own always win.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl LoadOptions {
@@ -77,7 +115,52 @@ impl LoadOptions {
             call_timeout: Duration::from_secs(600),
             token: None,
             keep: false,
+            limits: ContainerLimits::default(),
+            env_type: None,
+            http_port: None,
+            labels: BTreeMap::new(),
         }
+    }
+
+    /// Options for a Docker image.
+    pub fn image(image: impl Into<String>) -> LoadOptions {
+        LoadOptions::new(Source::Image(image.into()))
+    }
+
+    /// Sets the memory limit of the container, in bytes.
+    pub fn memory_limit(mut self, bytes: i64) -> LoadOptions {
+        self.limits.memory_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets the CPU limit of the container, e.g. `1.5`.
+    pub fn cpu_limit(mut self, cpus: f64) -> LoadOptions {
+        self.limits.cpus = Some(cpus);
+        self
+    }
+
+    /// Sets the process and thread limit of the container.
+    pub fn pids_limit(mut self, pids: i64) -> LoadOptions {
+        self.limits.pids = Some(pids);
+        self
+    }
+
+    /// Serves the image as this type, whatever its label says.
+    pub fn env_type(mut self, env_type: crate::client::docker::EnvType) -> LoadOptions {
+        self.env_type = Some(env_type);
+        self
+    }
+
+    /// The port an HTTP-based image's server listens on inside the container.
+    pub fn http_port(mut self, port: u16) -> LoadOptions {
+        self.http_port = Some(port);
+        self
+    }
+
+    /// Adds a label to the container.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> LoadOptions {
+        self.labels.insert(key.into(), value.into());
+        self
     }
 
     /// Options for an environment folder.
@@ -148,6 +231,24 @@ impl LoadOptions {
                 return Err(Error::InvalidInput(format!("`{key}` is not a valid environment variable name")));
             }
         }
+        if let Source::Image(image) = &self.source {
+            crate::client::docker::validate_reference(image)?;
+        }
+        let limits = &self.limits;
+        if limits.memory_bytes.is_some_and(|m| m < 6 * 1024 * 1024) {
+            return Err(Error::InvalidInput("the memory limit must be at least 6 MiB (the engine's minimum)".into()));
+        }
+        if limits.cpus.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return Err(Error::InvalidInput("the CPU limit must be a positive number".into()));
+        }
+        if limits.pids.is_some_and(|p| p < 1) {
+            return Err(Error::InvalidInput("the pids limit must be at least 1".into()));
+        }
+        for key in self.labels.keys() {
+            if key.is_empty() || key.contains('=') {
+                return Err(Error::InvalidInput(format!("`{key}` is not a valid label name")));
+            }
+        }
         if self.call_timeout.is_zero() || self.startup_timeout.is_zero() {
             return Err(Error::InvalidInput("timeouts must be longer than zero".into()));
         }
@@ -165,6 +266,10 @@ impl LoadOptions {
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| "env".into()),
             Source::Url(url) => url.clone(),
+            Source::Image(image) => {
+                let without_tag = image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(image.as_str(), |(name, _)| name);
+                without_tag.rsplit('/').next().unwrap_or(without_tag).to_string()
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! A `parking_lot` mutex guards the map; it is never held across an `.await`: callers copy the
 //! handles they need out of it first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Once;
 
 use once_cell::sync::Lazy;
@@ -13,6 +13,18 @@ use parking_lot::Mutex;
 use super::environment::EnvironmentWrapper;
 
 static REGISTRY: Lazy<Mutex<BTreeMap<String, EnvironmentWrapper>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
+
+/// Containers created but not yet (or no longer) behind a registered environment: between
+/// create and ready, a Ctrl-C must still remove them.
+static PENDING_CONTAINERS: Lazy<Mutex<BTreeSet<String>>> = Lazy::new(|| Mutex::new(BTreeSet::new()));
+
+pub(crate) fn track_container(id: &str) {
+    PENDING_CONTAINERS.lock().insert(id.to_string());
+}
+
+pub(crate) fn untrack_container(id: &str) {
+    PENDING_CONTAINERS.lock().remove(id);
+}
 
 pub(crate) fn register(env: EnvironmentWrapper) {
     REGISTRY.lock().insert(env.id().to_string(), env);
@@ -60,9 +72,11 @@ pub(crate) fn kill_all_now() {
         let doomed: Vec<String> = registry.iter().filter(|(_, env)| !env.is_kept()).map(|(id, _)| id.clone()).collect();
         doomed.into_iter().filter_map(|id| registry.remove(&id)).collect()
     };
-    for env in all {
-        env.kill_now();
-    }
+    let mut containers: Vec<String> = all.iter().filter_map(EnvironmentWrapper::kill_now).collect();
+    containers.extend(std::mem::take(&mut *PENDING_CONTAINERS.lock()));
+    containers.sort();
+    containers.dedup();
+    super::docker::remove_now(containers);
 }
 
 /// Cleans up every environment when dropped: hold one in `main` so a normal return or an

@@ -8,6 +8,7 @@ mod app;
 mod error;
 mod worker;
 
+use clap::builder::FalseyValueParser;
 use std::future::{Future, IntoFuture};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -52,10 +53,10 @@ pub struct ServerConfig {
     #[arg(long = "shutdown-grace", env = "RAYFINE_SHUTDOWN_GRACE", default_value_t = 5.0)]
     pub shutdown_grace: f64,
     /// Exit when stdin reaches end of file: a parent that dies, even by SIGKILL, takes us along.
-    #[arg(long = "exit-on-stdin-eof")]
+    #[arg(long = "exit-on-stdin-eof", env = "RAYFINE_EXIT_ON_STDIN_EOF", value_parser = FalseyValueParser::new())]
     pub exit_on_stdin_eof: bool,
     /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
-    #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH")]
+    #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH", value_parser = FalseyValueParser::new())]
     pub no_auth: bool,
 }
 

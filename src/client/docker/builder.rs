@@ -1,0 +1,419 @@
+//! [`ImageBuilder`]: an environment folder becomes an image, in two stages for function-based
+//! environments.
+//!
+//! Stage 1 builds the user's Dockerfile (or a default one) as `<tag>-base`: the dependencies,
+//! which change rarely and are cached by the engine. Stage 2 adds Rayfine's static server and
+//! its worker on top as `<tag>`: a few megabytes, no network, seconds. HTTP-based environments
+//! bring their own server and are built in one stage. Everything goes through the engine's API
+//! (bollard); the docker CLI is never run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures_util::StreamExt;
+
+use super::context::ContextArchive;
+use super::inject::{add_server_layer, quote};
+use super::detect::{EnvDetector, EnvType};
+use super::engine::{connect, docker_error};
+use super::{labels, server_binary};
+use crate::client::error::{Error, Result};
+
+/// The Dockerfile of a folder that has none.
+const DEFAULT_DOCKERFILE: &str = include_str!("../../../templates/Dockerfile.default");
+/// The base image when neither `--base-image` nor `RAYFINE_BASE_IMAGE` names one.
+pub const DEFAULT_BASE_IMAGE: &str = "python:3.12-slim";
+
+/// Which build is running, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildStage {
+    /// The user's Dockerfile (`<tag>-base`, or `<tag>` for HTTP-based environments).
+    Environment,
+    /// Rayfine's server added on top (`<tag>`).
+    Server,
+}
+
+/// One line of build output.
+#[derive(Debug, Clone)]
+pub struct BuildProgress {
+    /// The build it belongs to.
+    pub stage: BuildStage,
+    /// The tag being built.
+    pub tag: String,
+    /// The engine's output line, e.g. `Step 2/5 : COPY env.py /app/env.py`.
+    pub line: String,
+}
+
+/// Receives build output as it streams.
+pub type ProgressFn = Arc<dyn Fn(&BuildProgress) + Send + Sync>;
+
+/// What a build made.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The runnable image.
+    pub tag: String,
+    /// The stage-1 image of a function-based environment.
+    pub base_tag: Option<String>,
+    /// How the environment is served.
+    pub env_type: EnvType,
+    /// Why the detector decided so.
+    pub reason: String,
+    /// The engine's image id of `tag`.
+    pub image_id: String,
+}
+
+/// Builds environment images. Options are set builder-style:
+///
+/// ```no_run
+/// # async fn demo() -> rayfine::Result<()> {
+/// let built = rayfine::ImageBuilder::new()
+///     .base_image("python:3.12-slim")
+///     .build_arg("EXTRA", "1")
+///     .build("environments/echo", "echo:latest")
+///     .await?;
+/// println!("{} ({})", built.tag, built.env_type);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct ImageBuilder {
+    env_type: Option<EnvType>,
+    base_image: Option<String>,
+    build_args: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    no_cache: bool,
+    quiet: bool,
+    server_binary: Option<PathBuf>,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ImageBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageBuilder")
+            .field("env_type", &self.env_type)
+            .field("base_image", &self.base_image)
+            .field("build_args", &self.build_args.keys().collect::<Vec<_>>())
+            .field("no_cache", &self.no_cache)
+            .finish()
+    }
+}
+
+impl ImageBuilder {
+    /// A builder with the defaults: detect the type, the base image from `RAYFINE_BASE_IMAGE`.
+    pub fn new() -> ImageBuilder {
+        ImageBuilder::default()
+    }
+
+    /// Builds as this type whatever the detector would say.
+    pub fn env_type(mut self, env_type: EnvType) -> ImageBuilder {
+        self.env_type = Some(env_type);
+        self
+    }
+
+    /// The base image: the `FROM` of a folder without Dockerfile, and the `BASE_IMAGE` build
+    /// argument of one with (a Dockerfile opts in with `ARG BASE_IMAGE` / `FROM ${BASE_IMAGE}`).
+    pub fn base_image(mut self, image: impl Into<String>) -> ImageBuilder {
+        self.base_image = Some(image.into());
+        self
+    }
+
+    /// A `--build-arg` for the user's Dockerfile.
+    pub fn build_arg(mut self, key: impl Into<String>, value: impl Into<String>) -> ImageBuilder {
+        self.build_args.insert(key.into(), value.into());
+        self
+    }
+
+    /// An extra label on every image built (besides Rayfine's own).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> ImageBuilder {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Ignores the layer cache.
+    pub fn no_cache(mut self, no_cache: bool) -> ImageBuilder {
+        self.no_cache = no_cache;
+        self
+    }
+
+    /// Asks the engine for no step-by-step output (errors still come through).
+    pub fn quiet(mut self, quiet: bool) -> ImageBuilder {
+        self.quiet = quiet;
+        self
+    }
+
+    /// The static server to inject; default: found as [`server_binary`] describes.
+    pub fn server_binary(mut self, path: impl Into<PathBuf>) -> ImageBuilder {
+        self.server_binary = Some(path.into());
+        self
+    }
+
+    /// Receives every line of build output.
+    pub fn on_progress(mut self, progress: impl Fn(&BuildProgress) + Send + Sync + 'static) -> ImageBuilder {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// Builds `folder` as `tag`.
+    pub async fn build(&self, folder: impl AsRef<Path>, tag: &str) -> Result<BuiltImage> {
+        let folder = folder.as_ref();
+        validate_reference(tag)?;
+        for key in self.build_args.keys().chain(self.labels.keys()) {
+            if key.is_empty() || key.contains('=') {
+                return Err(Error::InvalidInput(format!("`{key}` is not a valid build argument or label name")));
+            }
+        }
+        let detection = EnvDetector::with_override(self.env_type).detect(folder)?;
+        // Checked before anything is built, so a missing server fails in a second, not after
+        // stage 1.
+        let server = match detection.env_type {
+            EnvType::Function => Some(server_binary::locate(self.server_binary.as_deref())?),
+            EnvType::Http => None,
+        };
+        let docker = connect().await?;
+        let mut own_labels = BTreeMap::from([
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::VERSION.to_string(), labels::RAYFINE_VERSION.to_string()),
+        ]);
+        own_labels.extend(self.labels.clone());
+
+        let mut build_args = self.build_args.clone();
+        if let Some(base) = self.resolved_base_image(folder) {
+            build_args.entry("BASE_IMAGE".into()).or_insert(base);
+        }
+
+        let Some(server) = server else {
+            let mut image_labels = own_labels.clone();
+            image_labels.insert(labels::ENV_TYPE.into(), EnvType::Http.as_str().into());
+            image_labels.insert(labels::HTTP_PORT.into(), detection.http_port.unwrap_or(super::detect::DEFAULT_HTTP_PORT).to_string());
+            let image_id = self.run_build(&docker, BuildStage::Environment, tag, folder, &build_args, &image_labels).await?;
+            return Ok(BuiltImage { tag: tag.into(), base_tag: None, env_type: EnvType::Http, reason: detection.reason, image_id });
+        };
+
+        let base_tag = format!("{tag}-base");
+        let mut base_labels = own_labels.clone();
+        base_labels.insert(labels::STAGE.into(), "base".into());
+        self.run_build(&docker, BuildStage::Environment, &base_tag, folder, &build_args, &base_labels).await?;
+
+        let server_bytes = std::fs::read(&server).map_err(|source| Error::Io { context: format!("cannot read {}", server.display()), source })?;
+        let mut image_labels = own_labels;
+        image_labels.insert(labels::ENV_TYPE.into(), EnvType::Function.as_str().into());
+        image_labels.insert(labels::STAGE.into(), "server".into());
+        self.report(BuildStage::Server, tag, &format!("adding the server ({} KiB) and the worker on top of {base_tag}", server_bytes.len() / 1024));
+        let image_id = add_server_layer(&docker, &base_tag, tag, &server_bytes, &image_labels).await?;
+        self.report(BuildStage::Server, tag, &format!("tagged {tag}"));
+        Ok(BuiltImage { tag: tag.into(), base_tag: Some(base_tag), env_type: EnvType::Function, reason: detection.reason, image_id })
+    }
+
+    /// `--base-image`, else `RAYFINE_BASE_IMAGE`, else (only for a folder without Dockerfile,
+    /// which needs some base) the default.
+    fn resolved_base_image(&self, folder: &Path) -> Option<String> {
+        self.base_image
+            .clone()
+            .or_else(|| std::env::var("RAYFINE_BASE_IMAGE").ok().filter(|v| !v.is_empty()))
+            .or_else(|| (!folder.join("Dockerfile").is_file()).then(|| DEFAULT_BASE_IMAGE.to_string()))
+    }
+
+    fn report(&self, stage: BuildStage, tag: &str, line: &str) {
+        if let (Some(progress), false) = (&self.progress, self.quiet) {
+            progress(&BuildProgress { stage, tag: tag.to_string(), line: line.to_string() });
+        }
+    }
+
+    /// Builds the folder's Dockerfile through the engine; returns the image id.
+    ///
+    /// The classic builder reuses intermediate images as its cache. When another build's image is
+    /// removed at the same moment, the engine prunes an intermediate this build has just picked,
+    /// and the build fails with "unknown parent image ID". Nothing is wrong with the folder, so
+    /// the build is run again (the cache no longer offers the pruned layer).
+    async fn run_build(
+        &self,
+        docker: &bollard::Docker,
+        stage: BuildStage,
+        tag: &str,
+        folder: &Path,
+        build_args: &BTreeMap<String, String>,
+        image_labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match self.run_build_once(docker, stage, tag, folder, build_args, image_labels).await {
+                Err(Error::Build { message, .. }) if attempt < ATTEMPTS && is_cache_race(&message) => {
+                    self.report(stage, tag, &format!("an image in the layer cache was removed during the build ({}); building again", first_line(&message)));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_build_once(
+        &self,
+        docker: &bollard::Docker,
+        stage: BuildStage,
+        tag: &str,
+        folder: &Path,
+        build_args: &BTreeMap<String, String>,
+        image_labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let build_args: HashMap<String, String> = build_args.clone().into_iter().collect();
+        let context = user_context(folder, image_labels)?;
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .nocache(self.no_cache)
+            .q(self.quiet)
+            .buildargs(&build_args)
+            .build();
+        let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut last_step: Option<String> = None;
+        let mut recent: Vec<String> = Vec::new();
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(bollard::errors::Error::DockerStreamError { error }) => return Err(build_error(tag, last_step, &recent, error)),
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                    return Err(build_error(tag, last_step, &recent, message))
+                }
+                Err(source) => return Err(Error::Docker { context: format!("building {tag}"), source }),
+            };
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_else(|| "the build failed".into());
+                return Err(build_error(tag, last_step, &recent, message));
+            }
+            if let Some(text) = info.stream {
+                for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                    if line.starts_with("Step ") {
+                        last_step = Some(line.to_string());
+                        recent.clear();
+                    } else {
+                        recent.push(line.to_string());
+                        if recent.len() > 10 {
+                            recent.remove(0);
+                        }
+                    }
+                    if let Some(progress) = &self.progress {
+                        progress(&BuildProgress { stage, tag: tag.to_string(), line: line.to_string() });
+                    }
+                }
+            }
+        }
+        let inspected = docker.inspect_image(tag).await.map_err(docker_error(format!("the build of {tag} ended but the image cannot be read")))?;
+        Ok(inspected.id.unwrap_or_default())
+    }
+}
+
+/// Builds `folder` as `tag` with the default options (see [`ImageBuilder`]).
+pub async fn build_image_from_env(folder: impl AsRef<Path>, tag: &str) -> Result<BuiltImage> {
+    ImageBuilder::new().build(folder, tag).await
+}
+
+/// The folder as a build context. Its Dockerfile (or a default one) gets the labels appended as
+/// one LABEL line: given through the API, each label would be a build step of its own (~1.5 s on
+/// the classic builder), and a LABEL at the end applies to the image the last stage makes.
+fn user_context(folder: &Path, image_labels: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let mut archive = ContextArchive::new();
+    archive.add_folder(folder)?;
+    let path = folder.join("Dockerfile");
+    let mut dockerfile = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let mut text = DEFAULT_DOCKERFILE.to_string();
+            if folder.join("requirements.txt").is_file() {
+                text.push_str("RUN python3 -m pip install --no-cache-dir -r /app/requirements.txt\n");
+            }
+            text.into_bytes()
+        }
+        Err(source) => return Err(Error::Io { context: format!("cannot read {}", path.display()), source }),
+    };
+    let pairs: Vec<String> = image_labels.iter().map(|(k, v)| format!("{}={}", quote(k), quote(v))).collect();
+    dockerfile.extend_from_slice(format!("\nLABEL {}\n", pairs.join(" ")).as_bytes());
+    archive.add_bytes("Dockerfile", &dockerfile, 0o644)?;
+    archive.finish()
+}
+
+/// Whether a build failed because the engine pruned a cached layer under it, not because of the
+/// Dockerfile.
+fn is_cache_race(message: &str) -> bool {
+    message.contains("unknown parent image ID") || message.contains("failed to set parent")
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+fn build_error(tag: &str, step: Option<String>, recent: &[String], message: String) -> Error {
+    let mut message = message.trim().to_string();
+    let output: Vec<&String> = recent.iter().filter(|l| !message.contains(l.as_str())).collect();
+    if !output.is_empty() {
+        message.push_str("\n--- last output of that step ---\n");
+        message.push_str(&output.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n"));
+    }
+    Error::Build { tag: tag.to_string(), step, message }
+}
+
+/// Checks an image reference the way the engine will (`name[:tag]`, lowercase name), so a bad
+/// one fails before anything is built and with a message that says what is wrong.
+pub(crate) fn validate_reference(reference: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::InvalidInput(format!("`{reference}` is not a valid image tag: {why}")));
+    if reference.is_empty() {
+        return bad("it is empty");
+    }
+    if reference.contains('@') {
+        return bad("a digest cannot be built; use name:tag");
+    }
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match reference[last_slash..].rfind(':') {
+        Some(colon) => (&reference[..last_slash + colon], Some(&reference[last_slash + colon + 1..])),
+        None => (reference, None),
+    };
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return bad("the tag after `:` may hold letters, digits, `_`, `.` and `-` (not first), at most 128");
+        }
+    }
+    // The first component may be a registry host (with a port); the rest are path components.
+    for (index, component) in name.split('/').enumerate() {
+        let is_host = index == 0 && name.contains('/') && (component.contains('.') || component.contains(':') || component == "localhost");
+        if is_host {
+            continue;
+        }
+        let valid = !component.is_empty()
+            && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+            && component.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && component.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            return bad("names are lowercase letters, digits and `.`, `_`, `-` separators, e.g. `my-env:v1`");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        for good in ["echo", "echo:v1", "rayfine-test/python:bookworm", "localhost:5000/a/b:c-1", "a.b_c-d:1.0"] {
+            assert!(validate_reference(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Echo", "echo:", "echo:-x", "a//b", "echo@sha256:00", "-a", "a:b:c!", "echo:has space"] {
+            assert!(validate_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_pruned_cache_layer_counts_as_a_race() {
+        assert!(is_cache_race("failed to export image: failed to set parent sha256:84f8: unknown parent image ID sha256:84f8"));
+        assert!(!is_cache_race("The command '/bin/sh -c exit 3' returned a non-zero code: 3"));
+        assert!(!is_cache_race("dockerfile parse error line 2: unknown instruction: FROB"));
+    }
+}

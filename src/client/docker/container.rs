@@ -1,0 +1,404 @@
+//! The Docker backend: one environment, one container.
+//!
+//! The order of a start is what makes it leak-proof:
+//! 1. the container is created with Rayfine's labels (owner pid and start time, env id),
+//! 2. registered for cleanup at once, before it runs, so a Ctrl-C from here on removes it,
+//! 3. attached to (stdout, stderr and, unless kept, stdin) before it starts, so no output is lost
+//!    and the last log lines can explain a failure even when the container is already gone,
+//! 4. started, with its port published on 127.0.0.1 only, on a port the engine picks.
+//!
+//! A function-based server announces readiness on stdout (the same event lines as in process
+//! mode), so there is no polling. Its stdin is our attach connection with `StdinOnce`: when this
+//! process dies, even by SIGKILL, the connection closes, the engine closes the container's stdin,
+//! the server exits and `AutoRemove` deletes the container.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt};
+use parking_lot::Mutex;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::detect::{EnvType, DEFAULT_HTTP_PORT};
+use super::engine::{connect, docker_error, is_conflict, is_not_found};
+use super::labels;
+use crate::client::error::{Error, Result};
+use crate::client::http::ServerClient;
+use crate::client::options::ContainerLimits;
+use crate::client::registry;
+use crate::protocol::{ServerEvent, TOKEN_ENV};
+
+/// The port Rayfine's server listens on inside its container.
+const SERVER_PORT: u16 = 8000;
+/// How many log lines are kept, and how many an error shows.
+const LOG_LINES: usize = 200;
+const LOG_LINES_IN_ERRORS: usize = 20;
+/// Seconds `docker stop` waits after SIGTERM before SIGKILL. The server shuts down in
+/// milliseconds; this only bounds an environment that ignores the signal.
+const STOP_GRACE_SECS: i32 = 3;
+
+/// Everything needed to start one container.
+pub(crate) struct DockerLaunch<'a> {
+    pub image: &'a str,
+    pub env_id: &'a str,
+    pub name: &'a str,
+    pub env_vars: &'a BTreeMap<String, String>,
+    pub token: &'a str,
+    pub keep: bool,
+    pub startup_timeout: Duration,
+    pub limits: &'a ContainerLimits,
+    pub env_type: Option<EnvType>,
+    pub http_port: Option<u16>,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+type Input = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A running environment container.
+pub(crate) struct DockerServer {
+    /// The engine's container id.
+    id: String,
+    env_type: EnvType,
+    /// Our end of the container's stdin; closing it stops a function-based server.
+    stdin: tokio::sync::Mutex<Option<Input>>,
+    /// Last output lines.
+    logs: Arc<Mutex<VecDeque<String>>>,
+    /// Set when the attach stream ends: the container has exited.
+    exited: Arc<AtomicBool>,
+}
+
+/// A started container: the server, its host port, and how it is served.
+pub(crate) struct Started {
+    pub server: DockerServer,
+    pub port: u16,
+    pub env_type: EnvType,
+}
+
+impl DockerServer {
+    /// Creates, attaches, starts and waits for the container; removes it again on any failure.
+    pub async fn start(launch: DockerLaunch<'_>) -> Result<Started> {
+        let docker = connect().await?;
+        let image = docker.inspect_image(launch.image).await.map_err(|err| {
+            if is_not_found(&err) {
+                Error::InvalidInput(format!(
+                    "no image `{}` in the local Docker engine: build one with `rayfine build <env-folder> -t {}`, or pull it",
+                    launch.image, launch.image
+                ))
+            } else {
+                Error::Docker { context: format!("cannot inspect image {}", launch.image), source: err }
+            }
+        })?;
+        let image_labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+        // Explicit wins; then the label; an image Rayfine did not build is assumed to speak
+        // the /call protocol (an affinetes image does).
+        let env_type = match launch.env_type {
+            Some(env_type) => env_type,
+            None => image_labels.get(labels::ENV_TYPE).map(|v| v.parse()).transpose()?.unwrap_or(EnvType::Function),
+        };
+        let container_port = match env_type {
+            EnvType::Function => SERVER_PORT,
+            EnvType::Http => launch
+                .http_port
+                .or_else(|| image_labels.get(labels::HTTP_PORT).and_then(|p| p.parse().ok()))
+                .unwrap_or(DEFAULT_HTTP_PORT),
+        };
+        let watch_stdin = env_type == EnvType::Function && !launch.keep;
+
+        let id = create(&docker, &launch, env_type, container_port, watch_stdin).await?;
+        registry::track_container(&id);
+        let logs = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES)));
+        let exited = Arc::new(AtomicBool::new(false));
+        let server = DockerServer { id: id.clone(), env_type, stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() };
+
+        let outcome = async {
+            let attach_options = AttachContainerOptionsBuilder::default().stream(true).logs(true).stdout(true).stderr(true).stdin(watch_stdin).build();
+            let attached = docker.attach_container(&id, Some(attach_options)).await.map_err(|err| format!("cannot attach to the container: {err}"))?;
+            if watch_stdin {
+                *server.stdin.lock().await = Some(attached.input);
+            }
+            let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(pump_output(attached.output, launch.name.to_string(), logs.clone(), events_tx, exited.clone()));
+            docker.start_container(&id, None).await.map_err(|err| format!("the engine cannot start the container: {err}"))?;
+            let port = published_port(&docker, &id, container_port).await?;
+            let deadline = Instant::now() + launch.startup_timeout;
+            match env_type {
+                EnvType::Function => wait_for_server(events_rx, port, deadline).await?,
+                EnvType::Http => wait_for_http(port, deadline, &exited).await?,
+            }
+            Ok::<u16, String>(port)
+        }
+        .await
+        .map_err(|err| err.to_string());
+
+        match outcome {
+            Ok(port) => Ok(Started { server, port, env_type }),
+            Err(reason) => {
+                // Give the output pump a moment to read the container's last words.
+                let wait_exit = async {
+                    while !exited.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(300), wait_exit).await;
+                let logs = server.last_logs(LOG_LINES_IN_ERRORS);
+                server.stop().await;
+                Err(Error::StartFailed { name: launch.name.to_string(), reason, logs })
+            }
+        }
+    }
+
+    /// The engine's container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// How the environment is served.
+    pub fn env_type(&self) -> EnvType {
+        self.env_type
+    }
+
+    /// Whether the container has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::SeqCst)
+    }
+
+    /// The last `n` output lines.
+    pub fn last_logs(&self, n: usize) -> Vec<String> {
+        let logs = self.logs.lock();
+        logs.iter().skip(logs.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// Stops the container (SIGTERM, short grace, SIGKILL) and removes it with its volumes;
+    /// returns once it is gone.
+    pub async fn stop(&self) {
+        if let Some(mut input) = self.stdin.lock().await.take() {
+            let _ = input.shutdown().await;
+        }
+        match connect().await {
+            Ok(docker) => {
+                let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECS).build();
+                if let Err(err) = docker.stop_container(&self.id, Some(stop)).await {
+                    tracing::debug!("stopping container {}: {err}", self.id);
+                }
+                remove_and_wait(&docker, &self.id).await;
+            }
+            Err(err) => tracing::warn!("cannot remove container {}: {err}", self.id),
+        }
+        registry::untrack_container(&self.id);
+    }
+}
+
+/// Creates the container; returns its id.
+async fn create(docker: &Docker, launch: &DockerLaunch<'_>, env_type: EnvType, container_port: u16, watch_stdin: bool) -> Result<String> {
+    let port_key = format!("{container_port}/tcp");
+    let mut env: Vec<String> = launch.env_vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if env_type == EnvType::Function {
+        env.push(format!("{TOKEN_ENV}={}", launch.token));
+        if watch_stdin {
+            env.push("RAYFINE_EXIT_ON_STDIN_EOF=true".into());
+        }
+        env.push(format!("RUST_LOG={}", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into())));
+    }
+    let mut container_labels: HashMap<String, String> = launch.labels.clone().into_iter().collect();
+    let me = std::process::id();
+    container_labels.extend([
+        (labels::MANAGED.to_string(), "true".to_string()),
+        (labels::VERSION.to_string(), labels::RAYFINE_VERSION.to_string()),
+        (labels::ENV_TYPE.to_string(), env_type.as_str().to_string()),
+        (labels::ENV_ID.to_string(), launch.env_id.to_string()),
+        (labels::NAME.to_string(), launch.name.to_string()),
+        (labels::OWNER_PID.to_string(), me.to_string()),
+        (labels::OWNER_START.to_string(), labels::process_start_time(me).map(|s| s.to_string()).unwrap_or_default()),
+        (labels::KEEP.to_string(), launch.keep.to_string()),
+    ]);
+    let limits = launch.limits;
+    let host_config = HostConfig {
+        port_bindings: Some(HashMap::from([(
+            port_key.clone(),
+            Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+        )])),
+        // A container that exits (its owner died, its lease lapsed) removes itself.
+        auto_remove: Some(!launch.keep),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        pids_limit: limits.pids,
+        memory: limits.memory_bytes,
+        nano_cpus: limits.cpus.map(|c| (c * 1e9) as i64),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(launch.image.to_string()),
+        env: Some(env),
+        labels: Some(container_labels),
+        exposed_ports: Some(vec![port_key]),
+        attach_stdin: Some(watch_stdin),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(watch_stdin),
+        stdin_once: Some(watch_stdin),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default().name(&format!("rayfine-{}", launch.env_id)).build();
+    let created = docker.create_container(Some(options), body).await.map_err(docker_error(format!("cannot create a container from {}", launch.image)))?;
+    Ok(created.id)
+}
+
+/// The host port the engine bound for `container_port`.
+async fn published_port(docker: &Docker, id: &str, container_port: u16) -> Result<u16, String> {
+    let inspected = docker.inspect_container(id, None).await.map_err(|err| format!("cannot inspect the container: {err}"))?;
+    let key = format!("{container_port}/tcp");
+    inspected
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|ports| ports.get(&key).cloned().flatten())
+        .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port.and_then(|p| p.parse().ok())))
+        .ok_or_else(|| {
+            let state = inspected.state.and_then(|s| s.status).map(|s| s.to_string()).unwrap_or_default();
+            format!("the engine published no port for {key} (container {state})")
+        })
+}
+
+/// Waits for the server's `ready` event, then checks the published port answers.
+async fn wait_for_server(mut events: tokio::sync::mpsc::UnboundedReceiver<ServerEvent>, port: u16, deadline: Instant) -> Result<(), String> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let ready = async {
+        while let Some(event) = events.recv().await {
+            match event {
+                ServerEvent::Listening { .. } => {}
+                ServerEvent::Ready => return Ok(()),
+                ServerEvent::Failed { error } => return Err(format!("{}: {}", error.kind, error.message)),
+            }
+        }
+        Err("the container exited before the environment was ready".to_string())
+    };
+    tokio::time::timeout(timeout, ready).await.map_err(|_| format!("not ready after {:.0} s", timeout.as_secs_f64()))??;
+    // The event came from inside; make sure the path through the published port works too.
+    let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), None).map_err(|e| e.to_string())?;
+    let mut delay = Duration::from_millis(2);
+    loop {
+        match client.probe(Duration::from_secs(2)).await {
+            Ok(_) => return Ok(()),
+            Err(err) if Instant::now() + delay > deadline => return Err(format!("the published port {port} does not answer: {err}")),
+            Err(_) => tokio::time::sleep(delay).await,
+        }
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// An HTTP-based environment is ready when `/health` says 200, or, if it has no such route, when
+/// it answers anything below 500.
+async fn wait_for_http(port: u16, deadline: Instant, exited: &AtomicBool) -> Result<(), String> {
+    let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), None).map_err(|e| e.to_string())?;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if exited.load(Ordering::SeqCst) {
+            return Err("the container exited before its server answered".into());
+        }
+        let last = match client.probe(Duration::from_secs(2)).await {
+            Ok(status) if status < 500 => return Ok(()),
+            Ok(status) => format!("/health answered HTTP {status}"),
+            Err(err) => err.to_string(),
+        };
+        if Instant::now() + delay > deadline {
+            return Err(format!("not ready in time: {last}"));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Splits the container's output into lines: server events go to `events`, everything goes to
+/// the log ring and to tracing. Sets `exited` when the stream ends.
+async fn pump_output(
+    mut output: Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    name: String,
+    logs: Arc<Mutex<VecDeque<String>>>,
+    events: tokio::sync::mpsc::UnboundedSender<ServerEvent>,
+    exited: Arc<AtomicBool>,
+) {
+    let mut partial_out = Vec::new();
+    let mut partial_err = Vec::new();
+    let take_line = |line: &[u8], from_stdout: bool| {
+        let line = String::from_utf8_lossy(line).trim_end().to_string();
+        if from_stdout {
+            if let Ok(event) = serde_json::from_str::<ServerEvent>(&line) {
+                let _ = events.send(event);
+                return;
+            }
+        }
+        tracing::info!(target: "rayfine::env", "[{name}] {line}");
+        let mut logs = logs.lock();
+        if logs.len() == LOG_LINES {
+            logs.pop_front();
+        }
+        logs.push_back(line);
+    };
+    while let Some(Ok(chunk)) = output.next().await {
+        let (bytes, from_stdout, partial) = match chunk {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (message, true, &mut partial_out),
+            LogOutput::StdErr { message } => (message, false, &mut partial_err),
+            LogOutput::StdIn { .. } => continue,
+        };
+        partial.extend_from_slice(&bytes);
+        while let Some(newline) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=newline).collect();
+            take_line(&line, from_stdout);
+        }
+    }
+    for (rest, from_stdout) in [(partial_out, true), (partial_err, false)] {
+        if !rest.is_empty() {
+            take_line(&rest, from_stdout);
+        }
+    }
+    exited.store(true, Ordering::SeqCst);
+}
+
+/// Force-removes a container with its volumes and waits until the engine no longer knows it.
+pub(crate) async fn remove_and_wait(docker: &Docker, id: &str) {
+    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => {}
+        Err(err) if is_not_found(&err) => return,
+        Err(err) if is_conflict(&err) => {} // auto-removal already under way
+        Err(err) => tracing::warn!("cannot remove container {id}: {err}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match docker.inspect_container(id, None).await {
+            Err(err) if is_not_found(&err) => return,
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    tracing::warn!("container {id} is still there 10 s after its removal was asked");
+}
+
+/// Force-removes containers from a plain thread with a runtime of its own: for the exit paths
+/// (signal handler, panic hook, guard) that may run inside or outside an async runtime.
+pub(crate) fn remove_now(ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let worker = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            let Ok(docker) = connect().await else { return };
+            let removals = ids.iter().map(|id| {
+                let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+                let docker = docker.clone();
+                async move {
+                    let _ = docker.remove_container(id, Some(options)).await;
+                }
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(10), futures_util::future::join_all(removals)).await;
+        });
+    });
+    let _ = worker.join();
+}

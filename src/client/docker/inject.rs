@@ -1,0 +1,121 @@
+//! Stage 2 of a function-based environment: Rayfine's static server and its stdlib-only worker
+//! added on top of the user's image, as one new layer.
+//!
+//! This is not a Dockerfile build. The engine's classic builder commits a container for every
+//! metadata instruction (ENV, EXPOSE, ENTRYPOINT, each LABEL), about 1.5 s each on a small
+//! machine; instead, one container is created from the base (never started), the two files are
+//! uploaded into it, and it is committed once with the image settings from
+//! `templates/server-image.changes`. No pip, no network, no shell needed in the base: it works on
+//! `FROM scratch`. A content key label makes a rebuild of an unchanged environment a no-op.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{ContainerConfig, ContainerCreateBody};
+use bollard::query_parameters::{CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, UploadToContainerOptionsBuilder};
+use bollard::Docker;
+
+use super::container::remove_and_wait;
+use super::context::ContextArchive;
+use super::engine::docker_error;
+use super::labels;
+use crate::client::error::Result;
+use crate::client::registry;
+
+/// Image settings of the server layer, as `docker commit --change` lines.
+const IMAGE_CHANGES: &str = include_str!("../../../templates/server-image.changes");
+
+/// Label holding the content key of a stage-2 image.
+const CONTENT_KEY: &str = "rayfine.content_key";
+
+/// Adds `server` and the worker on top of `base` and tags the result `tag`, unless `tag` already
+/// is exactly that. Returns the image id.
+pub(crate) async fn add_server_layer(docker: &Docker, base: &str, tag: &str, server: &[u8], image_labels: &BTreeMap<String, String>) -> Result<String> {
+    let base_id = docker.inspect_image(base).await.map_err(docker_error(format!("cannot inspect {base}")))?.id.unwrap_or_default();
+    let worker = crate::server::WORKER_SCRIPT.as_bytes();
+    let label_text: String = image_labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let key = format!("{:016x}", fnv1a(&[base_id.as_bytes(), server, worker, IMAGE_CHANGES.as_bytes(), label_text.as_bytes()]));
+    if let Ok(existing) = docker.inspect_image(tag).await {
+        let same = existing.config.and_then(|c| c.labels).is_some_and(|l| l.get(CONTENT_KEY) == Some(&key));
+        if same {
+            return Ok(existing.id.unwrap_or_default());
+        }
+    }
+
+    let mut files = ContextArchive::new();
+    files.add_bytes("rayfine/rayfine-server", server, 0o755)?;
+    files.add_bytes("rayfine/worker.py", worker, 0o644)?;
+    let archive = files.finish()?;
+
+    let scratch_labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
+    let body = ContainerCreateBody {
+        image: Some(base.to_string()),
+        labels: Some(scratch_labels),
+        // Never started; an entrypoint is required by the engine for images that have none.
+        entrypoint: Some(vec!["/rayfine/rayfine-server".into()]),
+        ..Default::default()
+    };
+    let name = format!("rayfine-stage2-{}", crate::client::random_hex(6)?);
+    let created = docker
+        .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
+        .await
+        .map_err(docker_error(format!("cannot create a container from {base}")))?;
+    registry::track_container(&created.id);
+    let result = async {
+        let upload = UploadToContainerOptionsBuilder::default().path("/").build();
+        docker
+            .upload_to_container(&created.id, Some(upload), bollard::body_full(archive.into()))
+            .await
+            .map_err(docker_error("cannot copy the server into the image"))?;
+        let mut changes = IMAGE_CHANGES.trim_end().to_string();
+        for (k, v) in image_labels.iter().chain(std::iter::once((&CONTENT_KEY.to_string(), &key))) {
+            changes.push_str(&format!("\nLABEL {}={}", quote(k), quote(v)));
+        }
+        let (repo, image_tag) = split_tag(tag);
+        let options = CommitContainerOptionsBuilder::default().container(&created.id).repo(repo).tag(image_tag).changes(&changes).pause(false).build();
+        let committed = docker.commit_container(options, ContainerConfig::default()).await.map_err(docker_error(format!("cannot commit {tag}")))?;
+        Ok(committed.id)
+    }
+    .await;
+    remove_and_wait(docker, &created.id).await;
+    registry::untrack_container(&created.id);
+    result
+}
+
+/// `repo:tag` → (`repo`, `tag`), the tag defaulting to `latest`.
+fn split_tag(reference: &str) -> (&str, &str) {
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[last_slash..].rfind(':') {
+        Some(colon) => (&reference[..last_slash + colon], &reference[last_slash + colon + 1..]),
+        None => (reference, "latest"),
+    }
+}
+
+/// A Dockerfile-quoted word.
+pub(crate) fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// FNV-1a over several byte strings, each followed by a separator: a stable content key (not a
+/// security boundary; a collision only skips a rebuild).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_split_and_keys_differ() {
+        assert_eq!(split_tag("a/b:c"), ("a/b", "c"));
+        assert_eq!(split_tag("localhost:5000/a"), ("localhost:5000/a", "latest"));
+        assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
+    }
+}

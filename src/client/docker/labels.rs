@@ -1,0 +1,64 @@
+//! The labels Rayfine puts on everything it creates, and what they say about the owner.
+//!
+//! `rayfine.managed=true` marks images and containers as ours, so `rayfine ps`, `cleanup` and
+//! the test suite's leak check find them by label and never touch anything else. A container also
+//! names the process that owns it (pid and that process's start time, so a reused pid is not
+//! mistaken for the owner): that is how `cleanup --orphans` tells what a dead owner left behind.
+//! Secrets (the token, env var values) never go into labels: `docker inspect` shows labels to
+//! every user of the engine.
+
+/// Marks images and containers made by Rayfine.
+pub const MANAGED: &str = "rayfine.managed";
+/// `function` or `http`, on images and containers.
+pub const ENV_TYPE: &str = "rayfine.env_type";
+/// The Rayfine version that built the image or started the container.
+pub const VERSION: &str = "rayfine.version";
+/// The port an HTTP-based environment listens on inside its container.
+pub const HTTP_PORT: &str = "rayfine.http_port";
+/// `base` on the stage-1 image of a function-based environment.
+pub const STAGE: &str = "rayfine.stage";
+/// The environment's registry id.
+pub const ENV_ID: &str = "rayfine.env_id";
+/// The environment's name.
+pub const NAME: &str = "rayfine.name";
+/// Process id of the owning process.
+pub const OWNER_PID: &str = "rayfine.owner_pid";
+/// Start time of the owning process (clock ticks since boot), which makes the pid unambiguous.
+pub const OWNER_START: &str = "rayfine.owner_start";
+/// `true` on environments meant to outlive their owner (`run --keep`).
+pub const KEEP: &str = "rayfine.keep";
+
+/// This crate's version, for the `rayfine.version` label.
+pub const RAYFINE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The start time of process `pid`, in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the owner a container names is still running: same pid, same start time.
+pub fn owner_alive(pid: Option<u32>, start: Option<u64>) -> bool {
+    match (pid, start) {
+        (Some(pid), Some(start)) if pid > 0 => process_start_time(pid) == Some(start),
+        (Some(pid), None) if pid > 0 => process_start_time(pid).is_some(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = std::process::id();
+        let start = process_start_time(me);
+        assert!(start.is_some());
+        assert!(owner_alive(Some(me), start));
+        assert!(!owner_alive(Some(me), start.map(|s| s + 1)));
+        assert!(!owner_alive(None, None));
+    }
+}

@@ -1,0 +1,95 @@
+//! Finding the static `rayfine-server` that stage 2 injects into images.
+//!
+//! It must be statically linked to run in any image (Debian, alpine, distroless, scratch), and
+//! the one cargo builds by default is not, so a dynamic binary is refused with the command that
+//! builds the right one, instead of an image that fails at start with "no such file".
+
+use std::path::{Path, PathBuf};
+
+use crate::client::error::{Error, Result};
+
+/// Where cargo puts the static build, relative to a target folder.
+const STATIC_RELATIVE: &str = "x86_64-unknown-linux-gnu/release/rayfine-server";
+
+/// The command that builds the static server.
+pub const BUILD_COMMAND: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --no-default-features \
+                                 --bin rayfine-server --target x86_64-unknown-linux-gnu";
+
+/// Finds the static server: `explicit` if given, else `RAYFINE_SERVER_BIN` when it is static
+/// (process mode also reads that variable and is happy with a dynamic build), a `rayfine-server`
+/// next to this program, then cargo's static build in any target folder above this program.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return check(path).map(|()| path.to_path_buf());
+    }
+    let exe = std::env::current_exe().map_err(|source| Error::Io { context: "cannot find this program's path".into(), source })?;
+    let mut candidates: Vec<PathBuf> = std::env::var_os("RAYFINE_SERVER_BIN").map(PathBuf::from).into_iter().collect();
+    if let Some(dir) = exe.parent() {
+        candidates.push(dir.join("rayfine-server"));
+    }
+    for ancestor in exe.ancestors().skip(1) {
+        candidates.push(ancestor.join(STATIC_RELATIVE));
+        if ancestor.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+    }
+    if let Some(found) = candidates.iter().find(|c| c.is_file() && is_static_elf(c).unwrap_or(false)) {
+        return Ok(found.clone());
+    }
+    Err(Error::InvalidInput(format!(
+        "cannot find a statically linked rayfine-server to put into the image; build it with `{BUILD_COMMAND}` \
+         or set RAYFINE_SERVER_BIN (looked at: {})",
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+fn check(path: &Path) -> Result<()> {
+    match is_static_elf(path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::InvalidInput(format!(
+            "`{}` is dynamically linked and would not run in every image; build the static server with `{BUILD_COMMAND}`",
+            path.display()
+        ))),
+        Err(source) => Err(Error::Io { context: format!("cannot read the server binary `{}`", path.display()), source }),
+    }
+}
+
+/// Whether `path` is a 64-bit ELF executable without a program interpreter (so, static).
+pub fn is_static_elf(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let mut header = [0u8; 64];
+    if file.read(&mut header)? < 64 || &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return Ok(false);
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]) as u64;
+    let phoff = u64::from_le_bytes(header[32..40].try_into().expect("8 bytes"));
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    if phentsize < 4 || phnum == 0 {
+        return Ok(false);
+    }
+    for index in 0..phnum {
+        file.seek(SeekFrom::Start(phoff + index * phentsize))?;
+        let mut kind = [0u8; 4];
+        file.read_exact(&mut kind)?;
+        if u32::from_le_bytes(kind) == 3 {
+            return Ok(false); // PT_INTERP: needs a dynamic loader
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_programs_and_non_elf_files_are_not_static() {
+        assert!(!is_static_elf(Path::new("/bin/sh")).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("x");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        assert!(!is_static_elf(&text).unwrap());
+        assert!(check(&text).is_err());
+    }
+}
