@@ -34,7 +34,7 @@ fn bad_input_is_one_clear_line_and_exit_code_two() {
     let env = EnvCopy::of("echo");
     let state = tempfile::tempdir().unwrap();
     let cases: [(&[&str], &str); 4] = [
-        (&["run", "/nonexistent/folder"], "`/nonexistent/folder` is neither an environment folder nor an http:// URL"),
+        (&["run", "/nonexistent/folder"], "`/nonexistent/folder` is neither an environment folder (no such directory)"),
         (&["run", env.path_str(), "--call", "add", "--kwargs", "{oops"], "invalid --kwargs: not JSON"),
         (&["run", env.path_str(), "--call", "add", "--kwargs", "[1, 2]"], "invalid --kwargs: expected a JSON object, got an array"),
         (&["run", env.path_str(), "--call", "nope"], "no method named `nope`; available: add, aping, echo, ping, slow_echo"),

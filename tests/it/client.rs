@@ -5,7 +5,7 @@ use std::time::Duration;
 use rayfine::{load_env, Error, LoadOptions, Mode};
 use serde_json::json;
 
-use crate::util::EnvCopy;
+use crate::util::{in_child, run_child, EnvCopy};
 
 fn process(env: &EnvCopy) -> LoadOptions {
     LoadOptions::folder(env.path()).mode(Mode::Process)
@@ -119,19 +119,6 @@ async fn a_dead_worker_fails_calls_in_flight_and_is_restarted() {
 
 /// Runs one `#[ignore]`d test of this binary in a child process, for tests that touch the
 /// whole registry or end their process, which must not disturb tests running beside them.
-fn run_child(test: &str, envs: &[(&str, &str)]) -> std::process::Output {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
-        .env("RAYFINE_TEST_CHILD", "1")
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap()
-}
-
-fn in_child() -> bool {
-    std::env::var_os("RAYFINE_TEST_CHILD").is_some()
-}
-
 #[test]
 fn cleanup_all_removes_every_registered_environment() {
     let dirs: Vec<EnvCopy> = (0..3).map(|_| EnvCopy::of("echo")).collect();

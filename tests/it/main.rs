@@ -2,5 +2,7 @@
 
 mod cli;
 mod client;
+mod docker;
+mod docker_util;
 mod server;
 mod util;

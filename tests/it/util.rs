@@ -125,8 +125,14 @@ impl Drop for RunningServer {
 
 /// Runs the CLI with a private state folder; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str], state: &Path) -> (i32, String, String) {
+    cli_with_env(args, state, &[])
+}
+
+/// Runs the CLI with extra environment variables.
+pub fn cli_with_env(args: &[&str], state: &Path, vars: &[(&str, &str)]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_rayfine"))
         .args(args)
+        .envs(vars.iter().copied())
         .env("RAYFINE_STATE_DIR", state)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -161,4 +167,49 @@ pub fn http(method: &str, url: &str, body: &str, token: Option<&str>) -> (u16, s
     let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
     let json = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     (status, json)
+}
+
+/// Runs one ignored test of this binary in a child process (a fresh registry, handlers and
+/// process to kill), and waits for it.
+pub fn run_child(test: &str, envs: &[(&str, &str)]) -> std::process::Output {
+    child_command(test, envs).output().unwrap()
+}
+
+/// Starts one ignored test of this binary in a child process, stdout piped.
+pub fn spawn_child(test: &str, envs: &[(&str, &str)]) -> Child {
+    child_command(test, envs).stdout(Stdio::piped()).spawn().unwrap()
+}
+
+fn child_command(test: &str, envs: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"]).env("RAYFINE_TEST_CHILD", "1").envs(envs.iter().copied());
+    command
+}
+
+/// Whether this process is such a child.
+pub fn in_child() -> bool {
+    std::env::var_os("RAYFINE_TEST_CHILD").is_some()
+}
+
+/// Reads the child's stdout until a line holds `needle`; panics after `within`.
+pub fn wait_for_line(child: &mut Child, needle: &str, within: Duration) {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_string();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(&needle) {
+                let _ = tx.send(Ok(()));
+                return;
+            }
+            seen.push(line);
+        }
+        let _ = tx.send(Err(seen.join("\n")));
+    });
+    match rx.recv_timeout(within) {
+        Ok(Ok(())) => {}
+        Ok(Err(output)) => panic!("the child ended without printing the line; its output:\n{output}"),
+        Err(_) => panic!("the child did not print the line within {within:?}"),
+    }
 }

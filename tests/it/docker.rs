@@ -1,0 +1,249 @@
+//! The Docker backend against the real engine: build (function-based, HTTP-based, without a
+//! Dockerfile, broken), load with env vars, call, list methods, many at once, failures, the
+//! injected server on `FROM scratch`, and that nothing is left behind.
+
+use std::time::Duration;
+
+use rayfine::{load_env, EnvType, Error};
+use serde_json::json;
+
+use super::docker_util::{DockerScope, BASE_IMAGE, FASTAPI_IMAGE, SCOPE_LABEL};
+use super::util::{cli, cli_with_env, in_child, run_child, EnvCopy};
+
+#[tokio::test]
+async fn function_env_builds_in_two_stages_and_keeps_state() {
+    let scope = DockerScope::new("counter");
+    let env_dir = EnvCopy::of("counter");
+    let tag = scope.tag("counter");
+    let built = scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    assert_eq!(built.env_type, EnvType::Function);
+    assert_eq!(built.base_tag.as_deref(), Some(format!("{tag}-base").as_str()));
+    let labels = super::docker_util::docker_lines(&["image", "inspect", &tag, "--format", "{{json .Config.Labels}}"]);
+    let labels: serde_json::Value = serde_json::from_str(&labels[0]).unwrap();
+    assert_eq!(labels["rayfine.managed"], "true");
+    assert_eq!(labels["rayfine.env_type"], "function");
+    assert_eq!(labels["rayfine.version"], env!("CARGO_PKG_VERSION"));
+
+    let env = load_env(scope.options(&tag).env_var("COUNTER_NAME", "docker").env_var("COUNTER_STEP", "5")).await.unwrap();
+    assert_eq!(env.mode(), "docker");
+    assert_eq!(env.env_type(), EnvType::Function);
+    assert!(env.url().starts_with("http://127.0.0.1:"), "published on loopback only: {}", env.url());
+    assert_eq!(env.call("increment", json!({})).await.unwrap(), 5);
+    assert_eq!(env.call("increment", json!({"times": 2})).await.unwrap(), 15);
+    let names: Vec<String> = env.list_methods().await.unwrap().into_iter().map(|m| m.name).collect();
+    assert!(names.contains(&"increment".to_string()), "{names:?}");
+    // Without the token the server refuses.
+    let (status, _) = super::util::http("POST", &format!("{}/call", env.url()), r#"{"method":"increment"}"#, None);
+    assert_eq!(status, 401);
+    let container = env.container_id().unwrap().to_string();
+    let inspect = super::docker_util::docker_lines(&["inspect", &container, "--format", "{{json .HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}} {{json .Config.Labels}}"]);
+    assert!(inspect[0].contains("no-new-privileges"), "{inspect:?}");
+    assert!(!inspect[0].contains(env.token().unwrap()), "the token must not be in labels");
+    env.cleanup().await.unwrap();
+    scope.assert_no_container_left(Duration::from_secs(5));
+
+    // Rebuilding the unchanged environment reuses every layer and gives the same image.
+    let again = scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    assert_eq!(again.image_id, built.image_id);
+    scope.finish();
+}
+
+#[tokio::test]
+async fn failing_constructor_reports_the_python_error_and_removes_the_container() {
+    let scope = DockerScope::new("counter-fail");
+    let env_dir = EnvCopy::of("counter");
+    let tag = scope.tag("counter");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    let err = load_env(scope.options(&tag)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::StartFailed { .. }), "{err:?}");
+    assert!(text.contains("COUNTER_NAME"), "the constructor's error names the missing variable: {text}");
+    scope.assert_no_container_left(Duration::from_secs(10));
+    scope.finish();
+}
+
+#[tokio::test]
+async fn http_env_on_fastapi_is_called_by_post_and_listed_from_openapi() {
+    let scope = DockerScope::new("scorer");
+    let env_dir = EnvCopy::of("scorer_http");
+    let tag = scope.tag("scorer");
+    let built = scope.builder(FASTAPI_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    assert_eq!(built.env_type, EnvType::Http, "{}", built.reason);
+    assert!(built.base_tag.is_none());
+
+    let env = load_env(scope.options(&tag)).await.unwrap();
+    assert_eq!(env.env_type(), EnvType::Http);
+    let result = env.call("evaluate", json!({"task_id": 123, "answer": "321"})).await.unwrap();
+    assert_eq!(result, json!({"task_id": 123, "score": 1.0}));
+    let methods = env.list_methods().await.unwrap();
+    let evaluate = methods.iter().find(|m| m.name == "evaluate").expect("evaluate listed");
+    assert!(evaluate.signature.contains("task_id"), "{evaluate:?}");
+    match env.call("evaluate", json!({"task_id": -1, "answer": ""})).await.unwrap_err() {
+        Error::InvalidArguments { detail, .. } => assert!(detail.contains("negative"), "{detail}"),
+        other => panic!("expected InvalidArguments, got {other:?}"),
+    }
+    assert!(matches!(env.call("evaluate", json!({"answer": 1})).await.unwrap_err(), Error::InvalidArguments { .. }));
+    assert!(matches!(env.call("missing", json!({})).await.unwrap_err(), Error::MethodNotFound { .. }));
+    assert!(matches!(env.call("fail", json!({})).await.unwrap_err(), Error::Raised { .. }));
+    env.cleanup().await.unwrap();
+    scope.finish();
+}
+
+#[tokio::test]
+async fn folder_without_dockerfile_uses_the_base_image_and_dockerignore() {
+    let scope = DockerScope::new("nodockerfile");
+    let env_dir = EnvCopy::of("no_dockerfile");
+    let tag = scope.tag("plain");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    let env = load_env(scope.options(&tag)).await.unwrap();
+    let result = env.call("where", json!({})).await.unwrap();
+    assert_eq!(result, json!({"cwd": "/app", "data": "copied along", "ignored_present": false}));
+    env.cleanup().await.unwrap();
+    scope.finish();
+}
+
+#[tokio::test]
+async fn broken_dockerfile_fails_naming_the_step_and_its_output() {
+    let scope = DockerScope::new("broken");
+    let env_dir = EnvCopy::of("broken_dockerfile");
+    let tag = scope.tag("broken");
+    let err = scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap_err();
+    match &err {
+        Error::Build { step, message, .. } => {
+            let step = step.as_deref().unwrap_or_default();
+            assert!(step.contains("RUN echo"), "the failing step is named: {step}");
+            assert!(message.contains("3"), "the exit code is given: {message}");
+            assert!(message.contains("about to fail"), "the step's output is given: {message}");
+        }
+        other => panic!("expected a build error, got {other:?}"),
+    }
+    // A Dockerfile the engine cannot parse is reported with the engine's message.
+    std::fs::write(env_dir.path().join("Dockerfile"), "FROM rayfine-test/python:bookworm\nFROBNICATE now\n").unwrap();
+    let err = scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("frobnicate"), "{err}");
+    scope.finish();
+}
+
+#[tokio::test]
+async fn injected_server_runs_in_an_image_without_libc() {
+    let scope = DockerScope::new("scratch");
+    let env_dir = EnvCopy::of("scratch_base");
+    let tag = scope.tag("scratch");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    // No python in the image: the server starts, reports that, and the start fails cleanly.
+    let err = load_env(scope.options(&tag)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::StartFailed { .. }), "{err:?}");
+    assert!(text.contains("python3"), "the server itself ran and explained: {text}");
+    scope.assert_no_container_left(Duration::from_secs(10));
+    scope.finish();
+}
+
+#[tokio::test]
+async fn eight_environments_at_once_each_with_its_own_port() {
+    let scope = DockerScope::new("eight");
+    let env_dir = EnvCopy::of("echo");
+    let tag = scope.tag("echo");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    let loads = (0..8).map(|i| load_env(scope.options(&tag).name(format!("echo-{i}"))));
+    let envs: Vec<_> = futures_util::future::join_all(loads).await.into_iter().collect::<Result<_, _>>().unwrap();
+    let mut urls: Vec<&str> = envs.iter().map(|e| e.url()).collect();
+    urls.sort();
+    urls.dedup();
+    assert_eq!(urls.len(), 8);
+    for (i, env) in envs.iter().enumerate() {
+        assert_eq!(env.call("echo", json!({"text": format!("n{i}")})).await.unwrap(), format!("n{i}"));
+    }
+    assert_eq!(scope.containers().len(), 8);
+    futures_util::future::join_all(envs.iter().map(|e| e.cleanup())).await;
+    scope.finish();
+}
+
+#[test]
+fn cleanup_all_and_sigkill_of_the_owner_leave_no_container() {
+    let scope = DockerScope::new("owner");
+    let env_dir = EnvCopy::of("echo");
+    let tag = scope.tag("echo");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(scope.builder(BASE_IMAGE).build(env_dir.path(), &tag)).unwrap();
+
+    let output = run_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "cleanup_all")]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    scope.assert_no_container_left(Duration::from_secs(5));
+
+    // SIGKILL: no handler runs. The attach connection closes with the process, the engine closes
+    // the server's stdin, the server exits, and the container removes itself.
+    let mut child = super::util::spawn_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "wait")]);
+    super::util::wait_for_line(&mut child, "LOADED", Duration::from_secs(60));
+    assert_eq!(scope.containers().len(), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    scope.assert_no_container_left(Duration::from_secs(15));
+    scope.finish();
+}
+
+#[tokio::test]
+#[ignore = "run by cleanup_all_and_sigkill_of_the_owner_leave_no_container in a child process"]
+async fn child_loads_images() {
+    if !in_child() {
+        return;
+    }
+    let image = std::env::var("RAYFINE_TEST_IMAGE").unwrap();
+    let scope = std::env::var("RAYFINE_TEST_SCOPE").unwrap();
+    for _ in 0..2 {
+        load_env(rayfine::LoadOptions::image(&image).label(SCOPE_LABEL, &scope)).await.unwrap();
+    }
+    if std::env::var("RAYFINE_TEST_MODE").unwrap() == "cleanup_all" {
+        assert_eq!(rayfine::cleanup_all_environments().await, 2);
+        return;
+    }
+    println!("LOADED");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[test]
+fn cli_builds_runs_lists_and_removes_orphans() {
+    let scope = DockerScope::new("cli");
+    let env_dir = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let tag = scope.tag("echo");
+    let server = scope.server.to_str().unwrap().to_string();
+    let with_server = |args: &[&str]| cli_with_env(args, state.path(), &[("RAYFINE_SERVER_BIN", &server)]);
+    let (code, out, err) = with_server(&["build", env_dir.path_str(), "-t", &tag, "--base-image", BASE_IMAGE, "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), tag);
+    assert!(err.contains("function-based"), "{err}");
+
+    let (code, out, err) = cli(&["run", &tag, "--call", "echo", "-a", "text=from-cli", "--json"], state.path());
+    assert_eq!(code, 0, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["mode"], "docker");
+    assert_eq!(summary["result"], "from-cli");
+
+    let (code, _, err) = cli(&["build", "/no/such/folder", "-t", &tag], state.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/folder"), "{err}");
+    let (code, _, err) = cli(&["build", env_dir.path_str(), "-t", "Not A Tag"], state.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("not a valid image tag"), "{err}");
+
+    // An HTTP-based container has no stdin to watch: when its owner is killed it stays, an
+    // orphan, until `cleanup --orphans`.
+    let scorer = EnvCopy::of("scorer_http");
+    let scorer_tag = scope.tag("scorer");
+    let (code, _, err) = with_server(&["build", scorer.path_str(), "-t", &scorer_tag, "--base-image", FASTAPI_IMAGE, "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let mut child = super::util::spawn_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &scorer_tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "wait")]);
+    super::util::wait_for_line(&mut child, "LOADED", Duration::from_secs(60));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, out, _) = cli(&["ps", "--json"], state.path());
+    assert_eq!(code, 0);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let orphans = rows.iter().filter(|r| r["orphan"] == true && r["image"] == scorer_tag.as_str()).count();
+    assert_eq!(orphans, 2, "{out}");
+    let (code, _, err) = cli(&["cleanup", "--orphans"], state.path());
+    assert_eq!(code, 0, "{err}");
+    scope.assert_no_container_left(Duration::from_secs(10));
+    scope.finish();
+}
