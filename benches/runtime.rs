@@ -9,6 +9,9 @@
 //!   `rayfine-server` on `environments/echo`, beside `GET /health` on the same server, which
 //!   answers without the worker (the HTTP floor of this machine and load tool).
 //! - Cold start: process-mode `load_env` until the first call answers, beside `python3 -c pass`.
+//! - Docker (needs `bash .ci/setup`): `load_env(image)` until the first call answers, beside
+//!   `docker run` of the same image until its `/health` says ready; image builds: stage 2 on a
+//!   cached stage 1, and a rebuild of an unchanged environment.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -26,6 +29,94 @@ fn main() {
     if wants("cold_start") {
         cold_start();
     }
+    if wants("docker") {
+        docker();
+    }
+}
+
+const DOCKER_BASE: &str = "rayfine-test/python:bookworm";
+const DOCKER_TAG: &str = "rayfine-bench/echo:latest";
+const DOCKER_STARTS: usize = 10;
+
+fn docker() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/environments/echo");
+    let builder = || rayfine::ImageBuilder::new().base_image(DOCKER_BASE).quiet(true);
+    let timed = |f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        t.elapsed()
+    };
+    // First build (not timed: depends on what the engine has cached), then the two build figures.
+    runtime.block_on(builder().build(folder, DOCKER_TAG)).expect("build the bench image (run `bash .ci/setup` first)");
+    let mut stage2 = Vec::new();
+    let mut rebuild = Vec::new();
+    for _ in 0..5 {
+        let removed = Command::new("docker").args(["image", "rm", "-f", DOCKER_TAG]).output().expect("docker");
+        assert!(removed.status.success());
+        stage2.push(timed(&|| drop(runtime.block_on(builder().build(folder, DOCKER_TAG)).unwrap())));
+        rebuild.push(timed(&|| drop(runtime.block_on(builder().build(folder, DOCKER_TAG)).unwrap())));
+    }
+
+    // Interleaved, so drift of the machine hits both alike.
+    let mut floor = Vec::new();
+    let mut loads = Vec::new();
+    for _ in 0..DOCKER_STARTS {
+        floor.push(docker_run_until_ready());
+        loads.push(runtime.block_on(async {
+            let t = Instant::now();
+            let env = rayfine::load_env(rayfine::LoadOptions::image(DOCKER_TAG)).await.expect("load_env");
+            env.call("ping", serde_json::json!({})).await.expect("first call");
+            let elapsed = t.elapsed();
+            env.cleanup().await.unwrap();
+            elapsed
+        }));
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (floor, load) = (median(floor), median(loads));
+    println!("\n## Docker (median of {DOCKER_STARTS} starts, 5 builds; base {DOCKER_BASE})\n");
+    println!("| what | median |");
+    println!("|---|---:|");
+    println!("| floor: `docker run -d -p 127.0.0.1::8000` until `/health` is 200 | {:.0} ms |", ms(floor));
+    println!("| `load_env(image)` → first call answered | {:.0} ms |", ms(load));
+    println!("| over the floor | {:.0} ms |", ms(load) - ms(floor));
+    println!("| build: stage 2 on a cached stage 1 | {:.0} ms |", ms(median(stage2)));
+    println!("| build: rebuild of an unchanged environment | {:.0} ms |", ms(median(rebuild)));
+    let _ = Command::new("docker").args(["image", "rm", "-f", DOCKER_TAG, &format!("{DOCKER_TAG}-base")]).output();
+}
+
+/// `docker run` of the bench image (auth off, as the bare floor has no token), polled until its
+/// `/health` answers 200: the same readiness `load_env` waits for. The container is removed after.
+fn docker_run_until_ready() -> Duration {
+    let t = Instant::now();
+    let run = Command::new("docker")
+        .args(["run", "-d", "--rm", "-e", "RAYFINE_NO_AUTH=1", "-p", "127.0.0.1::8000", "--label", "rayfine.managed=true", DOCKER_TAG])
+        .output()
+        .expect("docker run");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let id = String::from_utf8_lossy(&run.stdout).trim().to_string();
+    let port = Command::new("docker").args(["port", &id, "8000/tcp"]).output().expect("docker port");
+    let port = String::from_utf8_lossy(&port.stdout).lines().next().and_then(|l| l.rsplit(':').next()).and_then(|p| p.trim().parse::<u16>().ok()).expect("a port");
+    loop {
+        if health_ok(port) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = t.elapsed();
+    let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    elapsed
+}
+
+fn health_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
 }
 
 struct WrkFigures {
