@@ -35,6 +35,8 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Serve an environment's env.py over HTTP (the in-container server).
     Serve(ServeArgs),
+    /// Measure call cost, throughput, start-up, fan-out, memory and builds, each beside its floor.
+    Bench(super::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

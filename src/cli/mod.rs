@@ -1,6 +1,7 @@
 //! The `rayfine` command: thin wrappers over the library, text for people, `--json` for scripts.
 
 pub mod args;
+mod bench;
 mod output;
 mod records;
 
@@ -23,6 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ps => ps(cli.json).await,
         Command::Cleanup(args) => cleanup(args, cli.json).await,
         Command::Serve(args) => Ok(rayfine::server::serve(args.config).await?),
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

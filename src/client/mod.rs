@@ -54,6 +54,7 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
                 token: &token,
                 keep: log_file.as_deref(),
                 startup_timeout: options.startup_timeout,
+                program: options.server_program.as_deref(),
             })
             .await?;
             let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), Some(token))?;

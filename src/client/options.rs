@@ -101,6 +101,10 @@ pub struct LoadOptions {
     pub http_port: Option<u16>,
     /// Extra labels on the container (image sources); Rayfine's own always win.
     pub labels: BTreeMap<String, String>,
+    /// The server program for process mode; found by [`ServerProgram::locate`] when unset.
+    ///
+    /// [`ServerProgram::locate`]: crate::ServerProgram::locate
+    pub server_program: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -119,6 +123,7 @@ impl LoadOptions {
             env_type: None,
             http_port: None,
             labels: BTreeMap::new(),
+            server_program: None,
         }
     }
 
@@ -206,6 +211,12 @@ impl LoadOptions {
     /// Sets the bearer token for a remote server.
     pub fn token(mut self, token: impl Into<String>) -> LoadOptions {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Serves a folder with this program (`rayfine-server`, or `rayfine`, which gets `serve`).
+    pub fn server_program(mut self, path: impl Into<PathBuf>) -> LoadOptions {
+        self.server_program = Some(path.into());
         self
     }
 

@@ -34,14 +34,17 @@ pub struct ServerProgram {
 }
 
 impl ServerProgram {
+    /// The program at `path`; `rayfine` (the CLI) is run as `rayfine serve`.
+    pub fn at(path: &Path) -> ServerProgram {
+        let needs_serve = path.file_name().is_some_and(|n| n == "rayfine");
+        ServerProgram { path: path.to_path_buf(), needs_serve }
+    }
+
     /// Finds the server: `RAYFINE_SERVER_BIN`, this very program if it is the `rayfine` CLI, a
     /// `rayfine-server` or `rayfine` next to this program or one folder up (cargo puts tests and
     /// examples one level below the binaries), then `PATH`.
     pub fn locate() -> Result<ServerProgram> {
-        let classify = |path: PathBuf| {
-            let needs_serve = path.file_name().is_some_and(|n| n == "rayfine");
-            ServerProgram { path, needs_serve }
-        };
+        let classify = |path: PathBuf| ServerProgram::at(&path);
         if let Some(path) = std::env::var_os("RAYFINE_SERVER_BIN") {
             let path = PathBuf::from(path);
             if !path.is_file() {
@@ -103,12 +106,18 @@ pub struct Launch<'a> {
     pub keep: Option<&'a Path>,
     /// Start-up timeout.
     pub startup_timeout: Duration,
+    /// The server program, when not located.
+    pub program: Option<&'a Path>,
 }
 
 impl ProcessServer {
     /// Starts the server and waits until the environment is loaded. Returns it with its port.
     pub async fn start(launch: Launch<'_>) -> Result<(ProcessServer, u16)> {
-        let program = ServerProgram::locate()?;
+        let program = match launch.program {
+            Some(path) if path.is_file() => ServerProgram::at(path),
+            Some(path) => return Err(Error::InvalidInput(format!("the server program `{}` is not a file", path.display()))),
+            None => ServerProgram::locate()?,
+        };
         let mut command = Command::new(&program.path);
         if program.needs_serve {
             command.arg("serve");

@@ -131,3 +131,30 @@ fn sigterm_to_the_owner_leaves_no_process_behind() {
 fn sigkill_to_the_owner_leaves_no_process_behind() {
     signal_owner_and_check(libc::SIGKILL);
 }
+
+/// The bench's plumbing (not its figures): a quick run of the sections that need neither wrk
+/// nor Docker writes a report whose rows each carry a floor.
+#[test]
+fn bench_writes_rows_with_their_floors_as_json() {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let output = state.path().join("bench.json");
+    let (code, stdout, stderr) = cli(
+        &["bench", "--quick", "--no-docker", "--only", "memory,cold-start", "--env", env.path_str(), "--output", output.to_str().unwrap()],
+        state.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("## Memory") && stdout.contains("## Cold start"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{report:#}");
+    for row in rows {
+        assert!(row["median"]["value"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["floor"]["value"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    env.assert_no_process_left();
+
+    let (code, _, stderr) = cli(&["bench", "--env", "/no/such/folder"], state.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/no/such/folder` is not an environment folder"), "{stderr}");
+}

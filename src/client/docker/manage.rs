@@ -33,6 +33,8 @@ pub struct ManagedContainer {
     pub owner_alive: bool,
     /// Meant to outlive its owner (`run --keep`).
     pub keep: bool,
+    /// All its labels, Rayfine's and the caller's.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl ManagedContainer {
@@ -67,6 +69,7 @@ pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
                 owner_pid,
                 owner_alive: labels::owner_alive(owner_pid, owner_start),
                 keep: get(labels::KEEP) == "true",
+                labels: labels_of.into_iter().collect(),
             }
         })
         .collect();

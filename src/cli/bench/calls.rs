@@ -1,0 +1,105 @@
+//! What a call costs and how many one environment serves: wrk against a process-mode environment
+//! (the same server binary and worker as in a container, without Docker's port proxy in the way),
+//! beside the plain echo server.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::floor::FloorServer;
+use super::report::{Figure, Report, Row};
+use super::wrk::{self, Load, Measured};
+use super::Settings;
+
+const CALL_COST: &str = "Call cost (one connection)";
+const THROUGHPUT: &str = "Throughput (one environment)";
+const SCALE: &str = "Concurrency at scale (2,048 connections, each call sleeps 1 s)";
+
+/// The environment under load: its URL and token.
+pub struct Target<'a> {
+    pub url: &'a str,
+    pub token: Option<&'a str>,
+}
+
+fn body(method: &str, kwargs: &str) -> String {
+    format!(r#"{{"method":"{method}","kwargs":{kwargs}}}"#)
+}
+
+fn measure(url: &str, token: Option<&str>, body: &str, connections: u32, duration: Duration, scratch: &Path) -> anyhow::Result<Measured> {
+    let timeout = if connections >= 1024 { Duration::from_secs(5) } else { Duration::from_secs(2) };
+    wrk::run(&Load { url, connections, duration, body: Some(body), token, timeout }, scratch)
+}
+
+/// Trivial sync and async calls at one connection, beside the echo floor.
+pub fn call_cost(settings: &Settings, env: &Target<'_>, floor: &FloorServer, report: &mut Report, scratch: &Path) -> anyhow::Result<()> {
+    let duration = settings.wrk_duration;
+    report.settings.push(format!("call cost and throughput: {}; one warm-up run first", wrk::describe(1, duration)));
+    let call_url = format!("{}/call", env.url);
+    let ping = body("ping", "{}");
+    // Warm-up: connections, the worker's first call, CPU frequency.
+    measure(&call_url, env.token, &ping, 1, Duration::from_secs(1), scratch)?;
+    let echo = measure(&floor.url("/echo"), None, &ping, 1, duration, scratch)?;
+    for (what, method) in [("trivial sync call (`ping`), p50", "ping"), ("trivial async call (`aping`), p50", "aping")] {
+        let m = measure(&call_url, env.token, &body(method, "{}"), 1, duration, scratch)?;
+        let met = m.p50_us <= 90.0 && m.p50_us <= 3.0 * echo.p50_us && m.bad_status == 0;
+        report.push(
+            Row::new(CALL_COST, what, Figure::micros(m.p50_us))
+                .p99(Figure::micros(m.p99_us))
+                .floor("plain HTTP echo (axum)", Figure::micros(echo.p50_us), Some(Figure::micros(echo.p99_us)))
+                .target("p50 ≤ 90 µs and ≤ 3× floor", met),
+        );
+    }
+    Ok(())
+}
+
+/// Calls per second of the trivial sync call at 1, 16, 64 and 256 connections.
+pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, report: &mut Report, scratch: &Path) -> anyhow::Result<()> {
+    let call_url = format!("{}/call", env.url);
+    let ping = body("ping", "{}");
+    for connections in [1u32, 16, 64, 256] {
+        let echo = measure(&floor.url("/echo"), None, &ping, connections, settings.wrk_duration, scratch)?;
+        let m = measure(&call_url, env.token, &ping, connections, settings.wrk_duration, scratch)?;
+        let mut row = Row::new(THROUGHPUT, format!("sync `ping`, {connections} connection{}", if connections == 1 { "" } else { "s" }), Figure::per_second(m.per_second))
+            .p99(Figure::micros(m.p99_us))
+            .floor("plain HTTP echo (axum)", Figure::per_second(echo.per_second), Some(Figure::micros(echo.p99_us)));
+        if connections == 64 {
+            row = row.target("≥ 16,500/s", m.per_second >= 16_500.0 && m.bad_status == 0);
+        }
+        if m.bad_status > 0 || m.failures > 0 {
+            row.what.push_str(&format!(" ({} errors, {} failures)", m.bad_status, m.failures));
+        }
+        report.push(row);
+    }
+    Ok(())
+}
+
+/// 2,048 connections, each calling an async method that sleeps one second.
+pub fn scale(settings: &Settings, env: &Target<'_>, floor: &FloorServer, report: &mut Report, scratch: &Path) -> anyhow::Result<()> {
+    let connections = 2048;
+    let duration = settings.scale_duration;
+    report.settings.push(format!(
+        "concurrency at scale: {} (5 s timeout); calls/s is answers over the run, so the last second's calls in flight are not counted",
+        wrk::describe(connections, duration)
+    ));
+    let call_url = format!("{}/call", env.url);
+    let sleep = body("slow_echo", r#"{"text":"x","delay":1.0}"#);
+    let floor_m = measure(&floor.url("/sleep"), None, &sleep, connections, duration, scratch)?;
+    let m = measure(&call_url, env.token, &sleep, connections, duration, scratch)?;
+    let floor_what = "plain HTTP server sleeping 1 s (axum)";
+    report.push(
+        Row::new(SCALE, "success rate", Figure::percent(m.success_percent()))
+            .floor(floor_what, Figure::percent(floor_m.success_percent()), None)
+            .target("100 %", m.success_percent() >= 100.0),
+    );
+    report.push(
+        Row::new(SCALE, "latency", Figure::millis(m.p50_us / 1e3))
+            .p99(Figure::millis(m.p99_us / 1e3))
+            .floor(floor_what, Figure::millis(floor_m.p50_us / 1e3), Some(Figure::millis(floor_m.p99_us / 1e3)))
+            .target("p99 ≤ 1.2 s", m.p99_us <= 1.2e6),
+    );
+    report.push(
+        Row::new(SCALE, "calls per second", Figure::per_second(m.per_second))
+            .floor(floor_what, Figure::per_second(floor_m.per_second), None)
+            .target("≥ 1,950/s (limit 2,048/s)", m.per_second >= 1950.0),
+    );
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! How fast environments start and go: cold start in both modes and a fan-out of 32 containers,
+//! each beside what the bare tool (python3, `docker run`) takes for the same.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rayfine::{load_env, LoadOptions, Mode};
+use serde_json::json;
+
+use super::report::{median, Figure, Report, Row};
+use super::{DockerBench, Settings, BENCH_LABEL};
+
+const COLD: &str = "Cold start (load_env → first call answered)";
+const FAN_OUT: &str = "Fan-out (environments started at once, Docker)";
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Process mode, beside `python3 -c pass`; runs interleaved so drift hits both alike.
+pub async fn process_cold_start(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let mut floor = Vec::new();
+    let mut loads = Vec::new();
+    for _ in 0..settings.cold_starts {
+        let t = Instant::now();
+        let status = Command::new("python3").args(["-c", "pass"]).status().context("cannot run python3")?;
+        if !status.success() {
+            bail!("`python3 -c pass` failed: {status}");
+        }
+        floor.push(ms(t.elapsed()));
+
+        let t = Instant::now();
+        let env = load_env(LoadOptions::folder(&settings.env_folder).mode(Mode::Process)).await?;
+        env.call("ping", json!({})).await?;
+        loads.push(ms(t.elapsed()));
+        env.cleanup().await?;
+    }
+    let (floor, load) = (median(&floor), median(&loads));
+    report.push(
+        Row::new(COLD, format!("process mode, median of {}", settings.cold_starts), Figure::millis(load))
+            .floor("`python3 -c pass`", Figure::millis(floor), None)
+            .target("≤ floor + 50 ms", load <= floor + 50.0),
+    );
+    Ok(())
+}
+
+/// Docker mode, beside `docker run` of the same image until its `/health` answers 200.
+pub async fn docker_cold_start(settings: &Settings, docker: &DockerBench, report: &mut Report) -> anyhow::Result<()> {
+    let mut floor = Vec::new();
+    let mut loads = Vec::new();
+    for _ in 0..settings.docker_starts {
+        let (elapsed, id) = docker_run_until_ready(&docker.image)?;
+        floor.push(ms(elapsed));
+        remove_containers(&[id]);
+
+        let t = Instant::now();
+        let env = load_env(LoadOptions::image(&docker.image).label(BENCH_LABEL, &docker.run_id)).await?;
+        env.call("ping", json!({})).await?;
+        loads.push(ms(t.elapsed()));
+        env.cleanup().await?;
+    }
+    let (floor, load) = (median(&floor), median(&loads));
+    report.push(
+        Row::new(COLD, format!("Docker mode, median of {}", settings.docker_starts), Figure::millis(load))
+            .floor("`docker run -d -p 127.0.0.1:PORT:8000` until `/health` is 200", Figure::millis(floor), None)
+            .target("≤ floor + 150 ms", load <= floor + 150.0),
+    );
+    Ok(())
+}
+
+/// 32 containers started at once until each answers, then `cleanup_all_environments()` until
+/// all are gone; beside 32 concurrent `docker run`s and `docker rm -f`s of the same image.
+pub async fn fan_out(settings: &Settings, docker: &DockerBench, report: &mut Report) -> anyhow::Result<()> {
+    let n = settings.fan_out;
+    let image = docker.image.clone();
+    let floor = tokio::task::spawn_blocking(move || -> anyhow::Result<(Duration, Duration)> {
+        let t = Instant::now();
+        let started: Vec<anyhow::Result<(Duration, String)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n).map(|_| scope.spawn(|| docker_run_until_ready(&image))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a docker run thread panicked")))).collect()
+        });
+        let up = t.elapsed();
+        let ids: Vec<String> = started.iter().filter_map(|r| r.as_ref().ok().map(|(_, id)| id.clone())).collect();
+        let t = Instant::now();
+        remove_containers(&ids);
+        let down = t.elapsed();
+        if let Some(Err(err)) = started.into_iter().find(|r| r.is_err()) {
+            return Err(err);
+        }
+        Ok((up, down))
+    })
+    .await??;
+
+    let t = Instant::now();
+    let loads = futures_util::future::join_all((0..n).map(|i| async move {
+        let env = load_env(LoadOptions::image(&docker.image).name(format!("fan-out-{i}")).label(BENCH_LABEL, &docker.run_id)).await?;
+        env.call("ping", json!({})).await?;
+        Ok::<_, rayfine::Error>(env)
+    }))
+    .await;
+    let up = t.elapsed();
+    let failed = loads.iter().filter(|r| r.is_err()).count();
+    let t = Instant::now();
+    let removed = rayfine::cleanup_all_environments().await;
+    let down = t.elapsed();
+    if let Some(Err(err)) = loads.into_iter().find(|r| r.is_err()) {
+        bail!("{failed} of {n} environments did not start; the first error: {err}");
+    }
+    let left = docker.containers_left().await?;
+    if left > 0 {
+        bail!("cleanup_all_environments() returned but {left} containers of this run are still there");
+    }
+    report.push(
+        Row::new(FAN_OUT, format!("{n} × load_env(image) until each answered a call"), Figure::millis(ms(up)))
+            .floor(format!("{n} concurrent `docker run` until each `/health` is 200"), Figure::millis(ms(floor.0)), None)
+            .target("≤ 10 s", up <= Duration::from_secs(10)),
+    );
+    report.push(
+        Row::new(FAN_OUT, format!("cleanup_all_environments() of {removed} until all are gone"), Figure::millis(ms(down)))
+            .floor(format!("{n} concurrent `docker rm -f`"), Figure::millis(ms(floor.1)), None)
+            .target("≤ 3 s", down <= Duration::from_secs(3)),
+    );
+    Ok(())
+}
+
+/// `docker run` of the image with authentication off (a bare run has no token), polled until its
+/// `/health` answers 200: the readiness `load_env` waits for. Returns the time and the container.
+fn docker_run_until_ready(image: &str) -> anyhow::Result<(Duration, String)> {
+    let port = free_port()?;
+    let t = Instant::now();
+    let run = Command::new("docker")
+        .args(["run", "-d", "--rm", "-e", "RAYFINE_NO_AUTH=1", "-p", &format!("127.0.0.1:{port}:8000")])
+        .args(["--label", "rayfine.managed=true", "--label", &format!("{BENCH_LABEL}={}", std::process::id()), image])
+        .output()
+        .context("cannot run `docker`")?;
+    if !run.status.success() {
+        bail!("docker run {image} failed: {}", String::from_utf8_lossy(&run.stderr).trim());
+    }
+    let id = String::from_utf8_lossy(&run.stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health_ok(port) {
+        if Instant::now() > deadline {
+            remove_containers(std::slice::from_ref(&id));
+            bail!("`docker run {image}` did not answer /health within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok((t.elapsed(), id))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `docker rm -f` of each container, all at once.
+fn remove_containers(ids: &[String]) {
+    std::thread::scope(|scope| {
+        for id in ids {
+            scope.spawn(move || {
+                let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+            });
+        }
+    });
+}
+
+fn health_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
