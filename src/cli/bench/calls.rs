@@ -73,20 +73,27 @@ pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, re
 }
 
 /// 2,048 connections, each calling an async method that sleeps one second.
+///
+/// wrk counts the answers that arrive within its run, so answers over run length undercounts by
+/// the calls still in flight at the end and the ramp at the start: even the floor would miss
+/// 2,048/s by a few percent. With every connection always waiting on one call, the steady-state
+/// rate is connections / mean latency (Little's law), which has no such edge.
 pub fn scale(settings: &Settings, env: &Target<'_>, floor: &FloorServer, report: &mut Report, scratch: &Path) -> anyhow::Result<()> {
-    let connections = 2048;
+    let connections = 2048u32;
     let duration = settings.scale_duration;
     report.settings.push(format!(
-        "concurrency at scale: {} (5 s timeout); calls/s is answers over the run, so the last second's calls in flight are not counted",
+        "concurrency at scale: {} (5 s timeout); calls/s = connections / mean latency (Little's law)",
         wrk::describe(connections, duration)
     ));
     let call_url = format!("{}/call", env.url);
     let sleep = body("slow_echo", r#"{"text":"x","delay":1.0}"#);
     let floor_m = measure(&floor.url("/sleep"), None, &sleep, connections, duration, scratch)?;
     let m = measure(&call_url, env.token, &sleep, connections, duration, scratch)?;
+    let rate = |m: &Measured| connections as f64 / (m.mean_us / 1e6);
+    let (floor_rate, rate) = (rate(&floor_m), rate(&m));
     let floor_what = "plain HTTP server sleeping 1 s (axum)";
     report.push(
-        Row::new(SCALE, "success rate", Figure::percent(m.success_percent()))
+        Row::new(SCALE, format!("success rate ({} calls)", m.requests + m.failures), Figure::percent(m.success_percent()))
             .floor(floor_what, Figure::percent(floor_m.success_percent()), None)
             .target("100 %", m.success_percent() >= 100.0),
     );
@@ -97,9 +104,9 @@ pub fn scale(settings: &Settings, env: &Target<'_>, floor: &FloorServer, report:
             .target("p99 ≤ 1.2 s", m.p99_us <= 1.2e6),
     );
     report.push(
-        Row::new(SCALE, "calls per second", Figure::per_second(m.per_second))
-            .floor(floor_what, Figure::per_second(floor_m.per_second), None)
-            .target("≥ 1,950/s (limit 2,048/s)", m.per_second >= 1950.0),
+        Row::new(SCALE, "calls per second", Figure::per_second(rate))
+            .floor(floor_what, Figure::per_second(floor_rate), None)
+            .target("≥ 1,950/s (limit 2,048/s)", rate >= 1950.0),
     );
     Ok(())
 }

@@ -74,9 +74,7 @@ impl Settings {
         Settings {
             env_folder: args.env_folder.clone(),
             wrk_duration: Duration::from_secs(if quick { 1 } else { 5 }),
-            // calls/s counts answers over the run; with 1 s calls, the run must be long for the
-            // last second's calls in flight not to weigh (29 of 30 seconds' worth are counted).
-            scale_duration: Duration::from_secs(if quick { 3 } else { 30 }),
+            scale_duration: Duration::from_secs(if quick { 5 } else { 20 }),
             cold_starts: if quick { 3 } else { 15 },
             docker_starts: if quick { 2 } else { 10 },
             fan_out: if quick { 4 } else { 32 },

@@ -25,6 +25,7 @@ pub struct Load<'a> {
 pub struct Measured {
     pub p50_us: f64,
     pub p99_us: f64,
+    pub mean_us: f64,
     /// Answers received, whatever their status.
     pub requests: u64,
     pub per_second: f64,
@@ -84,15 +85,16 @@ pub fn run(load: &Load<'_>, scratch: &Path) -> anyhow::Result<Measured> {
     parse(line).with_context(|| format!("cannot read wrk's figures from `{line}`"))
 }
 
-/// `requests duration_us connect read write status timeout p50 p99`.
+/// `requests duration_us connect read write status timeout p50 p99 mean`.
 fn parse(line: &str) -> anyhow::Result<Measured> {
     let numbers: Vec<f64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
-    let [requests, duration_us, connect, read, write, status, timeout, p50, p99] = numbers[..] else {
-        bail!("expected 9 numbers, got {}", numbers.len());
+    let [requests, duration_us, connect, read, write, status, timeout, p50, p99, mean] = numbers[..] else {
+        bail!("expected 10 numbers, got {}", numbers.len());
     };
     Ok(Measured {
         p50_us: p50,
         p99_us: p99,
+        mean_us: mean,
         requests: requests as u64,
         per_second: if duration_us > 0.0 { requests / (duration_us / 1e6) } else { 0.0 },
         bad_status: status as u64,
@@ -113,9 +115,9 @@ fn lua_script(load: &Load<'_>) -> String {
     script.push_str(
         r#"done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RAYFINE_WRK %d %d %d %d %d %d %d %.1f %.1f\n",
+  io.write(string.format("RAYFINE_WRK %d %d %d %d %d %d %d %.1f %.1f %.1f\n",
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), latency.mean))
 end
 "#,
     );
@@ -149,10 +151,10 @@ mod tests {
 
     #[test]
     fn figures_come_from_the_done_hook_line() {
-        let m = parse("1000 2000000 0 1 0 10 2 80.0 210.5").unwrap();
+        let m = parse("1000 2000000 0 1 0 10 2 80.0 210.5 95.5").unwrap();
         assert_eq!(m.requests, 1000);
         assert_eq!(m.per_second, 500.0);
-        assert_eq!((m.p50_us, m.p99_us), (80.0, 210.5));
+        assert_eq!((m.p50_us, m.p99_us, m.mean_us), (80.0, 210.5, 95.5));
         assert_eq!((m.bad_status, m.failures), (10, 3));
         assert!((m.success_percent() - 100.0 * 990.0 / 1003.0).abs() < 1e-9);
         assert!(parse("1 2 3").is_err());
