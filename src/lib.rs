@@ -24,7 +24,7 @@ mod client;
 #[cfg(feature = "client")]
 pub use client::{
     blocking, cleanup_all_environments, docker, get_environment, kept_log_path, list_active_environments, load_env, state_dir,
-    CleanupGuard, ContainerLimits, EnvironmentWrapper, DEFAULT_PIDS_LIMIT, Error, LoadOptions, Mode, Result, ServerClient, ServerProgram, Source,
+    CleanupGuard, ContainerLimits, EnvironmentWrapper, DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, Error, LoadOptions, Mode, Result, ServerClient, ServerProgram, Source,
 };
 #[cfg(feature = "client")]
 pub use client::docker::{build_image_from_env, BuiltImage, EnvDetector, EnvType, ImageBuilder};

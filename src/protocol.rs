@@ -96,6 +96,8 @@ pub mod error_type {
     pub const UNAVAILABLE: &str = "WorkerUnavailable";
     /// The body exceeds the configured limit.
     pub const TOO_LARGE: &str = "PayloadTooLarge";
+    /// The request body did not arrive in time.
+    pub const BODY_TIMEOUT: &str = "BodyTimeout";
     /// Missing or wrong bearer token.
     pub const UNAUTHORIZED: &str = "Unauthorized";
     /// The environment failed to load (e.g. the `Actor` constructor raised).

@@ -179,6 +179,7 @@ impl EnvironmentWrapper {
     /// Stops the environment and removes it from the registry. Idempotent.
     pub async fn cleanup(&self) -> Result<()> {
         super::registry::unregister(&self.inner.id);
+        super::lease::release(&self.inner.id);
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -194,6 +195,7 @@ impl EnvironmentWrapper {
     /// container cannot be removed without talking to the engine: its id is returned, for the
     /// caller to remove in one batch with the others.
     pub(crate) fn kill_now(&self) -> Option<String> {
+        super::lease::release(&self.inner.id);
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return None;
         }

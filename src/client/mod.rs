@@ -4,6 +4,7 @@ pub mod docker;
 mod environment;
 mod error;
 mod http;
+mod lease;
 mod options;
 mod process;
 mod registry;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use environment::EnvironmentWrapper;
 pub use error::{Error, Result};
 pub use http::ServerClient;
+pub use lease::DEFAULT_LEASE;
 pub use options::{ContainerLimits, LoadOptions, Mode, Source, DEFAULT_PIDS_LIMIT};
 pub use process::ServerProgram;
 pub use registry::{cleanup_all_environments, get_environment, list_active_environments, CleanupGuard};
@@ -55,8 +57,12 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
                 keep: log_file.as_deref(),
                 startup_timeout: options.startup_timeout,
                 program: options.server_program.as_deref(),
+                lease: options.effective_lease(),
             })
             .await?;
+            if let Some(lease) = options.effective_lease() {
+                lease::hold(&id, std::net::SocketAddr::from(([127, 0, 0, 1], port)), Some(&token), lease);
+            }
             let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), Some(token))?;
             EnvironmentWrapper::new(id, name, client, Backend::Process(server), options.call_timeout, options.keep)
         }
@@ -74,10 +80,15 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
                 env_type: options.env_type,
                 http_port: options.http_port,
                 labels: &options.labels,
+                lease: options.effective_lease(),
             })
             .await?;
             // An HTTP-based environment's server is the user's own: it knows no token.
             let token = (started.env_type == docker::EnvType::Function).then_some(token);
+            // The user's own HTTP server has no lease to renew; `cleanup --orphans` covers it.
+            if let (Some(lease), Some(token)) = (options.effective_lease(), &token) {
+                lease::hold(&id, std::net::SocketAddr::from(([127, 0, 0, 1], started.port)), Some(token), lease);
+            }
             let client = ServerClient::new(&format!("http://127.0.0.1:{}", started.port), token)?;
             EnvironmentWrapper::new(id, name, client, Backend::Docker(started.server), options.call_timeout, options.keep)
         }

@@ -101,6 +101,9 @@ pub struct LoadOptions {
     pub http_port: Option<u16>,
     /// Extra labels on the container (image sources); Rayfine's own always win.
     pub labels: BTreeMap<String, String>,
+    /// How long the server lives without hearing from this process (see [`LoadOptions::lease`]);
+    /// `None`: no lease. Kept environments never have one.
+    pub lease: Option<Duration>,
     /// The server program for process mode; found by [`ServerProgram::locate`] when unset.
     ///
     /// [`ServerProgram::locate`]: crate::ServerProgram::locate
@@ -124,6 +127,7 @@ impl LoadOptions {
             http_port: None,
             labels: BTreeMap::new(),
             server_program: None,
+            lease: Some(super::lease::DEFAULT_LEASE),
         }
     }
 
@@ -214,6 +218,25 @@ impl LoadOptions {
         self
     }
 
+    /// Sets the lease (default 60 s): this process renews it from a background thread while it
+    /// lives, and a function-based server shuts itself down when it lapses, so an owner that is
+    /// frozen or killed leaves nothing behind even where stdin's end does not reach the server.
+    pub fn lease(mut self, lease: Duration) -> LoadOptions {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// No lease: the environment lives until cleanup, its owner's exit, or stdin's end.
+    pub fn no_lease(mut self) -> LoadOptions {
+        self.lease = None;
+        self
+    }
+
+    /// The lease the server gets: none for kept environments, which outlive their starter.
+    pub(crate) fn effective_lease(&self) -> Option<Duration> {
+        self.lease.filter(|_| !self.keep)
+    }
+
     /// Serves a folder with this program (`rayfine-server`, or `rayfine`, which gets `serve`).
     pub fn server_program(mut self, path: impl Into<PathBuf>) -> LoadOptions {
         self.server_program = Some(path.into());
@@ -259,6 +282,9 @@ impl LoadOptions {
             if key.is_empty() || key.contains('=') {
                 return Err(Error::InvalidInput(format!("`{key}` is not a valid label name")));
             }
+        }
+        if self.lease.is_some_and(|lease| lease < Duration::from_millis(200)) {
+            return Err(Error::InvalidInput("the lease must be at least 200 ms (it is renewed four times per lease)".into()));
         }
         if self.call_timeout.is_zero() || self.startup_timeout.is_zero() {
             return Err(Error::InvalidInput("timeouts must be longer than zero".into()));

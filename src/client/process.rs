@@ -108,6 +108,8 @@ pub struct Launch<'a> {
     pub startup_timeout: Duration,
     /// The server program, when not located.
     pub program: Option<&'a Path>,
+    /// The lease the server gets.
+    pub lease: Option<Duration>,
 }
 
 impl ProcessServer {
@@ -126,6 +128,10 @@ impl ProcessServer {
         command.args(["--host", "127.0.0.1", "--port", "0", "--env-path"]).arg(&folder);
         command.envs(launch.env_vars).env(TOKEN_ENV, launch.token).env_remove("RAYFINE_NO_AUTH").stdout(Stdio::piped());
         command.env("RUST_LOG", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into()));
+        match launch.lease {
+            Some(lease) => command.env("RAYFINE_LEASE", lease.as_secs_f64().to_string()),
+            None => command.env_remove("RAYFINE_LEASE"),
+        };
         match launch.keep {
             None => {
                 command.arg("--exit-on-stdin-eof").stdin(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::lease::{Lease, LEASE_PATH};
 use super::worker::{Phase, Supervisor};
 use crate::protocol::{error_type, CallRequest, Health, MethodList, AUTH_HEADER};
 
@@ -30,6 +31,10 @@ pub struct AppState {
     pub default_timeout: Option<Duration>,
     /// Largest accepted body, in bytes.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Renewed by every authenticated request; `None` when the server has no lease.
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// Builds the service.
@@ -38,6 +43,9 @@ pub fn app(state: AppState) -> Router {
         .route("/methods", get(methods))
         .route("/call", post(call))
         .route("/{method}", post(call_rest))
+        .route(LEASE_PATH, post(renew_lease))
+        // Outermost last: the token is checked before a body is read.
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
@@ -63,7 +71,48 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
                 .into_response();
         }
     }
+    if let Some(lease) = &state.lease {
+        lease.renew();
+    }
     next.run(request).await
+}
+
+/// Reads the whole body within the body timeout and the size limit, so a client that sends its
+/// body slowly, or not at all, gets a 408 instead of holding a request open forever.
+async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes)).await {
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            error_type::BODY_TIMEOUT,
+            format!("the request body did not arrive within {:.1} s", state.body_timeout.as_secs_f64()),
+        )
+        .into_response(),
+        Ok(Err(err)) if is_length_limit(&err) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error_type::TOO_LARGE, format!("request body exceeds the limit of {} bytes", state.max_body_bytes))
+                .into_response()
+        }
+        Ok(Err(err)) => ApiError::bad_request(format!("could not read the request body: {err}")).into_response(),
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+    }
+}
+
+/// Whether reading a body failed on the size limit (the error is boxed by the time we see it).
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if current.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// `POST /_rayfine/lease`: the renewal itself happened in `require_token`.
+async fn renew_lease(State(state): State<AppState>) -> Response {
+    let seconds = state.lease.as_ref().map(|lease| lease.duration().as_secs_f64());
+    Json(serde_json::json!({"status": "ok", "lease_seconds": seconds})).into_response()
 }
 
 /// Compares without an early exit, so the time taken says nothing about where a guess went wrong.
@@ -195,7 +244,14 @@ mod tests {
             .await
             .expect("the worker loads within 20 s")
             .expect("the supervisor lives");
-        let state = AppState { supervisor: supervisor.clone(), token: token.map(Arc::from), default_timeout: None, max_body_bytes: 1024 };
+        let state = AppState {
+            supervisor: supervisor.clone(),
+            token: token.map(Arc::from),
+            default_timeout: None,
+            max_body_bytes: 1024,
+            body_timeout: Duration::from_secs(5),
+            lease: None,
+        };
         (app(state), supervisor)
     }
 

@@ -6,6 +6,7 @@
 
 mod app;
 mod error;
+mod lease;
 mod worker;
 
 use clap::builder::FalseyValueParser;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use app::{app, AppState};
 pub use error::ApiError;
+pub use lease::{Lease, LEASE_PATH};
 pub use worker::{CallError, Phase, Supervisor, WorkerConfig};
 
 use crate::protocol::{ServerEvent, TOKEN_ENV};
@@ -55,6 +57,13 @@ pub struct ServerConfig {
     /// Exit when stdin reaches end of file: a parent that dies, even by SIGKILL, takes us along.
     #[arg(long = "exit-on-stdin-eof", env = "RAYFINE_EXIT_ON_STDIN_EOF", value_parser = FalseyValueParser::new())]
     pub exit_on_stdin_eof: bool,
+    /// Stop when no lease renewal arrives for this many seconds once ready (`POST
+    /// /_rayfine/lease` or any authenticated request); unset or 0: no lease.
+    #[arg(long, env = "RAYFINE_LEASE")]
+    pub lease: Option<f64>,
+    /// How long a request body may take to arrive, in seconds.
+    #[arg(long = "body-timeout", env = "RAYFINE_BODY_TIMEOUT", default_value_t = 60.0)]
+    pub body_timeout: f64,
     /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
     #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH", value_parser = FalseyValueParser::new())]
     pub no_auth: bool,
@@ -145,6 +154,16 @@ pub async fn run(
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
         Some(s) => return Err(ServeError::Config(format!("--call-timeout must be a positive number of seconds, not {s}"))),
     };
+    let lease = match config.lease {
+        None => None,
+        Some(s) if s == 0.0 => None,
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Some(Lease::new(Duration::from_secs_f64(s))),
+        Some(s) => return Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {s}"))),
+    };
+    let body_timeout = match config.body_timeout {
+        s if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
+        s => return Err(ServeError::Config(format!("--body-timeout must be a positive number of seconds, not {s}"))),
+    };
     let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty() && !config.no_auth).map(Arc::<str>::from);
     if token.is_none() {
         tracing::warn!("authentication is off: anyone who reaches port {} can call this environment", local.port());
@@ -160,7 +179,14 @@ pub async fn run(
     tokio::spawn(announce_phases(supervisor.clone()));
     tracing::info!("listening on {local}, loading {}", config.env_path.display());
 
-    let router = app(AppState { supervisor: supervisor.clone(), token, default_timeout, max_body_bytes: config.max_body_bytes });
+    let lapsed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &lease {
+        Some(lease) => {
+            tracing::info!("lease of {:?}: stopping if not renewed", lease.duration());
+            Box::pin(lease.clone().lapsed(supervisor.clone()))
+        }
+        None => Box::pin(std::future::pending()),
+    };
+    let router = app(AppState { supervisor: supervisor.clone(), token, default_timeout, max_body_bytes: config.max_body_bytes, body_timeout, lease });
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
         let _ = stream.set_nodelay(true);
     });
@@ -171,6 +197,11 @@ pub async fn run(
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => result?,
+        _ = lapsed => {
+            tracing::warn!("the lease lapsed: no renewal from the owner, which is gone or frozen; shutting down");
+            let _ = stop_tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut server).await;
+        }
         _ = shutdown => {
             tracing::info!("shutting down");
             let _ = stop_tx.send(());

@@ -25,10 +25,8 @@ pub fn prerequisites() -> PathBuf {
         .get_or_init(|| {
             let status = Command::new("bash").arg(repo().join(".ci/images")).status().expect("run .ci/images");
             assert!(status.success(), ".ci/images failed: the Docker tests need its base images");
-            if let Ok(path) = rayfine::docker::locate_static_server(None) {
-                return path;
-            }
-            // Its own target folder: the one `cargo test` uses may be locked while tests run.
+            // Built every run (a no-op when fresh), so the images never get a stale server. Its
+            // own target folder: the one `cargo test` uses is locked while tests run.
             let target = repo().join("target/static-server");
             let status = Command::new(env!("CARGO"))
                 .args(["build", "--release", "--no-default-features", "--bin", "rayfine-server", "--target", "x86_64-unknown-linux-gnu"])

@@ -4,5 +4,6 @@ mod cli;
 mod client;
 mod docker;
 mod docker_util;
+mod lifecycle;
 mod server;
 mod util;

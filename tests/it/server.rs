@@ -206,3 +206,34 @@ fn arguments_larger_than_the_pipe_buffer_arrive_whole() {
     drop(server);
     env.assert_no_process_left();
 }
+
+/// Renewals (the lease endpoint, or any authenticated call) keep a leased server up well past its
+/// lease; without them it shuts down and says why.
+#[test]
+fn a_lease_holds_while_renewed_and_stops_the_server_when_it_lapses() {
+    let env = EnvCopy::of("echo");
+    let token = "lease-test-token";
+    let (mut server, ready) = RunningServer::start(&env, &[("RAYFINE_TOKEN", token), ("RAYFINE_LEASE", "1")]);
+    assert_eq!(ready["event"], "ready");
+    let lease_url = server.url("/_rayfine/lease");
+    assert_eq!(http("POST", &lease_url, "", None).0, 401, "renewing needs the token");
+    for i in 0..12 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        if i % 2 == 0 {
+            assert_eq!(http("POST", &lease_url, "", Some(token)), (200, json!({"status": "ok", "lease_seconds": 1.0})));
+        } else {
+            assert_eq!(http("POST", &server.url("/call"), r#"{"method":"ping"}"#, Some(token)).0, 200);
+        }
+    }
+    assert!(server.child.try_wait().unwrap().is_none(), "renewed for 3 s, the 1 s lease must hold");
+    // Unauthenticated requests do not renew it.
+    assert_eq!(http("GET", &server.url("/health"), "", None).0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the lease did not stop the server");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(server.stderr().contains("the lease lapsed"), "{}", server.stderr());
+    drop(server);
+    env.assert_no_process_left();
+}

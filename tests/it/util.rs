@@ -198,14 +198,20 @@ pub fn wait_for_line(child: &mut Child, needle: &str, within: Duration) {
     let needle = needle.to_string();
     std::thread::spawn(move || {
         let mut seen = Vec::new();
+        let mut found = false;
+        // Reads to the end, so the child never writes into a closed pipe after the line.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains(&needle) {
+            if !found && line.contains(&needle) {
+                found = true;
                 let _ = tx.send(Ok(()));
-                return;
             }
-            seen.push(line);
+            if !found {
+                seen.push(line);
+            }
         }
-        let _ = tx.send(Err(seen.join("\n")));
+        if !found {
+            let _ = tx.send(Err(seen.join("\n")));
+        }
     });
     match rx.recv_timeout(within) {
         Ok(Ok(())) => {}

@@ -57,6 +57,7 @@ pub(crate) struct DockerLaunch<'a> {
     pub env_type: Option<EnvType>,
     pub http_port: Option<u16>,
     pub labels: &'a BTreeMap<String, String>,
+    pub lease: Option<Duration>,
 }
 
 type Input = Pin<Box<dyn AsyncWrite + Send>>;
@@ -203,6 +204,9 @@ async fn create(docker: &Docker, launch: &DockerLaunch<'_>, env_type: EnvType, c
         env.push(format!("{TOKEN_ENV}={}", launch.token));
         if watch_stdin {
             env.push("RAYFINE_EXIT_ON_STDIN_EOF=true".into());
+        }
+        if let Some(lease) = launch.lease {
+            env.push(format!("RAYFINE_LEASE={}", lease.as_secs_f64()));
         }
         env.push(format!("RUST_LOG={}", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into())));
     }

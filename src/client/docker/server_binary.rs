@@ -16,24 +16,36 @@ pub const BUILD_COMMAND: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" car
                                  --bin rayfine-server --target x86_64-unknown-linux-gnu";
 
 /// Finds the static server: `explicit` if given, else `RAYFINE_SERVER_BIN` when it is static
-/// (process mode also reads that variable and is happy with a dynamic build), a `rayfine-server`
-/// next to this program, then cargo's static build in any target folder above this program.
+/// (process mode also reads that variable and is happy with a dynamic build), else the newest of
+/// a `rayfine-server` next to this program and cargo's static builds in any target folder above
+/// it (`<target>/x86_64-unknown-linux-gnu/release`, or `<target>/static-server/...`, where
+/// `.ci/setup` and the tests build it). The newest, so a stale build never shadows a fresh one.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
         return check(path).map(|()| path.to_path_buf());
     }
+    let is_static = |path: &Path| path.is_file() && is_static_elf(path).unwrap_or(false);
+    let from_env = std::env::var_os("RAYFINE_SERVER_BIN").map(PathBuf::from);
+    if let Some(path) = from_env.as_ref().filter(|p| is_static(p)) {
+        return Ok(path.clone());
+    }
     let exe = std::env::current_exe().map_err(|source| Error::Io { context: "cannot find this program's path".into(), source })?;
-    let mut candidates: Vec<PathBuf> = std::env::var_os("RAYFINE_SERVER_BIN").map(PathBuf::from).into_iter().collect();
+    let mut candidates: Vec<PathBuf> = from_env.into_iter().collect();
     if let Some(dir) = exe.parent() {
         candidates.push(dir.join("rayfine-server"));
     }
     for ancestor in exe.ancestors().skip(1) {
         candidates.push(ancestor.join(STATIC_RELATIVE));
+        candidates.push(ancestor.join("static-server").join(STATIC_RELATIVE));
         if ancestor.file_name().is_some_and(|n| n == "target") {
             break;
         }
     }
-    if let Some(found) = candidates.iter().find(|c| c.is_file() && is_static_elf(c).unwrap_or(false)) {
+    let newest = candidates
+        .iter()
+        .filter(|c| is_static(c))
+        .max_by_key(|c| std::fs::metadata(c).and_then(|m| m.modified()).unwrap_or(std::time::SystemTime::UNIX_EPOCH));
+    if let Some(found) = newest {
         return Ok(found.clone());
     }
     Err(Error::InvalidInput(format!(
