@@ -84,6 +84,19 @@ def exception_info(exc):
     }
 
 
+def finite_float(text):
+    """json.loads' float hook: 1e999 is valid JSON but no number; refuse it instead of inf."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number %s is out of range" % (text if len(text) <= 40 else text[:40] + "..."))
+    return value
+
+
+def reject_constant(name):
+    """json.loads accepts NaN and Infinity, which are not JSON."""
+    raise ValueError("%s is not JSON" % name)
+
+
 class NotSerializable(TypeError):
     pass
 
@@ -269,7 +282,7 @@ class Worker:
 
     def dispatch(self, line):
         try:
-            message = json.loads(line)
+            message = json.loads(line, parse_float=finite_float, parse_constant=reject_constant)
         except (ValueError, RecursionError) as exc:
             # The server writes the id first: answer the call rather than leave it hanging.
             try:

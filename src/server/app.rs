@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -168,9 +168,10 @@ async fn call(State(state): State<AppState>, raw: Result<Bytes, BytesRejection>)
 /// `POST /{method}`: the body is the kwargs object, or `{"args": [...], "kwargs": {...}}`.
 async fn call_rest(
     State(state): State<AppState>,
-    Path(method): Path<String>,
+    method: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(method) = method.map_err(|rejection| ApiError::bad_request(format!("bad method name in the path: {}", rejection.body_text())))?;
     let raw = body(raw)?;
     if raw.iter().all(u8::is_ascii_whitespace) {
         return invoke(&state, &method, "[]", "{}", None).await;

@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod docker;
 mod docker_util;
+mod hostile;
 mod lifecycle;
 mod server;
 mod util;
