@@ -12,11 +12,18 @@ use crate::protocol::{CallRequestBody, CallSuccess, Health, MethodInfo, MethodLi
 const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// Talks to one server. Cheap to clone: the connection pool is shared.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerClient {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+}
+
+/// The token never appears in logs, even of `{:?}`.
+impl std::fmt::Debug for ServerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerClient").field("base", &self.base).field("token", &self.token.as_ref().map(|_| "<redacted>")).finish()
+    }
 }
 
 impl ServerClient {

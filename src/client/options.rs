@@ -75,7 +75,7 @@ pub enum Mode {
 }
 
 /// Options of [`load_env`](super::load_env).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// What to load.
     pub source: Source,
@@ -108,6 +108,28 @@ pub struct LoadOptions {
     ///
     /// [`ServerProgram::locate`]: crate::ServerProgram::locate
     pub server_program: Option<PathBuf>,
+}
+
+/// Env var values (API keys) and the token are secrets: `{:?}` shows the names only.
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("source", &self.source)
+            .field("mode", &self.mode)
+            .field("env_vars", &self.env_vars.keys().map(|k| format!("{k}=<redacted>")).collect::<Vec<_>>())
+            .field("name", &self.name)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("call_timeout", &self.call_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("keep", &self.keep)
+            .field("limits", &self.limits)
+            .field("env_type", &self.env_type)
+            .field("http_port", &self.http_port)
+            .field("labels", &self.labels)
+            .field("server_program", &self.server_program)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 impl LoadOptions {
@@ -308,5 +330,20 @@ impl LoadOptions {
                 without_tag.rsplit('/').next().unwrap_or(without_tag).to_string()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let options = LoadOptions::folder("environments/echo").env_var("API_KEY", "sk-very-secret").token("tok-very-secret");
+        let shown = format!("{options:?}");
+        assert!(shown.contains("API_KEY=<redacted>"), "{shown}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        let client = crate::client::http::ServerClient::new("http://127.0.0.1:1", Some("tok-very-secret".into())).unwrap();
+        assert!(!format!("{client:?}").contains("very-secret"));
     }
 }

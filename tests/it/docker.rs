@@ -247,3 +247,46 @@ fn cli_builds_runs_lists_and_removes_orphans() {
     scope.assert_no_container_left(Duration::from_secs(10));
     scope.finish();
 }
+
+/// The token and env var values (API keys) appear in no label, container log, `rayfine ps`
+/// output or error message, in Docker and in process mode.
+#[tokio::test]
+async fn secrets_stay_out_of_labels_logs_ps_and_errors() {
+    const SECRET: &str = "sk-test-secret-4f9a1c";
+    let scope = DockerScope::new("secrets");
+    let env_dir = EnvCopy::of("echo");
+    let tag = scope.tag("echo");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    let env = load_env(scope.options(&tag).env_var("API_KEY", SECRET)).await.unwrap();
+    let token = env.token().unwrap().to_string();
+    assert_eq!(env.call("echo", json!({"text": "hi"})).await.unwrap(), "hi");
+    let errors = [
+        env.call("no_such_method", json!({})).await.unwrap_err().to_string(),
+        env.call("add", json!({"a": 1})).await.unwrap_err().to_string(),
+        format!("{env:?}"),
+    ];
+    let container = env.container_id().unwrap().to_string();
+    let labels = super::docker_util::docker_lines(&["inspect", &container, "--format", "{{json .Config.Labels}}"]).join("\n");
+    let logs = std::process::Command::new("docker").args(["logs", &container]).output().unwrap();
+    let logs = format!("{}{}", String::from_utf8_lossy(&logs.stdout), String::from_utf8_lossy(&logs.stderr));
+    let state = tempfile::tempdir().unwrap();
+    let (code, ps, ps_err) = cli(&["--json", "ps"], state.path());
+    assert_eq!(code, 0, "{ps_err}");
+    assert!(ps.contains(&container[..12]), "ps lists the container: {ps}");
+    for (what, text) in [("labels", &labels), ("container log", &logs), ("ps", &ps), ("errors", &errors.join("\n"))] {
+        assert!(!text.contains(SECRET) && !text.contains(&token), "a secret is in the {what}:\n{text}");
+    }
+    env.cleanup().await.unwrap();
+
+    // Process mode, through the CLI with the server's debug log on.
+    let process_dir = EnvCopy::of("echo");
+    let (_, stdout, stderr) = cli_with_env(
+        &["run", process_dir.path_str(), "--mode", "process", "-e", &format!("API_KEY={SECRET}"), "--call", "add", "--kwargs", r#"{"a": 1}"#],
+        state.path(),
+        &[("RAYFINE_SERVER_LOG", "debug"), ("RUST_LOG", "debug")],
+    );
+    assert!(stderr.contains("InvalidArguments") || stderr.contains("arguments"), "{stderr}");
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET), "a secret is in the CLI's output:\n{stdout}\n{stderr}");
+    process_dir.assert_no_process_left();
+    scope.finish();
+}
