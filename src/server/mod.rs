@@ -156,7 +156,7 @@ pub async fn run(
     };
     let lease = match config.lease {
         None => None,
-        Some(s) if s == 0.0 => None,
+        Some(0.0) => None,
         Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Some(Lease::new(Duration::from_secs_f64(s))),
         Some(s) => return Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {s}"))),
     };
