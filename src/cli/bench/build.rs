@@ -58,11 +58,17 @@ pub async fn build(settings: &Settings, docker: &DockerBench, report: &mut Repor
     };
     let mut plain = Vec::new();
     let mut plain_cached = Vec::new();
+    let remove_reference = || {
+        let _ = Command::new("docker").args(["image", "rm", "-f", &reference]).output();
+    };
     for _ in 0..settings.builds {
-        plain.push(ms(docker_build(true)?));
-        plain_cached.push(ms(docker_build(false)?));
+        // Removed each round: a rebuild under the same tag would leave the last one dangling.
+        let outcome = docker_build(true).and_then(|uncached| Ok((uncached, docker_build(false)?)));
+        remove_reference();
+        let (uncached, cached) = outcome?;
+        plain.push(ms(uncached));
+        plain_cached.push(ms(cached));
     }
-    let _ = Command::new("docker").args(["image", "rm", "-f", &reference]).output();
 
     report.push(
         Row::new(BUILD, format!("stage 2 on a cached stage 1, median of {}", settings.builds), Figure::millis(median(&stage2)))

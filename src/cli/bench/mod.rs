@@ -118,7 +118,8 @@ impl DockerBench {
             let ids: Vec<String> = all.iter().filter(|c| c.labels.get(BENCH_LABEL) == Some(&self.run_id)).map(|c| c.container_id.clone()).collect();
             let _ = rayfine::docker::remove_containers(&ids).await;
         }
-        for image in [self.image.clone(), format!("{}-base", self.image), self.reference_image()] {
+        // Children before parents: a parent whose child is still there is only untagged.
+        for image in [self.reference_image(), self.image.clone(), format!("{}-base", self.image)] {
             let _ = rayfine::docker::remove_image(&image).await;
         }
     }
