@@ -6,14 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::report::{median, Figure, Report, Row};
+use super::report::{median, millis as ms, Figure, Report, Row};
 use super::{DockerBench, Settings};
 
 const BUILD: &str = "Build (function-based environment, classic builder)";
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 pub async fn build(settings: &Settings, docker: &DockerBench, report: &mut Report) -> anyhow::Result<()> {
     let mut stage2 = Vec::new();

@@ -106,16 +106,20 @@ impl DockerBench {
         format!("rayfine-bench/reference:{}", self.run_id)
     }
 
-    /// Containers of this run still in the engine.
-    async fn containers_left(&self) -> anyhow::Result<usize> {
+    /// Ids of this run's containers still in the engine.
+    async fn own_containers(&self) -> anyhow::Result<Vec<String>> {
         let all = rayfine::docker::list_managed_containers().await?;
-        Ok(all.iter().filter(|c| c.labels.get(BENCH_LABEL) == Some(&self.run_id)).count())
+        Ok(all.into_iter().filter(|c| c.labels.get(BENCH_LABEL) == Some(&self.run_id)).map(|c| c.container_id).collect())
+    }
+
+    /// How many of this run's containers are still in the engine.
+    async fn containers_left(&self) -> anyhow::Result<usize> {
+        Ok(self.own_containers().await?.len())
     }
 
     /// Removes this run's containers and images.
     async fn remove_all(&self) {
-        if let Ok(all) = rayfine::docker::list_managed_containers().await {
-            let ids: Vec<String> = all.iter().filter(|c| c.labels.get(BENCH_LABEL) == Some(&self.run_id)).map(|c| c.container_id.clone()).collect();
+        if let Ok(ids) = self.own_containers().await {
             let _ = rayfine::docker::remove_containers(&ids).await;
         }
         // Children before parents: a parent whose child is still there is only untagged.
@@ -252,7 +256,7 @@ async fn docker_sections_run(docker: &DockerBench, settings: &Settings, wants: &
     if !rayfine::docker::docker_available().await {
         bail!("no Docker engine answers (pass --no-docker to skip these sections)");
     }
-    if rayfine::docker::list_managed_images().await.is_err() || !image_exists(&docker.base_image) {
+    if !image_exists(&docker.base_image) {
         bail!(
             "the base image `{}` is not in the engine: `bash .ci/setup` makes rayfine-test/python:bookworm offline; or pass --base-image",
             docker.base_image

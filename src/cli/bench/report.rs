@@ -174,6 +174,11 @@ impl Report {
     }
 }
 
+/// A duration in milliseconds, the unit the start-up and build rows collect.
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// The middle value (the upper one of an even count); NaN when empty.
 pub fn median(samples: &[f64]) -> f64 {
     percentile(samples, 50.0)

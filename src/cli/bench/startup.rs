@@ -8,15 +8,11 @@ use anyhow::{bail, Context};
 use rayfine::{load_env, LoadOptions, Mode};
 use serde_json::json;
 
-use super::report::{median, Figure, Report, Row};
+use super::report::{median, millis as ms, Figure, Report, Row};
 use super::{DockerBench, Settings, BENCH_LABEL};
 
 const COLD: &str = "Cold start (load_env → first call answered)";
 const FAN_OUT: &str = "Fan-out (environments started at once, Docker)";
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// Process mode, beside `python3 -c pass`; runs interleaved so drift hits both alike.
 pub async fn process_cold_start(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
