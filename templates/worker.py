@@ -16,7 +16,12 @@ Worker -> server:  {"ready": true, "methods": [...]}     once, after env.py load
 
 Async methods run as tasks on one event loop, which also reads the channel, so an async call costs
 no thread switch. Sync methods run on a pool of threads that grows on demand, and each thread writes
-its own reply.
+its own reply. A sync method whose recent runs were all short runs on the loop's thread itself when
+nothing else is in flight: handing it to a pool thread would cost more than the call.
+
+On a virtual machine, waking a sleeping thread costs tens of microseconds, more than a trivial
+call. So after each message the loop polls the channel for a short while (RAYFINE_WORKER_SPIN_US)
+before it sleeps, and a client that calls again right away finds it awake.
 """
 
 import asyncio
@@ -27,9 +32,11 @@ import inspect
 import json
 import os
 import queue
+import selectors
 import signal
 import sys
 import threading
+import time
 import traceback
 
 CHANNEL_IN = os.dup(0)
@@ -51,6 +58,13 @@ for _signal in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signal, lambda signum, frame: None)
 
 MAX_SYNC_THREADS = int(os.environ.get("RAYFINE_MAX_SYNC_THREADS", "512"))
+SPIN_SECONDS = int(os.environ.get("RAYFINE_WORKER_SPIN_US", "0")) / 1e6
+# A sync method runs inline only after this many runs in a row took less than INLINE_LIMIT seconds,
+# and one slow run sends it back to the pool: a method that is sometimes slow stays in the pool, and
+# one that turns slow stalls the loop once. RAYFINE_INLINE_SYNC=0 keeps every sync call in the pool.
+INLINE_SYNC = os.environ.get("RAYFINE_INLINE_SYNC", "1") not in ("0", "false", "no", "off")
+INLINE_AFTER = 16
+INLINE_LIMIT = 0.001
 _write_lock = threading.Lock()
 
 
@@ -95,6 +109,10 @@ def finite_float(text):
 def reject_constant(name):
     """json.loads accepts NaN and Infinity, which are not JSON."""
     raise ValueError("%s is not JSON" % name)
+
+
+# One decoder for all messages: json.loads with hooks would build a new one for every call.
+DECODER = json.JSONDecoder(parse_float=finite_float, parse_constant=reject_constant)
 
 
 class NotSerializable(TypeError):
@@ -144,7 +162,7 @@ def raised_message(call_id, exc):
 class Method:
     """A callable of the environment with what the server and the binder need to know of it."""
 
-    __slots__ = ("name", "func", "signature", "source", "is_async")
+    __slots__ = ("name", "func", "signature", "source", "is_async", "takes_no_arguments", "short_runs")
 
     def __init__(self, name, func, source):
         self.name = name
@@ -155,16 +173,36 @@ class Method:
             self.signature = inspect.signature(func)
         except (TypeError, ValueError):
             self.signature = None
+        # A call without arguments binds if no parameter needs a value; knowing that up front
+        # saves the binder's work on the commonest trivial call.
+        self.takes_no_arguments = self.signature is not None and all(
+            p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            for p in self.signature.parameters.values())
+        # How many runs in a row took less than INLINE_LIMIT (sync methods).
+        self.short_runs = 0
 
     def bind(self, args, kwargs):
         """Checks the arguments against the signature; returns an error message or None."""
-        if self.signature is None:
+        if self.signature is None or (not args and not kwargs and self.takes_no_arguments):
             return None
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             return "arguments do not bind to %s%s: %s" % (self.name, self.signature, exc)
         return None
+
+    def run_sync(self, call_id, args, kwargs):
+        """Runs a sync method; returns the reply. Counts how many runs in a row were short."""
+        started = time.perf_counter()
+        try:
+            message = encode_result(call_id, self.func(*args, **kwargs))
+        except BaseException as exc:  # noqa: B902 - the environment's errors go to the caller
+            message = raised_message(call_id, exc)
+        if time.perf_counter() - started < INLINE_LIMIT:
+            self.short_runs += 1
+        else:
+            self.short_runs = 0
+        return message
 
     def describe(self):
         return {
@@ -230,9 +268,11 @@ class SyncPool:
         self.lock = threading.Lock()
         self.threads = 0
         self.idle = 0
+        self.busy = 0
 
     def submit(self, call_id, method, args, kwargs):
         with self.lock:
+            self.busy += 1
             grow = self.idle == 0 and self.threads < MAX_SYNC_THREADS
             if grow:
                 self.threads += 1
@@ -245,13 +285,52 @@ class SyncPool:
     def run(self):
         while True:
             call_id, method, args, kwargs = self.jobs.get()
-            try:
-                message = encode_result(call_id, method.func(*args, **kwargs))
-            except BaseException as exc:  # noqa: B902 - the environment's errors go to the caller
-                message = raised_message(call_id, exc)
-            send(message)
+            send(method.run_sync(call_id, args, kwargs))
             with self.lock:
                 self.idle += 1
+                self.busy -= 1
+
+
+class SpinningSelector(selectors.DefaultSelector):
+    """A selector that polls for a while before it sleeps, so that a message arriving meanwhile
+    costs no wake-up.
+
+    It adapts like the kernel's haltpoll: after a wait that a poll of SPIN_SECONDS would have
+    caught, it polls that long again; after a longer one it halves its budget, down to none. A
+    client that calls every few milliseconds therefore costs no polling after a few calls.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.may_spin = lambda: True
+        self.budget = SPIN_SECONDS
+
+    def select(self, timeout=None):
+        if SPIN_SECONDS <= 0 or (timeout is not None and timeout <= 0):
+            return super().select(timeout)
+        started = time.perf_counter()
+        remaining = timeout
+        if self.budget > 0 and self.may_spin():
+            budget = self.budget if timeout is None else min(self.budget, timeout)
+            while True:
+                ready = super().select(0)
+                if ready:
+                    self.budget = SPIN_SECONDS
+                    return ready
+                spent = time.perf_counter() - started
+                if spent >= budget:
+                    break
+            remaining = None if timeout is None else max(0.0, timeout - spent)
+        ready = super().select(remaining)
+        if ready:
+            waited = time.perf_counter() - started
+            if waited <= SPIN_SECONDS:
+                self.budget = SPIN_SECONDS
+            elif self.budget > SPIN_SECONDS / 4:
+                self.budget /= 2
+            else:
+                self.budget = 0
+        return ready
 
 
 class Worker:
@@ -282,7 +361,7 @@ class Worker:
 
     def dispatch(self, line):
         try:
-            message = json.loads(line, parse_float=finite_float, parse_constant=reject_constant)
+            message = DECODER.decode(line.decode())
         except (ValueError, RecursionError) as exc:
             # The server writes the id first: answer the call rather than leave it hanging.
             try:
@@ -312,8 +391,24 @@ class Worker:
         if method.is_async:
             task = self.loop.create_task(self.run_async(call_id, method, args, kwargs))
             self.tasks[call_id] = task
+        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks and self.pool.busy == 0:
+            send(self.run_inline(call_id, method, args, kwargs))
         else:
             self.pool.submit(call_id, method, args, kwargs)
+
+    def run_inline(self, call_id, method, args, kwargs):
+        """Runs a sync call on the loop's thread, which it sees as a plain thread: with no
+        running loop, so asyncio.run() inside it works as it does on a pool thread."""
+        asyncio.events._set_running_loop(None)
+        try:
+            return method.run_sync(call_id, args, kwargs)
+        finally:
+            asyncio.events._set_running_loop(self.loop)
+            asyncio.set_event_loop(self.loop)
+
+    def may_spin(self):
+        """Poll only while no sync call runs: the poller would hold the lock those threads need."""
+        return self.pool.busy == 0
 
     async def run_async(self, call_id, method, args, kwargs):
         try:
@@ -330,7 +425,8 @@ class Worker:
 
 def main():
     env_path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RAYFINE_ENV_PATH", "/app/env.py")
-    loop = asyncio.new_event_loop()
+    selector = SpinningSelector()
+    loop = asyncio.SelectorEventLoop(selector)
     asyncio.set_event_loop(loop)
     try:
         methods = discover_methods(load_env(env_path))
@@ -341,6 +437,7 @@ def main():
         os._exit(3)
     os.set_blocking(CHANNEL_IN, False)
     worker = Worker(loop, methods)
+    selector.may_spin = worker.may_spin
     loop.add_reader(CHANNEL_IN, worker.on_readable)
     send_json({"ready": True, "methods": [m.describe() for m in methods.values()]})
     loop.run_forever()

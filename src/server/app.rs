@@ -239,6 +239,7 @@ mod tests {
             script: worker_script(),
             env_path,
             hidden_env: vec![],
+            spin: std::time::Duration::from_micros(crate::server::DEFAULT_SPIN_US),
         });
         let mut phases = supervisor.subscribe();
         tokio::time::timeout(Duration::from_secs(20), phases.wait_for(|p| !matches!(p, Phase::Starting)))

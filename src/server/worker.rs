@@ -7,7 +7,6 @@
 //! [`CallError::WorkerLost`].
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,11 +16,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, BufReader, Interest};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch, Notify};
 
+use super::channel::{Inbox, Outbox};
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 
 /// How to start the worker.
@@ -35,6 +34,9 @@ pub struct WorkerConfig {
     pub env_path: PathBuf,
     /// Environment variables not to pass to the worker (the server's token).
     pub hidden_env: Vec<String>,
+    /// How long a thread that expects a message soon polls for it before it sleeps: the server
+    /// for the reply of a call that is alone in flight, the worker for the next call.
+    pub spin: Duration,
 }
 
 /// Why a call did not produce a result.
@@ -103,18 +105,34 @@ struct ReplyError {
 
 type Outcome = Result<Box<RawValue>, CallError>;
 
+/// A method and how long its last call took, which decides whether the next one polls.
+struct MethodEntry {
+    info: MethodInfo,
+    /// Microseconds from sending the last call to its reply; 0 before the first.
+    last_micros: AtomicU64,
+}
+
 /// One running worker process and its channel.
 struct Session {
     /// The write side of the channel to the worker.
     outbox: Outbox,
+    /// The read side: the worker's replies.
+    inbox: Inbox,
     /// Calls awaiting a reply, by id. A plain mutex: it is never held across an await.
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
     /// Methods by name, as the worker described them.
-    methods: HashMap<String, MethodInfo>,
+    methods: HashMap<String, MethodEntry>,
     /// The methods in the worker's order, for `/methods`.
     method_list: Vec<MethodInfo>,
     /// Asks the supervisor to kill this worker (a sync call overran its timeout).
     kill: Notify,
+}
+
+impl MethodEntry {
+    fn record(&self, started: Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+        self.last_micros.store(micros, Ordering::Relaxed);
+    }
 }
 
 impl Session {
@@ -129,6 +147,23 @@ impl Session {
         if let Some(waiter) = self.pending.lock().remove(&id) {
             let _ = waiter.send(outcome);
         }
+    }
+
+    /// Routes one message from the worker to the call waiting for it.
+    fn on_message(&self, line: &[u8]) {
+        let reply: Reply = match serde_json::from_slice(line) {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!("ignored a malformed message from the worker: {err}");
+                return;
+            }
+        };
+        let Some(id) = reply.id else { return };
+        let outcome = match reply.error {
+            Some(error) => Err(reply_error(error)),
+            None => Ok(reply.result.map(RawValue::to_owned).unwrap_or_else(null_value)),
+        };
+        self.deliver(id, outcome);
     }
 }
 
@@ -172,7 +207,12 @@ struct Shared {
     next_id: AtomicU64,
     /// Asks the supervision loop to kill the worker and end (server shutdown).
     stop: Notify,
+    /// How long a call alone in flight polls for its reply.
+    reply_poll: Duration,
 }
+
+/// Tells the worker how long to poll for the next call before it sleeps, in microseconds.
+const SPIN_ENV: &str = "RAYFINE_WORKER_SPIN_US";
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -189,6 +229,7 @@ impl Supervisor {
             phase,
             next_id: AtomicU64::new(1),
             stop: Notify::new(),
+            reply_poll: config.spin,
         });
         tokio::spawn(supervise(config, Arc::downgrade(&shared)));
         Supervisor { shared }
@@ -224,27 +265,44 @@ impl Supervisor {
     /// Calls `method` with raw JSON `args` (an array) and `kwargs` (an object).
     pub async fn call(&self, method: &str, args: &str, kwargs: &str, timeout: Option<Duration>) -> Outcome {
         let session = self.session()?;
-        let Some(info) = session.methods.get(method) else {
+        let Some(entry) = session.methods.get(method) else {
             let mut names: Vec<&str> = session.method_list.iter().map(|m| m.name.as_str()).collect();
             names.sort_unstable();
             return Err(CallError::NotFound { method: method.to_string(), available: names.join(", ") });
         };
+        let started = Instant::now();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        session.pending.lock().insert(id, tx);
+        let (tx, mut rx) = oneshot::channel();
+        let alone = {
+            let mut pending = session.pending.lock();
+            pending.insert(id, tx);
+            pending.len() == 1
+        };
         let message = encode_call(id, method, args, kwargs);
         if session.outbox.send(&message).is_err() {
             session.pending.lock().remove(&id);
             return Err(CallError::WorkerLost("the worker stopped before the call was sent".into()));
         }
+        let lost = || Err(CallError::WorkerLost("the worker stopped during the call".into()));
+        let poll = timeout.map_or(self.shared.reply_poll, |limit| limit.min(self.shared.reply_poll));
+        // Poll only for a call alone in flight (otherwise there is other work for this thread)
+        // to a method whose last call was short enough to have been caught by polling.
+        if alone && !poll.is_zero() && entry.last_micros.load(Ordering::Relaxed) <= poll.as_micros() as u64 {
+            let arrived = session.inbox.poll_for(poll, || !rx.is_empty(), |line| session.on_message(line));
+            if arrived {
+                entry.record(started);
+                return rx.try_recv().unwrap_or_else(|_| lost());
+            }
+        }
         let received = match timeout {
-            Some(limit) => match tokio::time::timeout(limit, rx).await {
+            Some(limit) => match tokio::time::timeout_at((started + limit).into(), rx).await {
                 Ok(received) => received,
-                Err(_) => return Err(self.on_timeout(&session, id, info, limit)),
+                Err(_) => return Err(self.on_timeout(&session, id, &entry.info, limit)),
             },
             None => rx.await,
         };
-        received.unwrap_or_else(|_| Err(CallError::WorkerLost("the worker stopped during the call".into())))
+        entry.record(started);
+        received.unwrap_or_else(|_| lost())
     }
 
     /// Stops an overrunning call: async calls are cancelled, sync ones kill the worker, since a
@@ -354,13 +412,16 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
             return RunEnd::LoadFailed(error);
         }
     };
-    let (outbox, writer) = match Outbox::new(stdin) {
-        Ok(pair) => pair,
+    let (outbox, writer, inbox) = match open_channel(stdin, lines) {
+        Ok(parts) => parts,
         Err(err) => return RunEnd::Exited(format!("cannot set up the channel to the worker: {err}")),
     };
-    let session = Arc::new(Session { outbox, pending: Mutex::new(HashMap::new()), methods, method_list, kill: Notify::new() });
+    let session = Arc::new(Session { outbox, inbox, pending: Mutex::new(HashMap::new()), methods, method_list, kill: Notify::new() });
     let writer = tokio::spawn(writer);
-    let reader = tokio::spawn(read_loop(lines, session.clone()));
+    let reader = tokio::spawn({
+        let session = session.clone();
+        async move { session.inbox.run(|line| session.on_message(line)).await }
+    });
     *shared.session.write() = Some(session.clone());
     *ever_ready = true;
     shared.phase.send_replace(Phase::Ready);
@@ -391,6 +452,18 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
     end
 }
 
+/// Turns the worker's pipes into the two halves of the channel, keeping any bytes the handshake
+/// read ahead.
+fn open_channel(
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+) -> std::io::Result<(Outbox, impl std::future::Future<Output = ()>, Inbox)> {
+    let (outbox, writer) = Outbox::new(stdin.into_owned_fd()?)?;
+    let read_ahead = stdout.buffer().to_vec();
+    let inbox = Inbox::new(stdout.into_inner().into_owned_fd()?, read_ahead)?;
+    Ok((outbox, writer, inbox))
+}
+
 fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
     let mut command = Command::new(&config.python);
     command
@@ -406,6 +479,7 @@ fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
     for name in &config.hidden_env {
         command.env_remove(name);
     }
+    command.env(SPIN_ENV, config.spin.as_micros().to_string());
     command.spawn()
 }
 
@@ -431,7 +505,7 @@ fn describe_status(status: Option<std::process::ExitStatus>) -> String {
     }
 }
 
-type MethodTables = (HashMap<String, MethodInfo>, Vec<MethodInfo>);
+type MethodTables = (HashMap<String, MethodEntry>, Vec<MethodInfo>);
 
 async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<MethodTables, ErrorInfo> {
     let mut line = Vec::new();
@@ -455,152 +529,10 @@ async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<MethodTabl
     }
     match (reply.ready, reply.methods) {
         (true, Some(list)) => {
-            let map = list.iter().map(|m| (m.name.clone(), m.clone())).collect();
+            let map = list.iter().map(|m| (m.name.clone(), MethodEntry { info: m.clone(), last_micros: AtomicU64::new(0) })).collect();
             Ok((map, list))
         }
         _ => Err(exited()),
-    }
-}
-
-/// The write side of the channel. A call writes its line straight into the pipe from the handler
-/// that makes it, under a short lock and without blocking: handing it to a writer task first
-/// would cost a wake-up of another thread on every call. Only when the pipe is full does the rest
-/// go to a backlog that a flusher task writes out as the pipe drains.
-struct Outbox {
-    shared: Arc<OutboxShared>,
-}
-
-struct OutboxShared {
-    /// The pipe, non-blocking, registered with the runtime so the flusher can wait for room.
-    fd: AsyncFd<OwnedFd>,
-    /// Bytes not yet written; while non-empty, new messages queue behind them to keep lines whole.
-    /// A plain mutex: it is never held across an await.
-    backlog: Mutex<Vec<u8>>,
-    /// Wakes the flusher when the backlog gains bytes.
-    wake: Notify,
-    /// Set when the pipe is broken (the worker is gone).
-    broken: std::sync::atomic::AtomicBool,
-}
-
-/// The worker's end of the channel is gone.
-struct ChannelClosed;
-
-impl Outbox {
-    fn new(stdin: ChildStdin) -> std::io::Result<(Outbox, impl std::future::Future<Output = ()>)> {
-        let fd = stdin.into_owned_fd()?;
-        set_nonblocking(&fd)?;
-        // SAFETY: the descriptor is owned by the AsyncFd for as long as it is registered, so it
-        // cannot be closed or reused behind the runtime's back.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.map_err(std::io::Error::from)?;
-        let shared = Arc::new(OutboxShared { fd, backlog: Mutex::new(Vec::new()), wake: Notify::new(), broken: false.into() });
-        Ok((Outbox { shared: shared.clone() }, flush_loop(shared)))
-    }
-
-    fn send(&self, message: &[u8]) -> Result<(), ChannelClosed> {
-        let shared = &self.shared;
-        if shared.broken.load(Ordering::Relaxed) {
-            return Err(ChannelClosed);
-        }
-        let mut backlog = shared.backlog.lock();
-        if !backlog.is_empty() {
-            backlog.extend_from_slice(message);
-            return Ok(());
-        }
-        match write_some(shared.fd.get_ref(), message) {
-            Ok(n) if n == message.len() => return Ok(()),
-            Ok(n) => backlog.extend_from_slice(&message[n..]),
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => backlog.extend_from_slice(message),
-            Err(_) => {
-                shared.broken.store(true, Ordering::Relaxed);
-                return Err(ChannelClosed);
-            }
-        }
-        drop(backlog);
-        shared.wake.notify_one();
-        Ok(())
-    }
-}
-
-/// tokio hands the pipe back in blocking mode; writes from handlers must never block.
-fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fcntl on a descriptor we own, with flags it just returned.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn write_some(fd: &OwnedFd, bytes: &[u8]) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: writes from a valid buffer of `bytes.len()` bytes to a descriptor we own.
-        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-async fn flush_loop(shared: Arc<OutboxShared>) {
-    loop {
-        shared.wake.notified().await;
-        loop {
-            let mut ready = match shared.fd.writable().await {
-                Ok(ready) => ready,
-                Err(_) => break,
-            };
-            let mut backlog = shared.backlog.lock();
-            if backlog.is_empty() {
-                break;
-            }
-            match write_some(shared.fd.get_ref(), &backlog) {
-                Ok(n) => {
-                    backlog.drain(..n);
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    drop(backlog);
-                    ready.clear_ready();
-                }
-                Err(_) => {
-                    shared.broken.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn read_loop(mut lines: BufReader<ChildStdout>, session: Arc<Session>) {
-    let mut line = Vec::with_capacity(1 << 12);
-    loop {
-        line.clear();
-        match lines.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let reply: Reply = match serde_json::from_slice(&line) {
-            Ok(reply) => reply,
-            Err(err) => {
-                tracing::warn!("ignored a malformed message from the worker: {err}");
-                continue;
-            }
-        };
-        let Some(id) = reply.id else { continue };
-        let outcome = match reply.error {
-            Some(error) => Err(reply_error(error)),
-            None => Ok(reply.result.map(RawValue::to_owned).unwrap_or_else(null_value)),
-        };
-        session.deliver(id, outcome);
     }
 }
 
