@@ -237,3 +237,51 @@ fn a_lease_holds_while_renewed_and_stops_the_server_when_it_lapses() {
     drop(server);
     env.assert_no_process_left();
 }
+
+/// Calls `method` `times` times in a row and returns the thread name each call reported.
+fn threads_of(server: &RunningServer, method: &str, kwargs: &str, times: usize) -> Vec<String> {
+    (0..times)
+        .map(|_| {
+            let (status, body) = http("POST", &server.url(&format!("/{method}")), kwargs, None);
+            assert_eq!(status, 200, "{method}: {body}");
+            body["result"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Calls `method` until the loop's thread runs it; returns how many calls that took.
+fn calls_until_inline(server: &RunningServer, method: &str) -> usize {
+    // A run preempted past 1 ms on a busy machine restarts the count, hence the generous bound.
+    (1..=400)
+        .find(|_| threads_of(server, method, "{}", 1)[0] == "MainThread")
+        .unwrap_or_else(|| panic!("{method} never ran on the loop's thread"))
+}
+
+#[test]
+fn short_sync_calls_move_to_the_loop_thread_and_a_slow_one_moves_back() {
+    let env = EnvCopy::of("threads");
+    let (server, _) = RunningServer::start(&env, &[]);
+    // The worker runs a sync method on its loop's thread only after 16 short runs in a row.
+    let seen = threads_of(&server, "where", "{}", 16);
+    assert!(seen.iter().all(|t| t == "rayfine-sync"), "{seen:?}");
+    calls_until_inline(&server, "where");
+    // Run there, code that starts its own event loop still works as on a pool thread.
+    calls_until_inline(&server, "nested_run");
+    // One slow run sends the method back to the pool.
+    calls_until_inline(&server, "nap");
+    threads_of(&server, "nap", r#"{"seconds":0.05}"#, 1);
+    assert_eq!(threads_of(&server, "nap", "{}", 1), ["rayfine-sync"]);
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn inline_sync_calls_and_polling_can_be_turned_off() {
+    let env = EnvCopy::of("threads");
+    let (server, ready) = RunningServer::start(&env, &[("RAYFINE_INLINE_SYNC", "0"), ("RAYFINE_SPIN_US", "0")]);
+    assert_eq!(ready["event"], "ready");
+    let seen = threads_of(&server, "where", "{}", 20);
+    assert!(seen.iter().all(|t| t == "rayfine-sync"), "{seen:?}");
+    drop(server);
+    env.assert_no_process_left();
+}
