@@ -407,8 +407,10 @@ class Worker:
             asyncio.set_event_loop(self.loop)
 
     def may_spin(self):
-        """Poll only while no sync call runs: the poller would hold the lock those threads need."""
-        return self.pool.busy == 0
+        """Poll only while nothing is in flight, when the next message is likely a caller's next
+        call. Under load, messages come often enough without it, and a sync call running on a
+        pool thread needs the lock the poller would hold."""
+        return not self.tasks and self.pool.busy == 0
 
     async def run_async(self, call_id, method, args, kwargs):
         try:

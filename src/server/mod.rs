@@ -35,6 +35,17 @@ pub const DEFAULT_SPIN_US: u64 = 200;
 /// Polling longer than this would only burn CPU: a wake-up costs far less.
 const MAX_SPIN_US: u64 = 10_000;
 
+/// The polling time to use: none with fewer than two cores (a CPU limit, an affinity mask),
+/// where the poller would only keep the thread it waits for off the one core.
+fn effective_spin(spin_us: u64) -> Duration {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 && spin_us > 0 {
+        tracing::debug!("one core available: not polling");
+        return Duration::ZERO;
+    }
+    Duration::from_micros(spin_us.min(MAX_SPIN_US))
+}
+
 /// Settings of `rayfine serve` / `rayfine-server`, from flags or environment variables.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
@@ -74,7 +85,8 @@ pub struct ServerConfig {
     pub body_timeout: f64,
     /// How long, in microseconds, the server polls for the reply of a call that is alone in
     /// flight, and the worker for the next call, before they sleep. Polling saves the cost of a
-    /// wake-up (tens of microseconds on a VM) at the price of that much CPU time; 0 turns it off.
+    /// wake-up (tens of microseconds on a VM) at the price of that much CPU time; 0 turns it off,
+    /// and so does running on a single core.
     #[arg(long = "spin-us", env = "RAYFINE_SPIN_US", default_value_t = DEFAULT_SPIN_US)]
     pub spin_us: u64,
     /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
@@ -187,7 +199,7 @@ pub async fn run(
         // The worker runs in the environment's folder, so a relative path would resolve twice.
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
         hidden_env: vec![TOKEN_ENV.to_string()],
-        spin: Duration::from_micros(config.spin_us.min(MAX_SPIN_US)),
+        spin: effective_spin(config.spin_us),
     });
     announce(&ServerEvent::Listening { port: local.port() });
     tokio::spawn(announce_phases(supervisor.clone()));

@@ -285,3 +285,19 @@ fn inline_sync_calls_and_polling_can_be_turned_off() {
     drop(server);
     env.assert_no_process_left();
 }
+
+#[test]
+fn polling_is_on_with_two_cores_and_off_on_one() {
+    let env = EnvCopy::of("threads");
+    let budget = |server: &RunningServer| http("POST", &server.url("/spin_budget"), "{}", None).1["result"].clone();
+    let (server, _) = RunningServer::start(&env, &[("RAYFINE_SPIN_US", "150")]);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(budget(&server), if cores >= 2 { "150" } else { "0" });
+    drop(server);
+    // On one core the poller would keep the thread it waits for from running.
+    let (server, _) = RunningServer::start_on_one_core(&env, &[("RAYFINE_SPIN_US", "150")]);
+    assert_eq!(budget(&server), "0");
+    assert_eq!(threads_of(&server, "where", "{}", 3).len(), 3);
+    drop(server);
+    env.assert_no_process_left();
+}

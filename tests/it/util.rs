@@ -88,6 +88,28 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts the server for `env` and waits for its first event after `listening`.
     pub fn start(env: &EnvCopy, vars: &[(&str, &str)]) -> (RunningServer, serde_json::Value) {
+        Self::start_with(env, vars, |_| {})
+    }
+
+    /// Starts the server allowed to run on the first core only, as under a CPU limit.
+    pub fn start_on_one_core(env: &EnvCopy, vars: &[(&str, &str)]) -> (RunningServer, serde_json::Value) {
+        Self::start_with(env, vars, |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: sched_setaffinity is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(|| {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_with(env: &EnvCopy, vars: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> (RunningServer, serde_json::Value) {
         let log_dir = tempfile::tempdir().unwrap();
         let stderr_log = log_dir.path().join("stderr.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_rayfine-server"));
@@ -98,6 +120,7 @@ impl RunningServer {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap());
+        adjust(&mut command);
         let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
