@@ -149,10 +149,29 @@ impl Drop for ScriptFile {
     }
 }
 
+/// The accept queue's length (the kernel caps it at `net.core.somaxconn`). A training run may
+/// open thousands of connections at once; with tokio's default of 1,024, the SYNs of the rest
+/// would be dropped and retried a second later.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` (host:port, the host a name or an address) with a deep accept queue.
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for candidate in tokio::net::lookup_host(addr).await? {
+        let socket = if candidate.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(candidate).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
+}
+
 /// Runs the server from its configuration until SIGINT, SIGTERM or (if asked) stdin's end.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let addr = format!("{}:{}", config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = listen(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     let stdin_closed = config.exit_on_stdin_eof.then(stdin_eof);
     let shutdown = async move {
         match stdin_closed {
