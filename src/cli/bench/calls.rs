@@ -3,10 +3,12 @@
 //! beside the plain echo server.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rayfine::EnvironmentWrapper;
 
 use super::floor::FloorServer;
-use super::report::{Figure, Report, Row};
+use super::report::{median, percentile, Figure, Report, Row};
 use super::wrk::{self, Load, Measured};
 use super::Settings;
 
@@ -48,6 +50,38 @@ pub fn call_cost(settings: &Settings, env: &Target<'_>, floor: &FloorServer, rep
                 .target("p50 ≤ 90 µs and ≤ 3× floor", met),
         );
     }
+    Ok(())
+}
+
+/// The trivial call as a Rust program makes it, `EnvironmentWrapper::call`, one after another,
+/// beside the same HTTP client posting to the echo floor: what the library adds to the wire.
+pub async fn library_call_cost(settings: &Settings, env: &EnvironmentWrapper, floor: &FloorServer, report: &mut Report) -> anyhow::Result<()> {
+    let calls = settings.library_calls;
+    report.settings.push(format!("library call: {calls} sequential `EnvironmentWrapper::call(\"ping\")`s after 100 warm-up calls"));
+    for _ in 0..100 {
+        env.call("ping", serde_json::json!({})).await?;
+    }
+    let mut took = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        env.call("ping", serde_json::json!({})).await?;
+        took.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    let client = reqwest::Client::new();
+    let echo_url = floor.url("/echo");
+    let mut floor_took = Vec::with_capacity(calls);
+    for round in 0..calls + 100 {
+        let started = Instant::now();
+        client.post(&echo_url).body(body("ping", "{}")).send().await?.error_for_status()?.bytes().await?;
+        if round >= 100 {
+            floor_took.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    report.push(
+        Row::new(CALL_COST, "`EnvironmentWrapper::call(\"ping\")` from Rust, p50", Figure::micros(median(&took)))
+            .p99(Figure::micros(percentile(&took, 99.0)))
+            .floor("reqwest POST to the echo", Figure::micros(median(&floor_took)), Some(Figure::micros(percentile(&floor_took, 99.0)))),
+    );
     Ok(())
 }
 

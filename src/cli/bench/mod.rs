@@ -66,6 +66,7 @@ pub struct Settings {
     pub docker_starts: usize,
     pub fan_out: usize,
     pub builds: usize,
+    pub library_calls: usize,
 }
 
 impl Settings {
@@ -79,6 +80,7 @@ impl Settings {
             docker_starts: if quick { 2 } else { 10 },
             fan_out: if quick { 4 } else { 32 },
             builds: if quick { 1 } else { 3 },
+            library_calls: if quick { 200 } else { 5000 },
         }
     }
 }
@@ -233,6 +235,7 @@ async fn wrk_sections(args: &BenchArgs, settings: &Settings, server: Option<&Pat
     let outcome = async {
         if wants(Section::CallCost) {
             calls::call_cost(settings, &target, &floor, report, scratch.path())?;
+            calls::library_call_cost(settings, &env, &floor, report).await?;
         }
         if wants(Section::Throughput) {
             calls::throughput(settings, &target, &floor, report, scratch.path())?;
