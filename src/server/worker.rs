@@ -1,9 +1,10 @@
 //! Supervision of the Python worker process and the channel to it.
 //!
 //! One worker runs the environment. Calls are multiplexed over its stdin/stdout as JSON lines
-//! tagged with an id; a single writer task batches whatever is queued into one `write`, and a single
-//! reader task routes each reply to the waiting call. A worker that dies, or is killed because a
-//! sync call overran its timeout, is started again with backoff; calls in flight on it fail with
+//! tagged with an id, written straight from the handler that makes them; replies are routed to
+//! the waiting call by whoever reads them, the reader task or a handler polling for its own
+//! (see [`super::channel`]). A worker that dies, or is killed because a sync call overran its
+//! timeout, is started again with backoff; calls in flight on it fail with
 //! [`CallError::WorkerLost`].
 
 use std::collections::HashMap;
