@@ -4,13 +4,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayfine::server::{init_logging, serve, ServerConfig};
+use rayfine::server::{init_logging, serve, supervise, ServerConfig};
 
 #[derive(Parser)]
 #[command(name = "rayfine-server", version, about = "Serve an environment's env.py over HTTP (POST /call)")]
 struct Cli {
     #[command(flatten)]
     config: ServerConfig,
+    /// Instead of serving env.py, run COMMAND (an HTTP-based environment's server), pass SIGTERM
+    /// and SIGINT on to it, and stop it when stdin ends if --exit-on-stdin-eof is set.
+    #[arg(long, requires = "command")]
+    supervise: bool,
+    /// The command to supervise, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -23,6 +30,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.supervise {
+        let grace = std::time::Duration::from_secs_f64(cli.config.shutdown_grace.clamp(0.0, 3600.0));
+        return match runtime.block_on(supervise(&cli.command, cli.config.exit_on_stdin_eof, grace)) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                eprintln!("rayfine-server: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match runtime.block_on(serve(cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -8,6 +8,7 @@ mod app;
 mod channel;
 mod error;
 mod lease;
+mod supervise;
 mod worker;
 
 use clap::builder::FalseyValueParser;
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub use app::{app, AppState};
 pub use error::ApiError;
 pub use lease::{Lease, LEASE_PATH};
+pub use supervise::supervise;
 pub use worker::{CallError, Phase, Supervisor, WorkerConfig};
 
 use crate::protocol::{ServerEvent, TOKEN_ENV};
@@ -108,6 +110,14 @@ pub enum ServeError {
     /// A flag has a value the server cannot use.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// The command to supervise could not be started.
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The embedded worker script could not be written to a temporary file.
     #[error("cannot write the worker script to {path}: {source}")]
     WorkerScript {
@@ -313,7 +323,7 @@ pub async fn shutdown_signal() {
 
 /// Completes when stdin reaches end of file. A plain thread reads it: stdin may be a pipe or a
 /// file, and blocking reads work for both.
-fn stdin_eof() -> tokio::sync::oneshot::Receiver<()> {
+pub(crate) fn stdin_eof() -> tokio::sync::oneshot::Receiver<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("rayfine-stdin-watch".into())

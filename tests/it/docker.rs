@@ -182,8 +182,31 @@ fn cleanup_all_and_sigkill_of_the_owner_leave_no_container() {
     scope.finish();
 }
 
+#[test]
+fn http_env_is_supervised_and_goes_with_an_owner_killed_by_sigkill() {
+    let scope = DockerScope::new("httpowner");
+    let env_dir = EnvCopy::of("scorer_http");
+    let tag = scope.tag("scorer");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(scope.builder(FASTAPI_IMAGE).build(env_dir.path(), &tag)).unwrap();
+
+    let mut child = super::util::spawn_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "wait")]);
+    super::util::wait_for_line(&mut child, "LOADED", Duration::from_secs(60));
+    let containers = scope.containers();
+    assert_eq!(containers.len(), 2);
+    // The user's uvicorn runs under the supervisor, which watches the attached stdin.
+    let id = containers[0].split_whitespace().next().unwrap();
+    let inspected = std::process::Command::new("docker").args(["inspect", "--format", "{{.Path}} {{.Args}}", id]).output().unwrap();
+    let command = String::from_utf8_lossy(&inspected.stdout);
+    assert!(command.starts_with("/rayfine/rayfine-server [--supervise -- python3 -m uvicorn"), "{command}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    scope.assert_no_container_left(Duration::from_secs(15));
+    scope.finish();
+}
+
 #[tokio::test]
-#[ignore = "run by cleanup_all_and_sigkill_of_the_owner_leave_no_container in a child process"]
+#[ignore = "run in a child process by the tests of an owner's cleanup and SIGKILL"]
 async fn child_loads_images() {
     if !in_child() {
         return;

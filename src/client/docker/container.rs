@@ -11,6 +11,10 @@
 //! mode), so there is no polling. Its stdin is our attach connection with `StdinOnce`: when this
 //! process dies, even by SIGKILL, the connection closes, the engine closes the container's stdin,
 //! the server exits and `AutoRemove` deletes the container.
+//!
+//! An HTTP-based environment is the user's own server, which knows nothing of stdin. So unless
+//! it is kept, its container starts the static server in `--supervise` mode, copied in before the
+//! start, which runs the image's command and applies the same stdin rule to it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
@@ -96,7 +100,7 @@ impl DockerServer {
                 Error::Docker { context: format!("cannot inspect image {}", launch.image), source: err }
             }
         })?;
-        let image_labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+        let image_labels = image.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
         // Explicit wins; then the label; an image Rayfine did not build is assumed to speak
         // the /call protocol (an affinetes image does).
         let env_type = match launch.env_type {
@@ -110,15 +114,23 @@ impl DockerServer {
                 .or_else(|| image_labels.get(labels::HTTP_PORT).and_then(|p| p.parse().ok()))
                 .unwrap_or(DEFAULT_HTTP_PORT),
         };
-        let watch_stdin = env_type == EnvType::Function && !launch.keep;
+        let supervisor = match env_type {
+            EnvType::Http if !launch.keep => supervisor_for(launch.image, image_command(&image.config)),
+            _ => None,
+        };
+        let watch_stdin = !launch.keep && (env_type == EnvType::Function || supervisor.is_some());
 
-        let id = create(&docker, &launch, env_type, container_port, watch_stdin).await?;
+        let entrypoint = supervisor.as_ref().map(|s| s.entrypoint.clone());
+        let id = create(&docker, &launch, env_type, container_port, watch_stdin, entrypoint).await?;
         registry::track_container(&id);
         let logs = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES)));
         let exited = Arc::new(AtomicBool::new(false));
         let server = DockerServer { id: id.clone(), env_type, stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() };
 
         let outcome = async {
+            if let Some(supervisor) = &supervisor {
+                supervisor.copy_into(&docker, &id).await?;
+            }
             let attach_options = AttachContainerOptionsBuilder::default().stream(true).logs(true).stdout(true).stderr(true).stdin(watch_stdin).build();
             let attached = docker.attach_container(&id, Some(attach_options)).await.map_err(|err| format!("cannot attach to the container: {err}"))?;
             if watch_stdin {
@@ -196,8 +208,66 @@ impl DockerServer {
     }
 }
 
+/// Where the supervisor is copied to in an HTTP-based environment's container.
+const SUPERVISOR_PATH: &str = "/rayfine/rayfine-server";
+
+/// The static server, to run an HTTP-based environment's command under `--supervise`.
+struct Supervisor {
+    binary: Vec<u8>,
+    entrypoint: Vec<String>,
+}
+
+impl Supervisor {
+    /// Copies the binary into the created, not yet started, container.
+    async fn copy_into(&self, docker: &Docker, id: &str) -> Result<(), String> {
+        let mut files = super::context::ContextArchive::new();
+        let archive = files
+            .add_bytes(SUPERVISOR_PATH.trim_start_matches('/'), &self.binary, 0o755)
+            .and_then(|()| files.finish())
+            .map_err(|err| format!("cannot pack the supervisor: {err}"))?;
+        let upload = bollard::query_parameters::UploadToContainerOptionsBuilder::default().path("/").build();
+        docker
+            .upload_to_container(id, Some(upload), bollard::body_full(archive.into()))
+            .await
+            .map_err(|err| format!("cannot copy the supervisor into the container: {err}"))
+    }
+}
+
+/// The command the image runs: its entrypoint followed by its cmd.
+fn image_command(config: &Option<bollard::models::ImageConfig>) -> Vec<String> {
+    let Some(config) = config else { return Vec::new() };
+    config.entrypoint.iter().flatten().chain(config.cmd.iter().flatten()).cloned().collect()
+}
+
+/// The supervisor for `command`, or None (with a warning saying what that means) when there is
+/// no command or no static server to supervise it with.
+fn supervisor_for(image: &str, command: Vec<String>) -> Option<Supervisor> {
+    let unsupervised = |why: String| {
+        tracing::warn!("{image}: {why}; the container is removed by cleanup, on exit and on signals, but not if this process is killed by SIGKILL (`rayfine cleanup --orphans` removes it then)");
+        None
+    };
+    if command.is_empty() {
+        return unsupervised("the image names no command".into());
+    }
+    let binary = match super::server_binary::locate(None).and_then(|path| {
+        std::fs::read(&path).map_err(|source| Error::Io { context: format!("cannot read {}", path.display()), source })
+    }) {
+        Ok(binary) => binary,
+        Err(err) => return unsupervised(format!("no static server to supervise it with ({err})")),
+    };
+    let entrypoint = [SUPERVISOR_PATH, "--supervise", "--"].into_iter().map(String::from).chain(command).collect();
+    Some(Supervisor { binary, entrypoint })
+}
+
 /// Creates the container; returns its id.
-async fn create(docker: &Docker, launch: &DockerLaunch<'_>, env_type: EnvType, container_port: u16, watch_stdin: bool) -> Result<String> {
+async fn create(
+    docker: &Docker,
+    launch: &DockerLaunch<'_>,
+    env_type: EnvType,
+    container_port: u16,
+    watch_stdin: bool,
+    entrypoint: Option<Vec<String>>,
+) -> Result<String> {
     let port_key = format!("{container_port}/tcp");
     let mut env: Vec<String> = launch.env_vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if env_type == EnvType::Function {
@@ -209,6 +279,8 @@ async fn create(docker: &Docker, launch: &DockerLaunch<'_>, env_type: EnvType, c
             env.push(format!("RAYFINE_LEASE={}", lease.as_secs_f64()));
         }
         env.push(format!("RUST_LOG={}", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into())));
+    } else if watch_stdin {
+        env.push("RAYFINE_EXIT_ON_STDIN_EOF=true".into());
     }
     let mut container_labels: HashMap<String, String> = launch.labels.clone().into_iter().collect();
     let me = std::process::id();
@@ -247,6 +319,8 @@ async fn create(docker: &Docker, launch: &DockerLaunch<'_>, env_type: EnvType, c
         open_stdin: Some(watch_stdin),
         stdin_once: Some(watch_stdin),
         tty: Some(false),
+        // Replacing the entrypoint drops the image's cmd, which the supervisor's entrypoint holds.
+        entrypoint,
         host_config: Some(host_config),
         ..Default::default()
     };
