@@ -69,8 +69,12 @@ _write_lock = threading.Lock()
 
 
 def log(message):
-    sys.stderr.write("rayfine-worker: %s\n" % message)
-    sys.stderr.flush()
+    """Writes to the log; never raises, since the log's reader may be gone before us."""
+    try:
+        sys.stderr.write("rayfine-worker: %s\n" % message)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def send(data):
@@ -347,8 +351,14 @@ class Worker:
         except BlockingIOError:
             return
         if not chunk:
-            log("server closed the channel; exiting")
-            os._exit(0)
+            try:
+                log("server closed the channel; exiting")
+            finally:
+                if os.getpgrp() == os.getpid():
+                    # The server started us as the leader of our own group (it may have been
+                    # killed before it could kill the group): take what the environment started.
+                    os.killpg(0, signal.SIGKILL)
+                os._exit(0)
         self.buffer += chunk
         start = 0
         while True:

@@ -8,6 +8,7 @@ mod app;
 mod channel;
 mod error;
 mod lease;
+mod reaper;
 mod supervise;
 mod worker;
 
@@ -182,6 +183,7 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    reaper::start_if_pid1();
     let stdin_closed = config.exit_on_stdin_eof.then(stdin_eof);
     let shutdown = async move {
         match stdin_closed {

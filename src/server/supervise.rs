@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::{shutdown_signal, stdin_eof, ServeError};
+use super::{reaper, shutdown_signal, stdin_eof, ServeError};
 
 /// Runs `command` until it exits, a signal asks us to stop, or (if `exit_on_stdin_eof`) stdin
 /// ends. Returns the exit code to leave with: the command's own, or 128 + the signal that ended it.
@@ -29,6 +29,8 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| ServeError::Spawn { program: program.clone(), source })?;
+    reaper::own(child.id());
+    reaper::start_if_pid1();
     let stdin_closed = async {
         if exit_on_stdin_eof {
             let _ = stdin_eof().await;

@@ -22,6 +22,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::channel::{Inbox, Outbox};
+use super::reaper;
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 
 /// How to start the worker.
@@ -399,12 +400,32 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
             })
         }
     };
+    let pid = child.id();
+    reaper::own(pid);
+    let end = serve_worker(shared, ever_ready, &mut child).await;
+    // Whatever the worker started goes with it, however it ended.
+    kill_group(pid);
+    reaper::disown(pid);
+    end
+}
+
+/// Kills the process group the worker leads: the worker and everything the environment started.
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+        // SAFETY: kill() with a negative pid signals a process group; ours, by construction.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+}
+
+/// Waits for the worker's handshake, then serves calls until it ends or is told to.
+async fn serve_worker(shared: &Shared, ever_ready: &mut bool, child: &mut Child) -> RunEnd {
+    let pid = child.id();
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut lines = BufReader::with_capacity(1 << 16, child.stdout.take().expect("stdout is piped"));
     let (methods, method_list) = match read_handshake(&mut lines).await {
         Ok(methods) => methods,
         Err(error) => {
-            let _ = child.start_kill();
+            kill_group(pid);
             let status = child.wait().await.ok();
             let mut error = error;
             if error.kind == "WorkerExited" {
@@ -430,12 +451,12 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
     let end = tokio::select! {
         status = child.wait() => RunEnd::Exited(format!("the worker exited: {}", describe_status(status.ok()))),
         _ = session.kill.notified() => {
-            let _ = child.start_kill();
+            kill_group(pid);
             let _ = child.wait().await;
             RunEnd::Killed
         }
         _ = shared.stop.notified() => {
-            let _ = child.start_kill();
+            kill_group(pid);
             let _ = child.wait().await;
             RunEnd::Stopped
         }
@@ -473,6 +494,10 @@ fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        // Its own process group, so that killing the worker kills what the environment started
+        // too (a subprocess left hanging by a timed-out call), and a Ctrl-C meant for the server
+        // does not reach it.
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(dir) = env_dir(&config.env_path) {
         command.current_dir(dir);

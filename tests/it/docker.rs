@@ -140,6 +140,31 @@ async fn injected_server_runs_in_an_image_without_libc() {
 }
 
 #[tokio::test]
+async fn the_server_as_pid_1_reaps_orphans_the_environment_leaves() {
+    let scope = DockerScope::new("reaper");
+    let env_dir = EnvCopy::of("spawner");
+    let tag = scope.tag("spawner");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    let env = load_env(scope.options(&tag)).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(env.call("orphan", json!({})).await.unwrap(), json!(true));
+    }
+    // The orphans exit 0.2 s after their parent; their zombies belong to PID 1.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut zombies = json!(null);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        zombies = env.call("zombies", json!({})).await.unwrap();
+        if zombies == json!(0) {
+            break;
+        }
+    }
+    assert_eq!(zombies, json!(0), "zombies left under PID 1");
+    env.cleanup().await.unwrap();
+    scope.finish();
+}
+
+#[tokio::test]
 async fn eight_environments_at_once_each_with_its_own_port() {
     let scope = DockerScope::new("eight");
     let env_dir = EnvCopy::of("echo");

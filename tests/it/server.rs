@@ -301,3 +301,21 @@ fn polling_is_on_with_two_cores_and_off_on_one() {
     drop(server);
     env.assert_no_process_left();
 }
+
+#[test]
+fn a_timed_out_call_takes_the_processes_it_started_along() {
+    let env = EnvCopy::of("spawner");
+    let (server, _) = RunningServer::start(&env, &[]);
+    let marker = format!("{}/sleeper", env.path_str());
+    let call = json!({"method": "hang_with_child", "kwargs": {"marker": marker}, "timeout": 1.0}).to_string();
+    let (status, body) = http("POST", &server.url("/call"), &call, None);
+    assert_eq!(status, 504, "{body}");
+    let sleepers = || crate::util::processes_mentioning(&marker);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sleepers().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(sleepers().is_empty(), "the subprocess outlived its worker: {:?}", sleepers());
+    drop(server);
+    env.assert_no_process_left();
+}
