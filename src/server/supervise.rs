@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::{reaper, shutdown_signal, stdin_eof, ServeError};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::{reaper, stdin_eof, ServeError};
 
 /// Runs `command` until it exits, a signal asks us to stop, or (if `exit_on_stdin_eof`) stdin
 /// ends. Returns the exit code to leave with: the command's own, or 128 + the signal that ended it.
@@ -21,6 +23,20 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
     let Some((program, args)) = command.split_first() else {
         return Err(ServeError::Config("--supervise needs the command to run after `--`".into()));
     };
+    // Handlers first: a signal that came between the start of the command and their installation
+    // would end this process with the default action and leave the command running.
+    let watch = |kind| signal(kind).map_err(|err| ServeError::Config(format!("cannot watch stop signals: {err}")));
+    let (mut terminate, mut interrupt) = (watch(SignalKind::terminate())?, watch(SignalKind::interrupt())?);
+    let forwarded: Vec<(libc::c_int, Signal)> = FORWARDED
+        .into_iter()
+        .filter_map(|number| match signal(SignalKind::from_raw(number)) {
+            Ok(arrivals) => Some((number, arrivals)),
+            Err(err) => {
+                tracing::warn!("cannot pass signal {number} on: {err}");
+                None
+            }
+        })
+        .collect();
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -31,6 +47,16 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
         .map_err(|source| ServeError::Spawn { program: program.clone(), source })?;
     reaper::own(child.id());
     reaper::start_if_pid1();
+    if let Some(group) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+        for (number, mut arrivals) in forwarded {
+            tokio::spawn(async move {
+                while arrivals.recv().await.is_some() {
+                    // SAFETY: signals the process group the command leads.
+                    unsafe { libc::kill(-group, number) };
+                }
+            });
+        }
+    }
     let stdin_closed = async {
         if exit_on_stdin_eof {
             let _ = stdin_eof().await;
@@ -40,11 +66,16 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
     };
     tokio::select! {
         status = child.wait() => return Ok(exit_code(status.ok())),
-        _ = shutdown_signal() => tracing::info!("stopping `{program}`"),
+        _ = terminate.recv() => tracing::info!("stopping `{program}`"),
+        _ = interrupt.recv() => tracing::info!("stopping `{program}`"),
         _ = stdin_closed => tracing::info!("stdin closed: the owner is gone; stopping `{program}`"),
     }
     Ok(stop(&mut child, grace).await)
 }
+
+/// Signals that mean something to servers (reload, graceful stop, log rotation) and are passed on
+/// to the command's process group as they come, as an init such as tini does.
+const FORWARDED: [libc::c_int; 5] = [libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 
 /// SIGTERM to the command's process group, then SIGKILL after `grace`.
 async fn stop(child: &mut Child, grace: Duration) -> u8 {

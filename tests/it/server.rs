@@ -319,3 +319,28 @@ fn a_timed_out_call_takes_the_processes_it_started_along() {
     drop(server);
     env.assert_no_process_left();
 }
+
+#[test]
+fn the_supervisor_passes_signals_on_and_stops_its_command_when_stdin_closes() {
+    use std::io::BufRead;
+    // Bounded, so that a failing test leaves nothing running for long.
+    let script = r#"trap 'echo hup' HUP; trap 'echo term; exit 7' TERM; echo ready; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"#;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rayfine-server"))
+        .args(["--supervise", "--exit-on-stdin-eof", "--", "sh", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || std::io::BufReader::new(stdout).lines().map_while(Result::ok).for_each(|line| drop(tx.send(line))));
+    let next = || lines.recv_timeout(std::time::Duration::from_secs(10)).expect("a line within 10 s");
+    assert_eq!(next(), "ready");
+    // SAFETY: signals the child we started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(next(), "hup", "SIGHUP is passed on, and does not stop the command");
+    drop(child.stdin.take());
+    assert_eq!(next(), "term", "stdin's end stops the command with SIGTERM");
+    assert_eq!(child.wait().unwrap().code(), Some(7), "the command's exit code is the supervisor's");
+}
