@@ -11,8 +11,9 @@ use rayfine::server::{init_logging, serve, supervise, ServerConfig};
 struct Cli {
     #[command(flatten)]
     config: ServerConfig,
-    /// Instead of serving env.py, run COMMAND (an HTTP-based environment's server), pass SIGTERM
-    /// and SIGINT on to it, and stop it when stdin ends if --exit-on-stdin-eof is set.
+    /// Instead of serving env.py, run COMMAND (an HTTP-based environment's server): stop it on
+    /// SIGTERM or SIGINT, or when stdin ends if --exit-on-stdin-eof is set; pass SIGHUP, SIGQUIT,
+    /// SIGUSR1, SIGUSR2 and SIGWINCH on to it.
     #[arg(long, requires = "command")]
     supervise: bool,
     /// The command to supervise, after `--`.
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.supervise {
-        let grace = std::time::Duration::from_secs_f64(cli.config.shutdown_grace.clamp(0.0, 3600.0));
+        let grace = cli.config.shutdown_grace();
         return match runtime.block_on(supervise(&cli.command, cli.config.exit_on_stdin_eof, grace)) {
             Ok(code) => ExitCode::from(code),
             Err(err) => {

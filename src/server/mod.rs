@@ -179,6 +179,13 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
 }
 
+impl ServerConfig {
+    /// `--shutdown-grace` as a duration, bounded to an hour.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace.clamp(0.0, 3600.0))
+    }
+}
+
 /// Runs the server from its configuration until SIGINT, SIGTERM or (if asked) stdin's end.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let addr = format!("{}:{}", config.host, config.port);
@@ -262,7 +269,7 @@ pub async fn run(
         _ = shutdown => {
             tracing::info!("shutting down");
             let _ = stop_tx.send(());
-            let grace = Duration::from_secs_f64(config.shutdown_grace.clamp(0.0, 3600.0));
+            let grace = config.shutdown_grace();
             if tokio::time::timeout(grace, &mut server).await.is_err() {
                 tracing::warn!("calls still in flight after {grace:?}; stopping anyway");
             }
@@ -320,6 +327,15 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
+    }
+}
+
+/// Sends `signal` to the process group that `leader` (a child started in a group of its own)
+/// leads: the child and everything it started. Nothing happens once the group is empty.
+pub(crate) fn signal_group(leader: Option<u32>, signal: libc::c_int) {
+    if let Some(group) = leader.and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+        // SAFETY: kill() with a negative pid signals a process group; it touches no memory.
+        unsafe { libc::kill(-group, signal) };
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::{reaper, stdin_eof, ServeError};
+use super::{reaper, signal_group, stdin_eof, ServeError};
 
 /// Runs `command` until it exits, a signal asks us to stop, or (if `exit_on_stdin_eof`) stdin
 /// ends. Returns the exit code to leave with: the command's own, or 128 + the signal that ended it.
@@ -47,15 +47,13 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
         .map_err(|source| ServeError::Spawn { program: program.clone(), source })?;
     reaper::own(child.id());
     reaper::start_if_pid1();
-    if let Some(group) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
-        for (number, mut arrivals) in forwarded {
-            tokio::spawn(async move {
-                while arrivals.recv().await.is_some() {
-                    // SAFETY: signals the process group the command leads.
-                    unsafe { libc::kill(-group, number) };
-                }
-            });
-        }
+    let leader = child.id();
+    for (number, mut arrivals) in forwarded {
+        tokio::spawn(async move {
+            while arrivals.recv().await.is_some() {
+                signal_group(leader, number);
+            }
+        });
     }
     let stdin_closed = async {
         if exit_on_stdin_eof {
@@ -79,18 +77,13 @@ const FORWARDED: [libc::c_int; 5] = [libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1,
 
 /// SIGTERM to the command's process group, then SIGKILL after `grace`.
 async fn stop(child: &mut Child, grace: Duration) -> u8 {
-    let Some(pid) = child.id() else {
-        return exit_code(child.wait().await.ok());
-    };
-    let group = -(pid as libc::pid_t);
-    // SAFETY: kill() with a negative pid signals the process group the child leads.
-    unsafe { libc::kill(group, libc::SIGTERM) };
+    let leader = child.id();
+    signal_group(leader, libc::SIGTERM);
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
         return exit_code(status.ok());
     }
     tracing::warn!("the command did not stop within {grace:?}; killing it");
-    // SAFETY: as above.
-    unsafe { libc::kill(group, libc::SIGKILL) };
+    signal_group(leader, libc::SIGKILL);
     exit_code(child.wait().await.ok())
 }
 

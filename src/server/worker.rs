@@ -22,7 +22,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::channel::{Inbox, Outbox};
-use super::reaper;
+use super::{reaper, signal_group};
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 
 /// How to start the worker.
@@ -411,10 +411,7 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
 
 /// Kills the process group the worker leads: the worker and everything the environment started.
 fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
-        // SAFETY: kill() with a negative pid signals a process group; ours, by construction.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-    }
+    signal_group(pid, libc::SIGKILL);
 }
 
 /// Waits for the worker's handshake, then serves calls until it ends or is told to.

@@ -270,17 +270,16 @@ async fn create(
 ) -> Result<String> {
     let port_key = format!("{container_port}/tcp");
     let mut env: Vec<String> = launch.env_vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // Read by the server of a function-based environment and by the supervisor of an HTTP one.
+    if watch_stdin {
+        env.push("RAYFINE_EXIT_ON_STDIN_EOF=true".into());
+    }
     if env_type == EnvType::Function {
         env.push(format!("{TOKEN_ENV}={}", launch.token));
-        if watch_stdin {
-            env.push("RAYFINE_EXIT_ON_STDIN_EOF=true".into());
-        }
         if let Some(lease) = launch.lease {
             env.push(format!("RAYFINE_LEASE={}", lease.as_secs_f64()));
         }
         env.push(format!("RUST_LOG={}", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into())));
-    } else if watch_stdin {
-        env.push("RAYFINE_EXIT_ON_STDIN_EOF=true".into());
     }
     let mut container_labels: HashMap<String, String> = launch.labels.clone().into_iter().collect();
     let me = std::process::id();
