@@ -272,11 +272,9 @@ class SyncPool:
         self.lock = threading.Lock()
         self.threads = 0
         self.idle = 0
-        self.busy = 0
 
     def submit(self, call_id, method, args, kwargs):
         with self.lock:
-            self.busy += 1
             grow = self.idle == 0 and self.threads < MAX_SYNC_THREADS
             if grow:
                 self.threads += 1
@@ -286,13 +284,16 @@ class SyncPool:
         if grow:
             threading.Thread(target=self.run, name="rayfine-sync", daemon=True).start()
 
+    def busy(self):
+        """How many calls the pool holds, running or queued (idle goes negative while calls wait)."""
+        return self.threads - self.idle
+
     def run(self):
         while True:
             call_id, method, args, kwargs = self.jobs.get()
             send(method.run_sync(call_id, args, kwargs))
             with self.lock:
                 self.idle += 1
-                self.busy -= 1
 
 
 class SpinningSelector(selectors.DefaultSelector):
@@ -401,7 +402,7 @@ class Worker:
         if method.is_async:
             task = self.loop.create_task(self.run_async(call_id, method, args, kwargs))
             self.tasks[call_id] = task
-        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks and self.pool.busy == 0:
+        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks and self.pool.busy() == 0:
             send(self.run_inline(call_id, method, args, kwargs))
         else:
             self.pool.submit(call_id, method, args, kwargs)
@@ -420,7 +421,7 @@ class Worker:
         """Poll only while nothing is in flight, when the next message is likely a caller's next
         call. Under load, messages come often enough without it, and a sync call running on a
         pool thread needs the lock the poller would hold."""
-        return not self.tasks and self.pool.busy == 0
+        return not self.tasks and self.pool.busy() == 0
 
     async def run_async(self, call_id, method, args, kwargs):
         try:
