@@ -7,7 +7,7 @@ use std::time::Duration;
 use rayfine::{load_env, EnvType, Error};
 use serde_json::json;
 
-use super::docker_util::{DockerScope, BASE_IMAGE, FASTAPI_IMAGE, SCOPE_LABEL};
+use super::docker_util::{docker_lines, DockerScope, BASE_IMAGE, FASTAPI_IMAGE, SCOPE_LABEL};
 use super::util::{cli, cli_with_env, in_child, run_child, EnvCopy};
 
 #[tokio::test]
@@ -198,13 +198,24 @@ fn cleanup_all_and_sigkill_of_the_owner_leave_no_container() {
 
     // SIGKILL: no handler runs. The attach connection closes with the process, the engine closes
     // the server's stdin, the server exits, and the container removes itself.
-    let mut child = super::util::spawn_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "wait")]);
+    let owner = owner_of_two(&scope, &tag);
+    sigkill_leaves_no_container(&scope, owner);
+    scope.finish();
+}
+
+/// A child process that has loaded `tag` twice, in `scope`, and waits.
+fn owner_of_two(scope: &DockerScope, tag: &str) -> std::process::Child {
+    let mut child = super::util::spawn_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "wait")]);
     super::util::wait_for_line(&mut child, "LOADED", Duration::from_secs(60));
     assert_eq!(scope.containers().len(), 2);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child
+}
+
+/// Kills `owner` with SIGKILL, so no handler of its runs: its containers must go by themselves.
+fn sigkill_leaves_no_container(scope: &DockerScope, mut owner: std::process::Child) {
+    owner.kill().unwrap();
+    owner.wait().unwrap();
     scope.assert_no_container_left(Duration::from_secs(15));
-    scope.finish();
 }
 
 #[test]
@@ -215,18 +226,13 @@ fn http_env_is_supervised_and_goes_with_an_owner_killed_by_sigkill() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(scope.builder(FASTAPI_IMAGE).build(env_dir.path(), &tag)).unwrap();
 
-    let mut child = super::util::spawn_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "wait")]);
-    super::util::wait_for_line(&mut child, "LOADED", Duration::from_secs(60));
-    let containers = scope.containers();
-    assert_eq!(containers.len(), 2);
+    let owner = owner_of_two(&scope, &tag);
     // The user's uvicorn runs under the supervisor, which watches the attached stdin.
+    let containers = scope.containers();
     let id = containers[0].split_whitespace().next().unwrap();
-    let inspected = std::process::Command::new("docker").args(["inspect", "--format", "{{.Path}} {{.Args}}", id]).output().unwrap();
-    let command = String::from_utf8_lossy(&inspected.stdout);
+    let command = docker_lines(&["inspect", "--format", "{{.Path}} {{.Args}}", id]).join("\n");
     assert!(command.starts_with("/rayfine/rayfine-server [--supervise -- python3 -m uvicorn"), "{command}");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    scope.assert_no_container_left(Duration::from_secs(15));
+    sigkill_leaves_no_container(&scope, owner);
     scope.finish();
 }
 
