@@ -16,8 +16,21 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("rayfine: error: {err:#}");
+            eprintln!("rayfine: error: {}", one_line(&err));
             ExitCode::from(cli::exit_code(&err))
         }
     }
+}
+
+/// The error and its causes on one line. A library error's own message is complete (it already
+/// says what its cause said), so its causes are not repeated after it.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in err.chain() {
+        parts.push(cause.to_string());
+        if cause.downcast_ref::<rayfine::Error>().is_some() {
+            break;
+        }
+    }
+    parts.join(": ")
 }

@@ -265,7 +265,12 @@ def load_env(path):
 
 
 class SyncPool:
-    """Threads that run sync methods; grows while every thread is busy, up to MAX_SYNC_THREADS."""
+    """Threads that run sync methods; grows while every thread is busy, up to MAX_SYNC_THREADS.
+
+    A thread may fail to start (the container's pids limit, memory): the call then waits for a
+    thread of the pool, or, when the pool has none, is refused by `submit` for the caller to run
+    another way. No call is ever left without an answer.
+    """
 
     def __init__(self):
         self.jobs = queue.SimpleQueue()
@@ -274,26 +279,41 @@ class SyncPool:
         self.idle = 0
 
     def submit(self, call_id, method, args, kwargs):
+        """Hands the call to the pool; False when no thread exists nor can be started."""
+        job = (call_id, method, args, kwargs)
         with self.lock:
             grow = self.idle == 0 and self.threads < MAX_SYNC_THREADS
             if grow:
                 self.threads += 1
             else:
                 self.idle -= 1
-        self.jobs.put((call_id, method, args, kwargs))
         if grow:
-            threading.Thread(target=self.run, name="rayfine-sync", daemon=True).start()
+            try:
+                threading.Thread(target=self.run, args=(job,), name="rayfine-sync", daemon=True).start()
+                return True
+            except RuntimeError as exc:
+                with self.lock:
+                    self.threads -= 1
+                    if self.threads == 0:
+                        log("cannot start a thread for `%s` (%s)" % (method.name, exc))
+                        return False
+                    # Queued: the next thread of the pool to finish takes it.
+                    self.idle -= 1
+                log("cannot start a thread for `%s` (%s); it waits for a busy one" % (method.name, exc))
+        self.jobs.put(job)
+        return True
 
     def busy(self):
         """How many calls the pool holds, running or queued (idle goes negative while calls wait)."""
         return self.threads - self.idle
 
-    def run(self):
+    def run(self, job):
         while True:
-            call_id, method, args, kwargs = self.jobs.get()
+            call_id, method, args, kwargs = job
             send(method.run_sync(call_id, args, kwargs))
             with self.lock:
                 self.idle += 1
+            job = self.jobs.get()
 
 
 class SpinningSelector(selectors.DefaultSelector):
@@ -404,8 +424,10 @@ class Worker:
             self.tasks[call_id] = task
         elif INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks and self.pool.busy() == 0:
             send(self.run_inline(call_id, method, args, kwargs))
-        else:
-            self.pool.submit(call_id, method, args, kwargs)
+        elif not self.pool.submit(call_id, method, args, kwargs):
+            # No thread can be had: running it here stalls other calls until it returns, but it
+            # is answered.
+            send(self.run_inline(call_id, method, args, kwargs))
 
     def run_inline(self, call_id, method, args, kwargs):
         """Runs a sync call on the loop's thread, which it sees as a plain thread: with no

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayfine::server::{init_logging, serve, supervise, ServerConfig};
+use rayfine::server::{exit_on_panic, init_logging, serve, supervise, ServerConfig};
 
 #[derive(Parser)]
 #[command(name = "rayfine-server", version, about = "Serve an environment's env.py over HTTP (POST /call)")]
@@ -24,6 +24,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging("info", true);
+    exit_on_panic();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

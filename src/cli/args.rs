@@ -105,8 +105,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep: bool,
     /// Seconds the start may take.
-    #[arg(long = "startup-timeout", default_value_t = 120.0)]
-    pub startup_timeout: f64,
+    #[arg(long = "startup-timeout", default_value = "120")]
+    pub startup_timeout: String,
+    /// Seconds the environment lives without hearing from this process (renewed four times per
+    /// lease); 0: no lease. Default 60; kept environments have none.
+    #[arg(long, value_name = "SECONDS")]
+    pub lease: Option<String>,
     /// Bearer token, for a URL source.
     #[arg(long, env = "RAYFINE_REMOTE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -170,8 +174,8 @@ pub struct Arguments {
     #[arg(short = 'a', long = "arg", value_name = "KEY=VALUE")]
     pub arg: Vec<String>,
     /// Seconds the call may take.
-    #[arg(long, default_value_t = 600.0)]
-    pub timeout: f64,
+    #[arg(long, default_value = "600")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Args)]
@@ -219,15 +223,41 @@ pub fn key_value(text: &str, flag: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// Seconds from a flag, checked.
-pub fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
-    if !(value.is_finite() && value > 0.0 && value < 1e9) {
-        bail!("{flag} must be a positive number of seconds, not {value}");
+/// Seconds from a flag, checked; the message quotes what was typed (not a 300-digit number).
+pub fn seconds(text: &str, flag: &str) -> anyhow::Result<Duration> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 && value <= MAX_SECONDS => Ok(Duration::from_secs_f64(value)),
+        Ok(value) if value > MAX_SECONDS => bail!("{flag} {}: at most {MAX_SECONDS:.0} seconds (about 31 years)", shorten(text)),
+        _ => bail!("{flag} must be a positive number of seconds, not `{}`", shorten(text)),
     }
-    Ok(Duration::from_secs_f64(value))
+}
+
+/// Like [`seconds`], where 0 means "none".
+pub fn seconds_or_zero(text: &str, flag: &str) -> anyhow::Result<Option<Duration>> {
+    if text.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return Ok(None);
+    }
+    seconds(text, flag).map(Some)
+}
+
+/// The largest number of seconds a flag takes.
+const MAX_SECONDS: f64 = 1e9;
+
+/// What the user typed, cut short if it is long.
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= 24 {
+        text.to_string()
+    } else {
+        format!("{}...", text.chars().take(24).collect::<String>())
+    }
 }
 
 impl Arguments {
+    /// `--timeout`, checked.
+    pub fn timeout(&self) -> anyhow::Result<Duration> {
+        seconds(&self.timeout, "--timeout")
+    }
+
     /// The keyword arguments: `--kwargs` merged with every `--arg`.
     pub fn kwargs(&self) -> anyhow::Result<Value> {
         let mut map = match &self.kwargs {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use args::{byte_size, key_value, seconds, BuildArgs, CallArgs, Cli, Command, ModeArg, RunArgs, TargetArgs};
+use args::{byte_size, key_value, seconds, seconds_or_zero, BuildArgs, CallArgs, Cli, Command, ModeArg, RunArgs, TargetArgs};
 use rayfine::docker::ManagedContainer;
 use rayfine::{EnvironmentWrapper, ImageBuilder, LoadOptions, Mode, Source};
 
@@ -23,7 +23,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Methods(args) => methods(args, cli.json).await,
         Command::Ps => ps(cli.json).await,
         Command::Cleanup(args) => cleanup(args, cli.json).await,
-        Command::Serve(args) => Ok(rayfine::server::serve(args.config).await?),
+        Command::Serve(args) => {
+            rayfine::server::exit_on_panic();
+            Ok(rayfine::server::serve(args.config).await?)
+        }
         Command::Bench(args) => bench::run(args).await,
     }
 }
@@ -67,14 +70,14 @@ async fn build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
 
 async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
     let kwargs = args.call.arguments.kwargs()?;
-    let call_timeout = seconds(args.call.arguments.timeout, "--timeout")?;
+    let call_timeout = args.call.arguments.timeout()?;
     let source = Source::parse(&args.source)?;
     let mut options = LoadOptions::new(source.clone())
         .mode(match args.mode {
             ModeArg::Auto => Mode::Auto,
             ModeArg::Process => Mode::Process,
         })
-        .startup_timeout(seconds(args.startup_timeout, "--startup-timeout")?)
+        .startup_timeout(seconds(&args.startup_timeout, "--startup-timeout")?)
         .call_timeout(call_timeout)
         .keep(args.keep);
     for item in &args.env {
@@ -101,6 +104,15 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
         options = options.cpu_limit(cpus);
     }
     options = options.pids_limit(container.pids_limit);
+    if let Some(lease) = &args.lease {
+        options = match seconds_or_zero(lease, "--lease")? {
+            Some(lease) => options.lease(lease),
+            None => options.no_lease(),
+        };
+    }
+    if args.env.iter().any(|item| item.starts_with("RAYFINE_LEASE=")) {
+        anyhow::bail!("the lease is set with --lease SECONDS, not -e RAYFINE_LEASE (Rayfine sets that variable itself)");
+    }
     let started = Instant::now();
     let env = rayfine::load_env(options).await?;
     let ready_in = started.elapsed();
@@ -136,8 +148,14 @@ fn token_of(env: &EnvironmentWrapper) -> String {
     env.token().unwrap_or_default().to_string()
 }
 
+/// Says the environment is ready and what it offers, then makes the call, if any: a long call
+/// (or one that fails) must not hide that the start worked.
 async fn run_loaded(env: &EnvironmentWrapper, method: &Option<String>, kwargs: Value, json: bool, ready_in: std::time::Duration) -> anyhow::Result<()> {
     let methods = env.list_methods().await?;
+    if !json {
+        eprintln!("{} ({} mode, id {}) ready in {:.2} s", env.name(), env.mode(), env.id(), ready_in.as_secs_f64());
+        output::methods(&methods);
+    }
     let result = match method {
         Some(method) => Some(env.call(method, kwargs).await?),
         None => None,
@@ -148,39 +166,70 @@ async fn run_loaded(env: &EnvironmentWrapper, method: &Option<String>, kwargs: V
             "ready_seconds": ready_in.as_secs_f64(), "methods": methods, "result": result,
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        eprintln!("{} ({} mode, id {}) ready in {:.2} s", env.name(), env.mode(), env.id(), ready_in.as_secs_f64());
-        output::methods(&methods);
-        if let Some(result) = result {
-            println!("{}", serde_json::to_string_pretty(&result)?);
-        }
+    } else if let Some(result) = result {
+        println!("{}", serde_json::to_string_pretty(&result)?);
     }
     Ok(())
 }
 
-/// Connects to a kept environment by id or name, or to a URL.
-async fn connect(target: &TargetArgs) -> anyhow::Result<EnvironmentWrapper> {
-    let options = if target.target.starts_with("http://") || target.target.starts_with("https://") {
+/// Connects to a kept environment by id or name, or to a URL; returns its record too.
+async fn connect(target: &TargetArgs) -> anyhow::Result<(EnvironmentWrapper, Option<records::Record>)> {
+    let (options, record) = if target.target.starts_with("http://") || target.target.starts_with("https://") {
         let mut options = LoadOptions::url(&target.target);
         if let Some(token) = &target.token {
             options = options.token(token);
         }
-        options
+        (options, None)
     } else {
         let record = records::find(&target.target)?;
-        LoadOptions::url(record.url).token(record.token).name(record.name)
+        // A kept environment that is gone is said to be so at once, not after a wait.
+        if let Some(stopped) = stopped(&record).await {
+            return Err(stopped.into());
+        }
+        (LoadOptions::url(&record.url).token(&record.token).name(&record.name), Some(record))
     };
-    let options = options.startup_timeout(std::time::Duration::from_secs(10));
-    Ok(rayfine::load_env(options).await?)
+    // It runs already: a short wait only bridges a server that is just now coming up.
+    let options = options.startup_timeout(std::time::Duration::from_secs(3));
+    Ok((rayfine::load_env(options).await?, record))
+}
+
+/// Why a kept environment is not running, if it is not: its container exited or is gone, or its
+/// server process is gone (with the last lines of its log).
+async fn stopped(record: &records::Record) -> Option<rayfine::Error> {
+    let reason = match &record.container_id {
+        Some(id) => rayfine::docker::describe_exit(id).await?,
+        None if records::is_alive(record.pid) => return None,
+        None => format!("its server process {} is gone", record.pid),
+    };
+    Some(rayfine::Error::Stopped { name: record.name.clone(), reason, logs: records::last_log_lines(&record.id, 20) })
+}
+
+/// A connection error on a kept environment says whether it has stopped.
+async fn explain_kept(err: rayfine::Error, record: &Option<records::Record>) -> rayfine::Error {
+    if !matches!(err, rayfine::Error::Connection { .. }) {
+        return err;
+    }
+    let Some(record) = record else { return err };
+    // The broken connection is seen before the exit is.
+    for _ in 0..20 {
+        if let Some(stopped) = stopped(record).await {
+            return stopped;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    err
 }
 
 async fn call(args: CallArgs, json: bool) -> anyhow::Result<()> {
     let kwargs = args.arguments.kwargs()?;
-    let timeout = seconds(args.arguments.timeout, "--timeout")?;
-    let env = connect(&args.target).await?;
+    let timeout = args.arguments.timeout()?;
+    let (env, record) = connect(&args.target).await?;
     let result = env.call_with(&args.method, &[], kwargs, Some(timeout)).await;
     env.cleanup().await?;
-    let result = result?;
+    let result = match result {
+        Ok(result) => result,
+        Err(err) => return Err(explain_kept(err, &record).await.into()),
+    };
     if json {
         println!("{}", serde_json::to_string(&json!({ "result": result }))?);
     } else {
@@ -190,10 +239,13 @@ async fn call(args: CallArgs, json: bool) -> anyhow::Result<()> {
 }
 
 async fn methods(args: TargetArgs, json: bool) -> anyhow::Result<()> {
-    let env = connect(&args).await?;
+    let (env, record) = connect(&args).await?;
     let methods = env.list_methods().await;
     env.cleanup().await?;
-    let methods = methods?;
+    let methods = match methods {
+        Ok(methods) => methods,
+        Err(err) => return Err(explain_kept(err, &record).await.into()),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&json!({ "methods": methods }))?);
     } else {

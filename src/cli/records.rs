@@ -52,27 +52,30 @@ pub fn save(record: &Record) -> anyhow::Result<()> {
 
 /// Every record whose server is still running; stale ones are deleted.
 pub fn live() -> Vec<Record> {
-    let Ok(entries) = std::fs::read_dir(rayfine::state_dir()) else { return vec![] };
-    let mut records = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let Some(record) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()) else { continue };
-        if record.container_id.is_some() || is_alive(record.pid) {
-            records.push(record);
-        } else {
-            forget(&record.id);
-        }
+    let (live, stale): (Vec<Record>, Vec<Record>) = all().into_iter().partition(|r| r.container_id.is_some() || is_alive(r.pid));
+    for record in stale {
+        forget(&record.id);
     }
+    live
+}
+
+/// Every record, by id.
+fn all() -> Vec<Record> {
+    let Ok(entries) = std::fs::read_dir(rayfine::state_dir()) else { return vec![] };
+    let mut records: Vec<Record> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .filter_map(|path| std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()))
+        .collect();
     records.sort_by(|a, b| a.id.cmp(&b.id));
     records
 }
 
-/// The live record with this id, or the only one with this name.
+/// The record with this id, or the only one with this name, live or not (a caller explains a
+/// stopped one).
 pub fn find(id_or_name: &str) -> anyhow::Result<Record> {
-    let records = live();
+    let records = all();
     if let Some(record) = records.iter().find(|r| r.id == id_or_name) {
         return Ok(record.clone());
     }
@@ -94,13 +97,25 @@ pub fn forget(id: &str) {
     let _ = std::fs::remove_file(rayfine::state_dir().join(format!("{id}.log")));
 }
 
-fn is_alive(pid: u32) -> bool {
+/// The last `n` lines of a kept process-mode environment's log, if it has one.
+pub fn last_log_lines(id: &str, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(rayfine::state_dir().join(format!("{id}.log"))).unwrap_or_default();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Whether a process with this id exists.
+pub fn is_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
 }
 
 /// Stops a kept environment's server and its worker: SIGTERM to the group, then SIGKILL.
 pub fn stop(record: &Record) {
+    if !is_alive(record.pid) {
+        forget(&record.id);
+        return;
+    }
     let group = -(record.pid as i32);
     // SAFETY: plain syscalls on the group the record names; the record is live (checked above).
     unsafe {

@@ -143,7 +143,10 @@ impl EnvironmentWrapper {
             }
             EnvType::Http => self.inner.client.call_http(method, &kwargs, timeout).await,
         };
-        result.map_err(|err| self.explain(err))
+        match result {
+            Ok(value) => Ok(value),
+            Err(err) => Err(self.explain(err).await),
+        }
     }
 
     /// Calls `method` and decodes the result into `T`.
@@ -161,7 +164,10 @@ impl EnvironmentWrapper {
             EnvType::Function => self.inner.client.methods().await,
             EnvType::Http => self.inner.client.openapi_methods().await,
         };
-        methods.map_err(|err| self.explain(err))
+        match methods {
+            Ok(methods) => Ok(methods),
+            Err(err) => Err(self.explain(err).await),
+        }
     }
 
     /// Whether the environment answers `/health` with ready (an HTTP-based one: answers it
@@ -185,7 +191,7 @@ impl EnvironmentWrapper {
         }
         match &self.inner.backend {
             Backend::Process(server) => server.stop().await,
-            Backend::Docker(server) => server.stop().await,
+            Backend::Docker(server) => server.stop().await?,
             Backend::Remote => {}
         }
         Ok(())
@@ -209,20 +215,21 @@ impl EnvironmentWrapper {
         }
     }
 
-    /// A connection error from a dead server says so, with its last log lines.
-    fn explain(&self, err: Error) -> Error {
-        match (&err, &self.inner.backend) {
-            (Error::Connection { .. }, Backend::Process(server)) if server.has_exited() => Error::Stopped {
-                name: self.inner.name.clone(),
-                reason: "the environment's server process has exited".into(),
-                logs: server.last_logs(20),
-            },
-            (Error::Connection { .. }, Backend::Docker(server)) if server.has_exited() => Error::Stopped {
-                name: self.inner.name.clone(),
-                reason: format!("its container {} has exited", &server.id()[..12.min(server.id().len())]),
-                logs: server.last_logs(20),
-            },
-            _ => err,
+    /// A connection error from a dead server says so, with how it ended and its last log lines.
+    /// The broken connection is usually seen before the exit is, so the backend is given a moment.
+    async fn explain(&self, err: Error) -> Error {
+        if !err.is_connection() {
+            return err;
+        }
+        let within = Duration::from_secs(2);
+        let (reason, logs) = match &self.inner.backend {
+            Backend::Process(server) => (server.exit_description(within).await, server.last_logs(20)),
+            Backend::Docker(server) => (server.exit_description(within).await, server.last_logs(20)),
+            Backend::Remote => (None, Vec::new()),
+        };
+        match reason {
+            Some(reason) => Error::Stopped { name: self.inner.name.clone(), reason, logs },
+            None => err,
         }
     }
 }

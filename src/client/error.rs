@@ -46,11 +46,12 @@ pub enum Error {
         detail: String,
     },
     /// The call ran past its timeout; the work was stopped.
-    #[error("call to `{method}` timed out: {detail}")]
+    #[error("{detail}")]
     Timeout {
         /// The method called.
         method: String,
-        /// What the server did about it, or that the client gave up waiting.
+        /// The whole message: that the call to the method timed out, and what the server did
+        /// about it or that the client gave up waiting.
         detail: String,
     },
     /// The environment is up but not serving (loading, restarting its worker).
@@ -60,7 +61,7 @@ pub enum Error {
         detail: String,
     },
     /// The environment could not be reached at all.
-    #[error("cannot reach the environment at {url}: {source}")]
+    #[error("cannot reach the environment at {url}: {}", root_cause(.source))]
     Connection {
         /// Where.
         url: String,
@@ -134,6 +135,14 @@ pub enum Error {
         #[source]
         source: bollard::errors::Error,
     },
+    /// A container could not be removed: the engine kept refusing, or kept it, for `seconds`.
+    #[error("container {id} is still there after {seconds} s of removal attempts")]
+    ContainerRemains {
+        /// The container's short id.
+        id: String,
+        /// How long removal was tried.
+        seconds: u64,
+    },
     /// An image build failed; `step` is the Dockerfile step that failed, when known.
     #[error("building {tag} failed{}: {message}", .step.as_deref().map(|s| format!(" at {s}")).unwrap_or_default())]
     Build {
@@ -155,6 +164,26 @@ pub enum Error {
     },
 }
 
+/// A timeout message that names the method once, whether or not the server's message does.
+pub(crate) fn timeout_detail(method: &str, detail: String) -> String {
+    let prefix = format!("call to `{method}` timed out");
+    if detail.starts_with(&prefix) {
+        detail
+    } else {
+        format!("{prefix}: {detail}")
+    }
+}
+
+/// The innermost cause of an error: for a transport error, what actually happened ("Connection
+/// refused", "connection closed before message completed") rather than "error sending request".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 fn fmt_logs(logs: &[String]) -> String {
     if logs.is_empty() {
         String::new()
@@ -164,6 +193,17 @@ fn fmt_logs(logs: &[String]) -> String {
 }
 
 impl Error {
+    /// A transport error talking to the server at `url` (the URL is said once, not again inside
+    /// the transport error's text).
+    pub(crate) fn connection(url: &str, source: reqwest::Error) -> Error {
+        Error::Connection { url: url.to_string(), source: source.without_url() }
+    }
+
+    /// Whether the error is one of not reaching the server at all (refused, reset, closed).
+    pub(crate) fn is_connection(&self) -> bool {
+        matches!(self, Error::Connection { .. })
+    }
+
     /// Builds the error for a non-200 answer to a call.
     pub(crate) fn from_answer(method: &str, url: &str, status: u16, body: &[u8]) -> Error {
         let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
@@ -183,7 +223,7 @@ impl Error {
             (401, _) => Error::Unauthorized { url: url.to_string() },
             (404, _) => Error::MethodNotFound { method, detail },
             (400 | 413 | 422, _) => Error::InvalidArguments { method, detail },
-            (504, _) | (_, error_type::TIMEOUT) => Error::Timeout { method, detail },
+            (504, _) | (_, error_type::TIMEOUT) => Error::Timeout { detail: timeout_detail(&method, detail), method },
             (503, _) => Error::NotReady { detail },
             (_, error_type::NOT_SERIALIZABLE) => Error::NotSerializable { method, detail },
             (500, _) => match info {
@@ -211,7 +251,7 @@ impl Error {
             404 | 405 => Error::MethodNotFound { detail: format!("the server has no `POST /{method}` (HTTP {status}): {detail}"), method },
             400 | 413 | 422 => Error::InvalidArguments { method, detail },
             503 => Error::NotReady { detail },
-            504 => Error::Timeout { method, detail },
+            504 => Error::Timeout { detail: timeout_detail(&method, detail), method },
             500..=599 => Error::Raised { method, kind: format!("HTTP {status}"), message: detail, traceback: String::new() },
             _ => Error::Protocol { url: url.to_string(), status, detail },
         }

@@ -34,7 +34,7 @@ impl ServerClient {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|source| Error::Connection { url: base.to_string(), source })?;
+            .map_err(|source| Error::connection(base, source))?;
         Ok(ServerClient { http, base: base.trim_end_matches('/').to_string(), token })
     }
 
@@ -79,12 +79,13 @@ impl ServerClient {
 
     fn transport_error(&self, method: &str, timeout: Duration, source: reqwest::Error) -> Error {
         if source.is_timeout() {
+            let waited = (timeout + TIMEOUT_GRACE).as_secs_f64();
             return Error::Timeout {
                 method: method.to_string(),
-                detail: format!("no answer within {:.1} s (the server did not answer either)", (timeout + TIMEOUT_GRACE).as_secs_f64()),
+                detail: super::error::timeout_detail(method, format!("no answer within {waited:.1} s (the server did not answer either)")),
             };
         }
-        Error::Connection { url: self.base.clone(), source }
+        Error::connection(&self.base, source)
     }
 
     /// An authorized `GET` of `path`: the URL, the status and the body.
@@ -95,9 +96,9 @@ impl ServerClient {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|source| Error::Connection { url: url.clone(), source })?;
+            .map_err(|source| Error::connection(&url, source))?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|source| Error::Connection { url: url.clone(), source })?;
+        let bytes = response.bytes().await.map_err(|source| Error::connection(&url, source))?;
         Ok((url, status, bytes.to_vec()))
     }
 
@@ -146,19 +147,19 @@ impl ServerClient {
     /// such a route.
     pub async fn probe(&self, timeout: Duration) -> Result<u16> {
         let url = format!("{}/health", self.base);
-        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::Connection { url, source })?;
+        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::connection(&url, source))?;
         Ok(response.status().as_u16())
     }
 
     /// `GET /health`: `Ok(None)` when ready, `Ok(Some(health))` when the server answers but is not.
     pub async fn health(&self, timeout: Duration) -> Result<Option<Health>> {
         let url = format!("{}/health", self.base);
-        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::Connection { url: url.clone(), source })?;
+        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::connection(&url, source))?;
         let status = response.status().as_u16();
         if status == 200 {
             return Ok(None);
         }
-        let bytes = response.bytes().await.map_err(|source| Error::Connection { url: url.clone(), source })?;
+        let bytes = response.bytes().await.map_err(|source| Error::connection(&url, source))?;
         let health = serde_json::from_slice::<Health>(&bytes).unwrap_or_else(|_| Health {
             status: format!("HTTP {status}"),
             detail: Some(String::from_utf8_lossy(&bytes).chars().take(300).collect()),

@@ -139,14 +139,18 @@ async fn wait_until_ready(client: &ServerClient, name: &str, timeout: Duration) 
             Ok(Some(health)) if health.status == crate::protocol::health_status::FAILED => {
                 return Err(Error::StartFailed { name: name.into(), reason: health.detail.unwrap_or(health.status), logs: vec![] })
             }
-            Ok(Some(health)) => last = health.detail.unwrap_or(health.status),
+            Ok(Some(health)) => last = Err(health.detail.unwrap_or(health.status)),
             Err(err) => {
                 tracing::debug!("{name} not answering yet: {err}");
-                last = err.to_string();
+                last = Ok(err);
             }
         }
         if started.elapsed() + delay > timeout {
-            return Err(Error::StartFailed { name: name.into(), reason: format!("not ready after {:.0} s: {last}", timeout.as_secs_f64()), logs: vec![] });
+            return Err(match last {
+                // Nothing ever answered: say so, rather than that something failed to start.
+                Ok(unreachable) => unreachable,
+                Err(why) => Error::StartFailed { name: name.into(), reason: format!("not ready after {:.0} s: {why}", timeout.as_secs_f64()), logs: vec![] },
+            });
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(250));

@@ -18,6 +18,21 @@ pub enum Source {
     Image(String),
 }
 
+/// Refuses at once what is not an `http(s)://host[:port][/path]` URL, naming what is wrong.
+fn validate_url(text: &str) -> Result<()> {
+    let url = reqwest::Url::parse(text).map_err(|err| Error::InvalidInput(format!("`{text}` is not a valid URL: {err}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::InvalidInput(format!("`{text}`: only http:// and https:// URLs name an environment server")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::InvalidInput(format!("`{text}` names no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::InvalidInput(format!("`{text}`: a server URL takes no query or fragment")));
+    }
+    Ok(())
+}
+
 impl Source {
     /// Reads a source from what a user typed: an `http(s)://` URL or an existing folder.
     pub fn parse(text: &str) -> Result<Source> {
@@ -63,6 +78,9 @@ impl Default for ContainerLimits {
 /// Default cap on processes and threads per container: far above what hundreds of calls in
 /// flight need (a sync call holds one thread), far below what hurts the host.
 pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+
+/// The lowest pids limit accepted: the server's threads, the worker and its first threads.
+pub const MIN_PIDS_LIMIT: i64 = 32;
 
 /// How a folder is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -290,6 +308,9 @@ impl LoadOptions {
         if let Source::Image(image) = &self.source {
             crate::client::docker::validate_reference(image)?;
         }
+        if let Source::Url(url) = &self.source {
+            validate_url(url)?;
+        }
         let limits = &self.limits;
         if limits.memory_bytes.is_some_and(|m| m < 6 * 1024 * 1024) {
             return Err(Error::InvalidInput("the memory limit must be at least 6 MiB (the engine's minimum)".into()));
@@ -297,8 +318,10 @@ impl LoadOptions {
         if limits.cpus.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
             return Err(Error::InvalidInput("the CPU limit must be a positive number".into()));
         }
-        if limits.pids.is_some_and(|p| p < 1) {
-            return Err(Error::InvalidInput("the pids limit must be at least 1".into()));
+        if let Some(pids) = limits.pids.filter(|p| *p < MIN_PIDS_LIMIT) {
+            return Err(Error::InvalidInput(format!(
+                "a pids limit of {pids} is too low: the server and its worker need about a dozen processes and threads before the environment starts any (at least {MIN_PIDS_LIMIT})"
+            )));
         }
         for key in self.labels.keys() {
             if key.is_empty() || key.contains('=') {
@@ -336,6 +359,23 @@ impl LoadOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_urls_are_refused_naming_the_problem() {
+        for (url, says) in [("http://[::1", "not a valid URL"), ("ftp://host", "only http"), ("http://host/?a=1", "no query")] {
+            let err = LoadOptions::url(url).validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        LoadOptions::url("http://127.0.0.1:1").validate().unwrap();
+        LoadOptions::url("https://[::1]:8000/env").validate().unwrap();
+    }
+
+    #[test]
+    fn a_pids_limit_below_what_the_server_needs_is_refused() {
+        let err = LoadOptions::image("x").pids_limit(1).validate().unwrap_err().to_string();
+        assert!(err.contains("too low"), "{err}");
+        LoadOptions::image("x").pids_limit(MIN_PIDS_LIMIT).validate().unwrap();
+    }
 
     #[test]
     fn debug_output_never_shows_secrets() {

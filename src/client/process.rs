@@ -90,6 +90,8 @@ pub struct ProcessServer {
     logs: Arc<Mutex<VecDeque<String>>>,
     /// Completes when the child has exited.
     exit: tokio::sync::watch::Receiver<bool>,
+    /// How it exited, once it has.
+    status: Arc<Mutex<Option<std::process::ExitStatus>>>,
 }
 
 /// Everything needed to start one server.
@@ -162,13 +164,14 @@ impl ProcessServer {
         let stdin = child.stdin.take();
         let exited = Arc::new(AtomicBool::new(false));
         let (exit_tx, exit) = tokio::sync::watch::channel(false);
-        let reaped = exited.clone();
+        let status = Arc::new(Mutex::new(None));
+        let (reaped, exit_status) = (exited.clone(), status.clone());
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            *exit_status.lock() = child.wait().await.ok();
             reaped.store(true, Ordering::SeqCst);
             let _ = exit_tx.send(true);
         });
-        let server = ProcessServer { pid, exited, stdin: Mutex::new(stdin), logs, exit };
+        let server = ProcessServer { pid, exited, stdin: Mutex::new(stdin), logs, exit, status };
         let waited = tokio::time::timeout(launch.startup_timeout, wait_ready(stdout)).await;
         let failure = match waited {
             Ok(Ok(port)) => return Ok((server, port)),
@@ -187,6 +190,27 @@ impl ProcessServer {
     /// Whether the server process has exited.
     pub fn has_exited(&self) -> bool {
         self.exited.load(Ordering::SeqCst)
+    }
+
+    /// How the server ended, if it has, waiting up to `within` for its exit to be seen: a
+    /// caller whose connection just broke asks before the waiter task has run.
+    pub async fn exit_description(&self, within: Duration) -> Option<String> {
+        let mut exit = self.exit.clone();
+        let _ = tokio::time::timeout(within, exit.wait_for(|done| *done)).await;
+        if !self.has_exited() {
+            return None;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let how = match *self.status.lock() {
+            Some(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exit code {code}"),
+                (None, Some(libc::SIGKILL)) => "killed by SIGKILL".to_string(),
+                (None, Some(signal)) => format!("killed by signal {signal}"),
+                _ => "status unknown".to_string(),
+            },
+            None => "status unknown".to_string(),
+        };
+        Some(format!("its server process {} has exited ({how})", self.pid))
     }
 
     /// The last `n` log lines.

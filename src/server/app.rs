@@ -64,7 +64,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .headers()
             .get(AUTH_HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return ApiError::new(StatusCode::UNAUTHORIZED, error_type::UNAUTHORIZED, "missing or wrong bearer token")
@@ -116,6 +116,13 @@ async fn renew_lease(State(state): State<AppState>) -> Response {
 }
 
 /// Compares without an early exit, so the time taken says nothing about where a guess went wrong.
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive (RFC
+/// 7235 §2.1), so `bearer` and `BEARER` are the same scheme; spaces before the token are allowed.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -240,6 +247,7 @@ mod tests {
             env_path,
             hidden_env: vec![],
             spin: std::time::Duration::from_micros(crate::server::DEFAULT_SPIN_US),
+            nice: 0,
         });
         let mut phases = supervisor.subscribe();
         tokio::time::timeout(Duration::from_secs(20), phases.wait_for(|p| !matches!(p, Phase::Starting)))
@@ -334,6 +342,25 @@ mod tests {
             let (status, _) = send(&app, method, uri, body, Some("s3cret")).await;
             assert_eq!(status, StatusCode::OK, "{method} {uri}");
         }
+        supervisor.shutdown();
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_is() {
+        assert_eq!(bearer_credentials("Bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_credentials("bearer s3cret"), Some("s3cret"));
+        assert_eq!(bearer_credentials("BEARER  s3cret"), Some("s3cret"));
+        assert_eq!(bearer_credentials("Basic s3cret"), None);
+        assert_eq!(bearer_credentials("Bearers3cret"), None);
+        assert_eq!(bearer_credentials("Bearer S3CRET"), Some("S3CRET"), "the token itself stays case-sensitive");
+    }
+
+    #[tokio::test]
+    async fn a_lowercase_bearer_scheme_is_accepted() {
+        let (app, supervisor) = ready_app("echo", Some("s3cret")).await;
+        let request = Request::builder().method("GET").uri("/methods").header("authorization", "bearer s3cret");
+        let response = app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
         supervisor.shutdown();
     }
 

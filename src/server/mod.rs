@@ -35,6 +35,14 @@ pub const WORKER_SCRIPT: &str = include_str!("../../templates/worker.py");
 /// that calls again right away finds the worker still polling.
 pub const DEFAULT_SPIN_US: u64 = 200;
 
+/// The worker's default nice value in a container. The kernel shares a CPU by weight among
+/// runnable threads: under a fork bomb of 4,000 processes at the server's own priority, the server
+/// got one time slice every ~10 s and could neither answer nor time the call out. At nice 19 each
+/// of those weighs 1/68 of the server, which then runs within milliseconds of waking. In a
+/// container the weights only divide the container's own share, so this costs the environment
+/// nothing against the rest of the machine.
+const CONTAINER_WORKER_NICE: i32 = 19;
+
 /// Polling longer than this would only burn CPU: a wake-up costs far less.
 const MAX_SPIN_US: u64 = 10_000;
 
@@ -95,6 +103,11 @@ pub struct ServerConfig {
     /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
     #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH", value_parser = FalseyValueParser::new())]
     pub no_auth: bool,
+    /// The worker's nice value (0 to 19), inherited by all it starts. Default: 19 as PID 1 (in a
+    /// container, where it is relative to this server alone), else 0. It keeps this server
+    /// answering, timing calls out and killing what runs away, even under a fork bomb.
+    #[arg(long = "worker-nice", env = "RAYFINE_WORKER_NICE", value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub worker_nice: Option<i32>,
 }
 
 /// Errors that stop the server from starting.
@@ -190,8 +203,8 @@ impl ServerConfig {
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    reaper::start_if_pid1();
-    let stdin_closed = config.exit_on_stdin_eof.then(stdin_eof);
+    reaper::start();
+    let stdin_closed = config.exit_on_stdin_eof.then(stdin_eof).transpose()?;
     let shutdown = async move {
         match stdin_closed {
             Some(closed) => tokio::select! {
@@ -238,6 +251,7 @@ pub async fn run(
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
         hidden_env: vec![TOKEN_ENV.to_string()],
         spin: effective_spin(config.spin_us),
+        nice: config.worker_nice.unwrap_or(if std::process::id() == 1 { CONTAINER_WORKER_NICE } else { 0 }),
     });
     announce(&ServerEvent::Listening { port: local.port() });
     tokio::spawn(announce_phases(supervisor.clone()));
@@ -341,7 +355,7 @@ pub(crate) fn signal_group(leader: Option<u32>, signal: libc::c_int) {
 
 /// Completes when stdin reaches end of file. A plain thread reads it: stdin may be a pipe or a
 /// file, and blocking reads work for both.
-pub(crate) fn stdin_eof() -> tokio::sync::oneshot::Receiver<()> {
+pub(crate) fn stdin_eof() -> Result<tokio::sync::oneshot::Receiver<()>, ServeError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("rayfine-stdin-watch".into())
@@ -351,8 +365,21 @@ pub(crate) fn stdin_eof() -> tokio::sync::oneshot::Receiver<()> {
             while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
             let _ = tx.send(());
         })
-        .expect("spawning a thread succeeds");
-    rx
+        .map_err(|err| ServeError::Config(format!("cannot start a thread to watch stdin (is the pids limit too low?): {err}")))?;
+    Ok(rx)
+}
+
+/// Makes a panic on any thread end the process, after its message and location are logged. A
+/// panicking task would otherwise die alone and leave the server half-alive: a start that hangs
+/// to its timeout, calls that are never answered. An exit is seen at once by the owner, with
+/// the panic in the last log lines.
+pub fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("rayfine-server: internal error (the panic above); exiting");
+        std::process::exit(70);
+    }));
 }
 
 /// Sets up logging to stderr (stdout carries only [`ServerEvent`] lines), in colour only on a

@@ -1,30 +1,47 @@
-//! Reaping for PID 1.
+//! Reaping for PID 1 (and for a child subreaper).
 //!
 //! In a container the server (or the supervisor of an HTTP-based environment) is the first
 //! process, and the kernel makes it the parent of every orphan: whatever the environment started
 //! and left behind when its parent died, a worker killed for a timeout or a program that
-//! daemonized. When an orphan exits, only PID 1 can clear its zombie; left there, zombies fill the
-//! pids limit over a run of days. Docker's `--init` would do this, but needs a binary on the
-//! engine's host; this needs nothing.
+//! daemonized. Outside a container the server makes itself a child subreaper, so the same holds
+//! for its own subtree. When an orphan exits, only its new parent can clear its zombie; left there,
+//! zombies fill the pids limit over a run of days. Docker's `--init` would do this, but needs a
+//! binary on the engine's host; this needs nothing.
+//!
+//! The one rule: no `waitpid` of ours may take the status of a child that std or tokio waits for,
+//! or their wait fails (std's `spawn` even panics when the status of a child whose exec failed is
+//! gone). A child can exit before `spawn` returns, so "register it after spawning" is not enough:
+//! [`spawn_owned`] spawns and registers under one lock, and the reaper decides under the same lock.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
-/// Children that tokio waits for (the worker, the supervised command): not ours to reap, or their
-/// exit status would be lost.
+/// Children that std or tokio waits for (the worker, the supervised command): not ours to reap.
+/// Its lock is held across spawn + registration and across each reaping decision.
 static OWN_CHILDREN: Lazy<Mutex<HashSet<u32>>> = Lazy::new(|| Mutex::new(HashSet::new()));
+
+/// Set once orphans are ours (PID 1 or a subreaper) and this reaper clears them.
+static ADOPTING: AtomicBool = AtomicBool::new(false);
+
+/// How long [`kill_tree`] keeps at it before it says what survived.
+const KILL_TREE_LIMIT: Duration = Duration::from_secs(10);
 
 /// How often orphans are looked for even without a SIGCHLD (signals of the same kind coalesce).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Marks `pid` as a child that its own code waits for.
-pub(crate) fn own(pid: Option<u32>) {
-    if let Some(pid) = pid {
-        OWN_CHILDREN.lock().insert(pid);
+/// Spawns `command` and registers the child as one its own code waits for, with no moment in
+/// between at which the reaper could take its status.
+pub(crate) fn spawn_owned(command: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut own = OWN_CHILDREN.lock();
+    let child = command.spawn()?;
+    if let Some(pid) = child.id() {
+        own.insert(pid);
     }
+    Ok(child)
 }
 
 /// Forgets `pid` once it has been waited for.
@@ -34,9 +51,25 @@ pub(crate) fn disown(pid: Option<u32>) {
     }
 }
 
-/// When this process is PID 1, reaps exited orphans from now on, in a task of the runtime.
-pub(crate) fn start_if_pid1() {
-    if std::process::id() != 1 {
+/// Whether orphans become ours: true as PID 1, and outside a container once this process is made
+/// a child subreaper (Linux), so that what the environment started and left behind stays in our
+/// subtree, where [`descendants`] finds it and this reaper clears it.
+pub(crate) fn adopt_orphans() -> bool {
+    if std::process::id() == 1 {
+        return true;
+    }
+    // SAFETY: prctl with an integer flag; it touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
+}
+
+/// When orphans are ours (see [`adopt_orphans`]), reaps exited ones from now on, in a task of
+/// the runtime. Call it once.
+pub(crate) fn start() {
+    if !adopt_orphans() {
+        tracing::debug!("not a subreaper: orphans go to the system's init");
+        return;
+    }
+    if ADOPTING.swap(true, Ordering::SeqCst) {
         return;
     }
     tokio::spawn(async {
@@ -64,40 +97,207 @@ pub(crate) fn start_if_pid1() {
 }
 
 /// Waits for every zombie whose parent is this process and that no code of ours waits for.
-fn reap_orphans() {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+pub(crate) fn reap_orphans() {
     let me = std::process::id();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        if let Some((state, parent)) = state_and_parent(&stat) {
-            if state == 'Z' && parent == me && !OWN_CHILDREN.lock().contains(&pid) {
-                let mut status = 0;
-                // SAFETY: waits for one specific child of ours, without blocking.
-                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-            }
+    for process in processes() {
+        if process.state == 'Z' && process.parent == me {
+            reap_if_orphan(process.pid);
         }
     }
 }
 
-/// The state letter and parent pid from a `/proc/<pid>/stat` line. The command name in
-/// parentheses may itself hold spaces and parentheses, so fields are read after the last `)`.
-fn state_and_parent(stat: &str) -> Option<(char, u32)> {
+/// Kills `leader`'s process group and every process below it, including those that left the
+/// group (a new session, a daemon) and, when orphans are ours, those orphaned on the way. A fork
+/// bomb forks as fast as it is killed, so this goes on until nothing is left, reaping as it goes
+/// so that the pids the bomb held are free again. Bounded by [`KILL_TREE_LIMIT`].
+pub(crate) async fn kill_tree(leader: Option<u32>) {
+    let Some(leader) = leader else { return };
+    let deadline = Instant::now() + KILL_TREE_LIMIT;
+    let me = std::process::id();
+    loop {
+        // The table first: once the leader dies, what it started is no longer below it.
+        let all = processes();
+        let adopting = ADOPTING.load(Ordering::SeqCst);
+        let mut roots = vec![leader];
+        if adopting {
+            let own = OWN_CHILDREN.lock();
+            roots.extend(all.iter().filter(|p| p.parent == me && p.state != 'Z' && !own.contains(&p.pid)).map(|p| p.pid));
+        }
+        let mut targets = below(&all, &roots);
+        targets.extend(roots.iter().skip(1));
+        targets.extend(all.iter().filter(|p| p.group == leader && p.state != 'Z' && p.pid != leader).map(|p| p.pid));
+        super::signal_group(Some(leader), libc::SIGKILL);
+        for pid in &targets {
+            // SAFETY: kill() touches no memory. These pids were read from /proc a moment ago; one
+            // that exited since may have been reused, which is why only SIGKILL's own subtree
+            // (our children and the group we made) is ever looked at.
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        }
+        if adopting {
+            reap_orphans();
+        }
+        if targets.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            tracing::error!("{} processes the environment started survive SIGKILL after {KILL_TREE_LIMIT:?}", targets.len());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Takes the status of zombie child `pid` unless std or tokio waits for it.
+fn reap_if_orphan(pid: u32) {
+    let own = OWN_CHILDREN.lock();
+    if !own.contains(&pid) {
+        let mut status = 0;
+        // SAFETY: waits for one specific child of ours, without blocking.
+        unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    }
+    drop(own);
+}
+
+/// One line of the process table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Process {
+    pid: u32,
+    /// `R`, `S`, `D`, `Z` (zombie), ...
+    state: char,
+    parent: u32,
+    group: u32,
+}
+
+/// Every process this one can see.
+fn processes() -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
+        .filter_map(|pid| parse_stat(pid, &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .collect()
+}
+
+/// Every live process below `roots` in the process tree (not the roots themselves), found by
+/// parent links. Zombies are left out: they are dead already and only wait to be reaped.
+fn below(all: &[Process], roots: &[u32]) -> Vec<u32> {
+    let mut found: Vec<u32> = roots.to_vec();
+    let mut seen: HashSet<u32> = roots.iter().copied().collect();
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        for process in all.iter().filter(|p| p.parent == parent && p.state != 'Z') {
+            if seen.insert(process.pid) {
+                found.push(process.pid);
+            }
+        }
+        next += 1;
+    }
+    found.split_off(roots.len())
+}
+
+/// A `/proc/<pid>/stat` line. The command name in parentheses may itself hold spaces and
+/// parentheses, so fields are read after the last `)`: state, parent, process group.
+fn parse_stat(pid: u32, stat: &str) -> Option<Process> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let parent = fields.next()?.parse().ok()?;
-    Some((state, parent))
+    let group = fields.next()?.parse().ok()?;
+    Some(Process { pid, state, parent, group })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::state_and_parent;
+    use super::*;
 
     #[test]
     fn stat_lines_with_odd_command_names_parse() {
-        assert_eq!(state_and_parent("42 (python3) Z 1 42 42 0 -1"), Some(('Z', 1)));
-        assert_eq!(state_and_parent("7 (a) b) (c) S 3 7 7 0"), Some(('S', 3)));
-        assert_eq!(state_and_parent("garbage"), None);
+        assert_eq!(parse_stat(42, "42 (python3) Z 1 40 42 0 -1"), Some(Process { pid: 42, state: 'Z', parent: 1, group: 40 }));
+        assert_eq!(parse_stat(7, "7 (a) b) (c) S 3 7 7 0"), Some(Process { pid: 7, state: 'S', parent: 3, group: 7 }));
+        assert_eq!(parse_stat(1, "garbage"), None);
+    }
+
+    fn wait_until_zombie(pid: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !processes().iter().any(|p| p.pid == pid && p.state == 'Z') {
+            assert!(std::time::Instant::now() < deadline, "child {pid} never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The race of a fresh machine: a child that exits before `spawn` returns is a zombie before
+    /// it is registered. A sweep at that moment must wait, then leave its status to its waiter.
+    #[test]
+    fn a_child_that_exits_while_being_spawned_is_left_to_its_waiter() {
+        let own = OWN_CHILDREN.lock();
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        wait_until_zombie(pid);
+        let sweep = std::thread::spawn(move || reap_if_orphan(pid));
+        std::thread::sleep(Duration::from_millis(50));
+        let mut own = own;
+        own.insert(pid);
+        drop(own);
+        sweep.join().expect("the sweep does not panic");
+        let status = child.wait();
+        disown(Some(pid));
+        assert!(status.as_ref().is_ok_and(|s| s.success()), "the reaper took the status of a child being spawned: {status:?}");
+    }
+
+    #[test]
+    fn an_unregistered_zombie_child_is_reaped() {
+        let child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        wait_until_zombie(pid);
+        reap_if_orphan(pid);
+        assert!(!processes().iter().any(|p| p.pid == pid), "zombie {pid} is still there");
+    }
+
+    #[test]
+    fn descendants_include_grandchildren_but_not_the_root() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & sleep 30 & wait"]).spawn().expect("spawn sh");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let found = below(&processes(), &[pid]);
+            if found.len() >= 2 || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for grandchild in &found {
+            // SAFETY: signals processes this test started.
+            unsafe { libc::kill(*grandchild as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.len(), 2, "expected the two sleeps below sh, found {found:?}");
+        assert!(!found.contains(&pid));
+    }
+
+    /// A process that left the group with setsid is still killed: it is below the leader.
+    #[tokio::test]
+    async fn kill_tree_reaches_processes_that_left_the_group() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 30 & sleep 30 & wait"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut found = Vec::new();
+        while found.len() < 2 && std::time::Instant::now() < deadline {
+            found = below(&processes(), &[pid]);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(found.len(), 2, "{found:?}");
+        let left_group = processes().into_iter().filter(|p| found.contains(&p.pid) && p.group != pid).count();
+        assert_eq!(left_group, 1, "setsid moved one sleep out of the group");
+        kill_tree(Some(pid)).await;
+        let _ = child.wait();
+        let live: Vec<Process> = processes().into_iter().filter(|p| found.contains(&p.pid) && p.state != 'Z').collect();
+        assert!(live.is_empty(), "survivors: {live:?}");
     }
 }

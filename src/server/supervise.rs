@@ -37,16 +37,15 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
             }
         })
         .collect();
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::null())
         // Its own process group, so that stopping it reaches the workers it started too.
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| ServeError::Spawn { program: program.clone(), source })?;
-    reaper::own(child.id());
-    reaper::start_if_pid1();
+        .kill_on_drop(true);
+    reaper::start();
+    let mut child = reaper::spawn_owned(&mut command).map_err(|source| ServeError::Spawn { program: program.clone(), source })?;
     let leader = child.id();
     for (number, mut arrivals) in forwarded {
         tokio::spawn(async move {
@@ -55,11 +54,13 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
             }
         });
     }
+    let stdin_watch = if exit_on_stdin_eof { Some(stdin_eof()?) } else { None };
     let stdin_closed = async {
-        if exit_on_stdin_eof {
-            let _ = stdin_eof().await;
-        } else {
-            std::future::pending::<()>().await;
+        match stdin_watch {
+            Some(closed) => {
+                let _ = closed.await;
+            }
+            None => std::future::pending::<()>().await,
         }
     };
     tokio::select! {

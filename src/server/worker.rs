@@ -22,7 +22,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::channel::{Inbox, Outbox};
-use super::{reaper, signal_group};
+use super::reaper;
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 
 /// How to start the worker.
@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     /// How long a thread that expects a message soon polls for it before it sleeps: the server
     /// for the reply of a call that is alone in flight, the worker for the next call.
     pub spin: Duration,
+    /// The worker's nice value, inherited by everything it starts (see `--worker-nice`).
+    pub nice: i32,
 }
 
 /// Why a call did not produce a result.
@@ -401,18 +403,14 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
         }
     };
     let pid = child.id();
-    reaper::own(pid);
     let end = serve_worker(shared, ever_ready, &mut child).await;
     // Whatever the worker started goes with it, however it ended.
-    kill_group(pid);
+    reaper::kill_tree(pid).await;
+    let _ = child.wait().await;
     reaper::disown(pid);
     end
 }
 
-/// Kills the process group the worker leads: the worker and everything the environment started.
-fn kill_group(pid: Option<u32>) {
-    signal_group(pid, libc::SIGKILL);
-}
 
 /// Waits for the worker's handshake, then serves calls until it ends or is told to.
 async fn serve_worker(shared: &Shared, ever_ready: &mut bool, child: &mut Child) -> RunEnd {
@@ -422,7 +420,7 @@ async fn serve_worker(shared: &Shared, ever_ready: &mut bool, child: &mut Child)
     let (methods, method_list) = match read_handshake(&mut lines).await {
         Ok(methods) => methods,
         Err(error) => {
-            kill_group(pid);
+            reaper::kill_tree(pid).await;
             let status = child.wait().await.ok();
             let mut error = error;
             if error.kind == "WorkerExited" {
@@ -448,12 +446,12 @@ async fn serve_worker(shared: &Shared, ever_ready: &mut bool, child: &mut Child)
     let end = tokio::select! {
         status = child.wait() => RunEnd::Exited(format!("the worker exited: {}", describe_status(status.ok()))),
         _ = session.kill.notified() => {
-            kill_group(pid);
+            reaper::kill_tree(pid).await;
             let _ = child.wait().await;
             RunEnd::Killed
         }
         _ = shared.stop.notified() => {
-            kill_group(pid);
+            reaper::kill_tree(pid).await;
             let _ = child.wait().await;
             RunEnd::Stopped
         }
@@ -503,7 +501,20 @@ fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
         command.env_remove(name);
     }
     command.env(SPIN_ENV, config.spin.as_micros().to_string());
-    command.spawn()
+    if config.nice != 0 {
+        let nice = config.nice;
+        // SAFETY: setpriority is a plain system call, safe between fork and exec. Lowering
+        // one's own priority needs no privilege, and nothing below can raise it back without one.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    reaper::spawn_owned(&mut command)
 }
 
 fn env_dir(env_path: &std::path::Path) -> Option<PathBuf> {

@@ -161,7 +161,9 @@ impl DockerServer {
                 };
                 let _ = tokio::time::timeout(Duration::from_millis(300), wait_exit).await;
                 let logs = server.last_logs(LOG_LINES_IN_ERRORS);
-                server.stop().await;
+                if let Err(err) = server.stop().await {
+                    tracing::warn!("{err:#}");
+                }
                 Err(Error::StartFailed { name: launch.name.to_string(), reason, logs })
             }
         }
@@ -182,6 +184,20 @@ impl DockerServer {
         self.exited.load(Ordering::SeqCst)
     }
 
+    /// How the container ended, if it has, waiting up to `within` for the end of its output
+    /// stream; then the engine says whether it still runs, and how it exited.
+    pub async fn exit_description(&self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        while !self.has_exited() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match describe_exit(&self.id).await {
+            Some(ended) => Some(ended),
+            None if self.has_exited() => Some(format!("its container {} has exited", &self.id[..12.min(self.id.len())])),
+            None => None,
+        }
+    }
+
     /// The last `n` output lines.
     pub fn last_logs(&self, n: usize) -> Vec<String> {
         let logs = self.logs.lock();
@@ -189,22 +205,39 @@ impl DockerServer {
     }
 
     /// Stops the container (SIGTERM, short grace, SIGKILL) and removes it with its volumes;
-    /// returns once it is gone.
-    pub async fn stop(&self) {
+    /// returns once it is gone, or an error saying it is not.
+    pub async fn stop(&self) -> Result<()> {
         if let Some(mut input) = self.stdin.lock().await.take() {
             let _ = input.shutdown().await;
         }
-        match connect().await {
-            Ok(docker) => {
-                let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECS).build();
-                if let Err(err) = docker.stop_container(&self.id, Some(stop)).await {
-                    tracing::debug!("stopping container {}: {err}", self.id);
-                }
-                remove_and_wait(&docker, &self.id).await;
-            }
-            Err(err) => tracing::warn!("cannot remove container {}: {err}", self.id),
+        let docker = connect().await?;
+        let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECS).build();
+        if let Err(err) = docker.stop_container(&self.id, Some(stop)).await {
+            tracing::debug!("stopping container {}: {err}", self.id);
         }
+        remove_and_wait(&docker, &self.id).await?;
         registry::untrack_container(&self.id);
+        Ok(())
+    }
+}
+
+/// How container `id` ended, as the engine tells it; `None` while it runs (or if the engine
+/// cannot be asked).
+pub async fn describe_exit(id: &str) -> Option<String> {
+    let short = &id[..12.min(id.len())];
+    let docker = connect().await.ok()?;
+    match docker.inspect_container(id, None).await {
+        Err(err) if is_not_found(&err) => Some(format!("its container {short} is gone (it exited and was removed, or was removed from outside)")),
+        Err(_) => None,
+        Ok(details) => {
+            let state = details.state.unwrap_or_default();
+            if state.running == Some(true) {
+                return None;
+            }
+            let code = state.exit_code.map(|c| format!(" with code {c}")).unwrap_or_default();
+            let oom = if state.oom_killed == Some(true) { " (out of memory)" } else { "" };
+            Some(format!("its container {short} has exited{code}{oom}"))
+        }
     }
 }
 
@@ -438,23 +471,44 @@ async fn pump_output(
     exited.store(true, Ordering::SeqCst);
 }
 
-/// Force-removes a container with its volumes and waits until the engine no longer knows it.
-pub(crate) async fn remove_and_wait(docker: &Docker, id: &str) {
-    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-    match docker.remove_container(id, Some(options)).await {
-        Ok(()) => {}
-        Err(err) if is_not_found(&err) => return,
-        Err(err) if is_conflict(&err) => {} // auto-removal already under way
-        Err(err) => tracing::warn!("cannot remove container {id}: {err}"),
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        match docker.inspect_container(id, None).await {
-            Err(err) if is_not_found(&err) => return,
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+/// How long a removal is asked for again before the container is reported as left behind. An
+/// engine refuses to remove a container whose processes are slow to die (a fork bomb's thousands)
+/// with a 500 "cannot kill", and succeeds a few seconds later.
+const REMOVE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Force-removes a container with its volumes and waits until the engine no longer knows it,
+/// asking again while the engine refuses. An error says the container is still there.
+pub(crate) async fn remove_and_wait(docker: &Docker, id: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut refusal: Option<bollard::errors::Error> = None;
+    loop {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match docker.remove_container(id, Some(options)).await {
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => return Ok(()),
+            Err(err) if is_conflict(&err) => {} // auto-removal already under way
+            Err(err) => {
+                tracing::debug!("removing container {id}: {err}");
+                refusal = Some(err);
+            }
         }
+        // Gone at once, usually; otherwise ask again every two seconds.
+        let ask_again = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < ask_again {
+            match docker.inspect_container(id, None).await {
+                Err(err) if is_not_found(&err) => return Ok(()),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        if started.elapsed() > REMOVE_LIMIT {
+            let short = &id[..12.min(id.len())];
+            return Err(match refusal {
+                Some(source) => Error::Docker { context: format!("container {short} is still there after {} s of removal attempts", REMOVE_LIMIT.as_secs()), source },
+                None => Error::ContainerRemains { id: short.to_string(), seconds: REMOVE_LIMIT.as_secs() },
+            });
+        }
+        tracing::info!("container {id} is still there; asking the engine again to remove it");
     }
-    tracing::warn!("container {id} is still there 10 s after its removal was asked");
 }
 
 /// Force-removes containers from a plain thread with a runtime of its own: for the exit paths

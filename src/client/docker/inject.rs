@@ -76,8 +76,10 @@ pub(crate) async fn add_server_layer(docker: &Docker, base: &str, tag: &str, ser
         Ok(committed.id)
     }
     .await;
-    remove_and_wait(docker, &created.id).await;
-    registry::untrack_container(&created.id);
+    match remove_and_wait(docker, &created.id).await {
+        Ok(()) => registry::untrack_container(&created.id),
+        Err(err) => tracing::warn!("{err:#}"),
+    }
     result
 }
 

@@ -8,7 +8,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsB
 use super::container::remove_and_wait;
 use super::engine::{connect, docker_error, is_not_found};
 use super::labels;
-use crate::client::error::Result;
+use crate::client::error::{Error, Result};
 
 /// A container made by Rayfine, as `rayfine ps` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -77,18 +77,29 @@ pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
     Ok(containers)
 }
 
-/// Stops and removes containers by id (full or short); waits until each is gone.
+/// Stops and removes containers by id (full or short); waits until each is gone. The error
+/// names every container that is still there.
 pub async fn remove_containers(ids: &[String]) -> Result<()> {
     let docker = connect().await?;
     let removals = ids.iter().map(|id| {
         let docker = docker.clone();
         async move {
-            remove_and_wait(&docker, id).await;
-            super::super::registry::untrack_container(id);
+            let removed = remove_and_wait(&docker, id).await;
+            if removed.is_ok() {
+                super::super::registry::untrack_container(id);
+            }
+            removed
         }
     });
-    futures_util::future::join_all(removals).await;
-    Ok(())
+    let failures: Vec<Error> = futures_util::future::join_all(removals).await.into_iter().filter_map(Result::err).collect();
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.into_iter().next().expect("one failure")),
+        n => Err(Error::InvalidInput(format!(
+            "{n} containers are still there: {}",
+            failures.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")
+        ))),
+    }
 }
 
 /// Tags of every image labelled `rayfine.managed=true`.

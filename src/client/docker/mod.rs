@@ -15,6 +15,7 @@ mod server_binary;
 
 pub(crate) use builder::validate_reference;
 pub use builder::{build_image_from_env, BuildProgress, BuildStage, BuiltImage, ImageBuilder, ProgressFn, DEFAULT_BASE_IMAGE};
+pub use container::describe_exit;
 pub(crate) use container::{remove_now, DockerLaunch, DockerServer};
 pub use detect::{Detection, EnvDetector, EnvType, DEFAULT_HTTP_PORT};
 pub use engine::is_available as docker_available;
