@@ -15,8 +15,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod labels;
 pub mod protocol;
 pub mod server;
+pub mod watchdog;
 
 #[cfg(feature = "client")]
 mod client;

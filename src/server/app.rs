@@ -247,7 +247,8 @@ mod tests {
             env_path,
             hidden_env: vec![],
             spin: std::time::Duration::from_micros(crate::server::DEFAULT_SPIN_US),
-            nice: 0,
+            priority: crate::server::WorkerPriority::Normal,
+            script_fd: None,
         });
         let mut phases = supervisor.subscribe();
         tokio::time::timeout(Duration::from_secs(20), phases.wait_for(|p| !matches!(p, Phase::Starting)))

@@ -24,7 +24,7 @@ pub use app::{app, AppState};
 pub use error::ApiError;
 pub use lease::{Lease, LEASE_PATH};
 pub use supervise::supervise;
-pub use worker::{CallError, Phase, Supervisor, WorkerConfig};
+pub use worker::{CallError, Phase, Supervisor, WorkerConfig, WorkerPriority};
 
 use crate::protocol::{ServerEvent, TOKEN_ENV};
 
@@ -35,13 +35,17 @@ pub const WORKER_SCRIPT: &str = include_str!("../../templates/worker.py");
 /// that calls again right away finds the worker still polling.
 pub const DEFAULT_SPIN_US: u64 = 200;
 
-/// The worker's default nice value in a container. The kernel shares a CPU by weight among
-/// runnable threads: under a fork bomb of 4,000 processes at the server's own priority, the server
-/// got one time slice every ~10 s and could neither answer nor time the call out. At nice 19 each
-/// of those weighs 1/68 of the server, which then runs within milliseconds of waking. In a
-/// container the weights only divide the container's own share, so this costs the environment
-/// nothing against the rest of the machine.
-const CONTAINER_WORKER_NICE: i32 = 19;
+/// Whether the worker runs at the lowest CPU priority: by default, only as PID 1. The kernel
+/// shares a CPU by weight among runnable threads: under a fork bomb of 4,000 processes at the
+/// server's own priority, the server got one time slice every ~10 s and could neither answer nor
+/// time the call out. As `SCHED_IDLE` at nice 19, the environment's processes weigh almost nothing
+/// against the server, and the server preempts them as soon as it wakes. In a container the
+/// weights only divide the container's own share of the machine, and the server is idle while the
+/// environment works, so this costs the environment nothing; outside one it would starve the
+/// environment behind every other program, so it is off.
+fn worker_priority(configured: Option<WorkerPriority>) -> WorkerPriority {
+    configured.unwrap_or(if std::process::id() == 1 { WorkerPriority::Idle } else { WorkerPriority::Normal })
+}
 
 /// Polling longer than this would only burn CPU: a wake-up costs far less.
 const MAX_SPIN_US: u64 = 10_000;
@@ -103,11 +107,16 @@ pub struct ServerConfig {
     /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
     #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH", value_parser = FalseyValueParser::new())]
     pub no_auth: bool,
-    /// The worker's nice value (0 to 19), inherited by all it starts. Default: 19 as PID 1 (in a
-    /// container, where it is relative to this server alone), else 0. It keeps this server
-    /// answering, timing calls out and killing what runs away, even under a fork bomb.
-    #[arg(long = "worker-nice", env = "RAYFINE_WORKER_NICE", value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub worker_nice: Option<i32>,
+    /// The worker's CPU priority, inherited by all it starts: `idle` (SCHED_IDLE, nice 19) keeps
+    /// this server answering, timing calls out and killing what runs away even under a fork bomb.
+    /// Default: `idle` as PID 1 (in a container, where it only ranks the environment below this
+    /// server), else `normal`.
+    #[arg(long = "worker-priority", env = "RAYFINE_WORKER_PRIORITY", value_enum)]
+    pub worker_priority: Option<WorkerPriority>,
+    /// Serve nothing: wait until stdin ends and the process PID:START is gone, then remove the
+    /// containers it left (see `rayfine::watchdog`). Started by the client, not by hand.
+    #[arg(long = "watch-owner", value_name = "PID:START", hide = true)]
+    pub watch_owner: Option<crate::watchdog::Owner>,
 }
 
 /// Errors that stop the server from starting.
@@ -132,7 +141,7 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The embedded worker script could not be written to a temporary file.
+    /// The embedded worker script could not be written to an in-memory file.
     #[error("cannot write the worker script to {path}: {source}")]
     WorkerScript {
         /// Where.
@@ -143,32 +152,51 @@ pub enum ServeError {
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// The owner watchdog failed.
+    #[error(transparent)]
+    Watchdog(#[from] crate::watchdog::WatchdogError),
 }
 
-/// A worker script on disk; the embedded copy is removed again when this is dropped.
-struct ScriptFile {
-    path: PathBuf,
-    temporary: bool,
+/// The worker script: a file given by the caller, or the embedded copy in an anonymous
+/// in-memory file (memfd). Nothing is written to disk, so a server killed by SIGKILL leaves no
+/// script behind in the temporary folder. The worker opens it as `/proc/self/fd/N`; the fd is
+/// close-on-exec here and made inheritable only in the worker's own fork.
+enum ScriptFile {
+    Given(PathBuf),
+    Memory(std::os::fd::OwnedFd),
 }
 
 impl ScriptFile {
     fn prepare(configured: Option<&PathBuf>) -> Result<ScriptFile, ServeError> {
         if let Some(path) = configured {
-            return Ok(ScriptFile { path: path.clone(), temporary: false });
+            return Ok(ScriptFile::Given(path.clone()));
         }
-        // Several servers may run in one process (tests), so the name carries a counter too.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rayfine-worker-{}-{n}.py", std::process::id()));
-        std::fs::write(&path, WORKER_SCRIPT).map_err(|source| ServeError::WorkerScript { path: path.clone(), source })?;
-        Ok(ScriptFile { path, temporary: true })
+        let failed = |source| ServeError::WorkerScript { path: PathBuf::from("memfd:rayfine-worker"), source };
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; the fd it returns is ours.
+        let fd = unsafe { libc::memfd_create(c"rayfine-worker.py".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut file = std::fs::File::from(fd);
+        file.write_all(WORKER_SCRIPT.as_bytes()).map_err(failed)?;
+        Ok(ScriptFile::Memory(file.into()))
     }
-}
 
-impl Drop for ScriptFile {
-    fn drop(&mut self) {
-        if self.temporary {
-            let _ = std::fs::remove_file(&self.path);
+    /// The path the worker opens.
+    fn path(&self) -> PathBuf {
+        match self {
+            ScriptFile::Given(path) => path.clone(),
+            ScriptFile::Memory(fd) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))),
+        }
+    }
+
+    /// The descriptor the worker must inherit, if any.
+    fn inherited_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            ScriptFile::Given(_) => None,
+            ScriptFile::Memory(fd) => Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
         }
     }
 }
@@ -201,6 +229,10 @@ impl ServerConfig {
 
 /// Runs the server from its configuration until SIGINT, SIGTERM or (if asked) stdin's end.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    if let Some(owner) = config.watch_owner {
+        let watched = tokio::task::spawn_blocking(move || crate::watchdog::run(owner)).await;
+        return watched.map_err(|err| ServeError::Config(format!("the watchdog stopped: {err}")))?.map(drop).map_err(Into::into);
+    }
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     reaper::start();
@@ -246,12 +278,13 @@ pub async fn run(
     }
     let supervisor = Supervisor::start(WorkerConfig {
         python: config.python.clone(),
-        script: script.path.clone(),
+        script: script.path(),
+        script_fd: script.inherited_fd(),
         // The worker runs in the environment's folder, so a relative path would resolve twice.
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
         hidden_env: vec![TOKEN_ENV.to_string()],
         spin: effective_spin(config.spin_us),
-        nice: config.worker_nice.unwrap_or(if std::process::id() == 1 { CONTAINER_WORKER_NICE } else { 0 }),
+        priority: worker_priority(config.worker_priority),
     });
     announce(&ServerEvent::Listening { port: local.port() });
     tokio::spawn(announce_phases(supervisor.clone()));

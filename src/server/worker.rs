@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     pub python: String,
     /// The worker script (templates/worker.py).
     pub script: PathBuf,
+    /// A descriptor the worker inherits: the in-memory script that `script` names as
+    /// `/proc/self/fd/N`.
+    pub script_fd: Option<std::os::fd::RawFd>,
     /// env.py, or the folder holding it.
     pub env_path: PathBuf,
     /// Environment variables not to pass to the worker (the server's token).
@@ -39,8 +42,18 @@ pub struct WorkerConfig {
     /// How long a thread that expects a message soon polls for it before it sleeps: the server
     /// for the reply of a call that is alone in flight, the worker for the next call.
     pub spin: Duration,
-    /// The worker's nice value, inherited by everything it starts (see `--worker-nice`).
-    pub nice: i32,
+    /// The worker's CPU priority, inherited by everything it starts (see `--worker-priority`).
+    pub priority: WorkerPriority,
+}
+
+/// The CPU priority of the worker and of everything it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerPriority {
+    /// The same as the server's.
+    Normal,
+    /// `SCHED_IDLE` at nice 19: the server always runs first. Nothing below can raise it back
+    /// without a privilege a container does not grant.
+    Idle,
 }
 
 /// Why a call did not produce a result.
@@ -415,6 +428,8 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
 /// Waits for the worker's handshake, then serves calls until it ends or is told to.
 async fn serve_worker(shared: &Shared, ever_ready: &mut bool, child: &mut Child) -> RunEnd {
     let pid = child.id();
+    let oom_kills_before = oom_kills();
+    let describe_status = |status| describe_status(status, oom_kills_before);
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut lines = BufReader::with_capacity(1 << 16, child.stdout.take().expect("stdout is piped"));
     let (methods, method_list) = match read_handshake(&mut lines).await {
@@ -501,13 +516,24 @@ fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
         command.env_remove(name);
     }
     command.env(SPIN_ENV, config.spin.as_micros().to_string());
-    if config.nice != 0 {
-        let nice = config.nice;
-        // SAFETY: setpriority is a plain system call, safe between fork and exec. Lowering
-        // one's own priority needs no privilege, and nothing below can raise it back without one.
+    if let Some(fd) = config.script_fd {
+        // SAFETY: fcntl is async-signal-safe; it clears close-on-exec in the child only.
         unsafe {
             command.pre_exec(move || {
-                if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    if config.priority == WorkerPriority::Idle {
+        // SAFETY: setpriority and sched_setscheduler are plain system calls, safe between fork
+        // and exec. Lowering one's own priority needs no privilege.
+        unsafe {
+            command.pre_exec(|| {
+                let param = libc::sched_param { sched_priority: 0 };
+                if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 || libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -525,18 +551,46 @@ fn env_dir(env_path: &std::path::Path) -> Option<PathBuf> {
     }
 }
 
-fn describe_status(status: Option<std::process::ExitStatus>) -> String {
+/// How the worker ended. A SIGKILL is put down to the OOM killer only when the memory cgroup's
+/// count of OOM kills went up since the worker started (`oom_kills_before`).
+fn describe_status(status: Option<std::process::ExitStatus>, oom_kills_before: Option<u64>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Some(s) if s.code().is_some() => format!("exit code {}", s.code().unwrap_or_default()),
         Some(s) => match s.signal() {
-            Some(libc::SIGKILL) => "killed by SIGKILL (out of memory?)".into(),
+            Some(libc::SIGKILL) => match (oom_kills_before, oom_kills()) {
+                (Some(before), Some(now)) if now > before => "killed by the kernel's OOM killer: out of memory".into(),
+                (Some(_), Some(_)) => "killed by SIGKILL from another process (not by the OOM killer)".into(),
+                _ => "killed by SIGKILL (out of memory, or by another process)".into(),
+            },
             Some(libc::SIGSEGV) => "killed by SIGSEGV (segmentation fault)".into(),
             Some(sig) => format!("killed by signal {sig}"),
             None => "unknown status".into(),
         },
         None => "status unknown".into(),
     }
+}
+
+/// How many processes the OOM killer has killed in this process's memory cgroup (v2
+/// `memory.events`, v1 `memory.oom_control`), when the cgroup file is readable.
+fn oom_kills() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut candidates = Vec::new();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next(), fields.next().unwrap_or_default(), fields.next().unwrap_or_default());
+        if controllers.is_empty() {
+            candidates.push(format!("/sys/fs/cgroup{path}/memory.events"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(format!("/sys/fs/cgroup/memory{path}/memory.oom_control"));
+        }
+    }
+    // In a container the cgroup's own files are at the mount's root.
+    candidates.extend(["/sys/fs/cgroup/memory.events".to_string(), "/sys/fs/cgroup/memory/memory.oom_control".to_string()]);
+    candidates.iter().find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().find_map(|line| line.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+    })
 }
 
 type MethodTables = (HashMap<String, MethodEntry>, Vec<MethodInfo>);

@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod docker;
 mod docker_util;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod server;

@@ -121,6 +121,9 @@ impl DockerServer {
         let watch_stdin = !launch.keep && (env_type == EnvType::Function || supervisor.is_some());
 
         let entrypoint = supervisor.as_ref().map(|s| s.entrypoint.clone());
+        if !launch.keep {
+            super::owner_watch::ensure();
+        }
         let id = create(&docker, &launch, env_type, container_port, watch_stdin, entrypoint).await?;
         registry::track_container(&id);
         let logs = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES)));

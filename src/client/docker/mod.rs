@@ -8,8 +8,9 @@ mod detect;
 mod dockerfile;
 mod engine;
 mod inject;
-pub mod labels;
+pub use crate::labels;
 mod manage;
+mod owner_watch;
 mod pylex;
 mod server_binary;
 

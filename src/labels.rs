@@ -6,6 +6,9 @@
 //! mistaken for the owner): that is how `cleanup --orphans` tells what a dead owner left behind.
 //! Secrets (the token, env var values) never go into labels: `docker inspect` shows labels to
 //! every user of the engine.
+//!
+//! Not behind the `client` feature: the owner watchdog in `rayfine-server` finds containers by
+//! these labels too.
 
 /// Marks images and containers made by Rayfine.
 pub const MANAGED: &str = "rayfine.managed";

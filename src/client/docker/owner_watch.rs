@@ -1,0 +1,57 @@
+//! Starts this process's owner watchdog ([`crate::watchdog`]) before its first container, so that
+//! a container is removed even if this process is killed between creating and starting it.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+
+use crate::client::process::ServerProgram;
+use crate::watchdog::Owner;
+
+/// The watchdog and the write end of its stdin, held for the life of this process: the kernel
+/// closes it when this process dies, which is the watchdog's signal.
+static WATCHDOG: Lazy<Mutex<Option<(Child, ChildStdin)>>> = Lazy::new(|| Mutex::new(None));
+
+/// Starts the watchdog unless it runs; says once, as a warning, when it cannot be started.
+pub(crate) fn ensure() {
+    let mut watchdog = WATCHDOG.lock();
+    if let Some((child, _)) = watchdog.as_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+    }
+    match start() {
+        Ok(started) => *watchdog = Some(started),
+        Err(why) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("no owner watchdog ({why}): if this process is killed by SIGKILL while a container starts, `rayfine cleanup --orphans` removes what is left")
+            });
+        }
+    }
+}
+
+fn start() -> Result<(Child, ChildStdin), String> {
+    let owner = Owner::this_process().ok_or("cannot read this process's start time")?;
+    let program = ServerProgram::locate()
+        .or_else(|_| super::server_binary::locate(None).map(|path| ServerProgram::at(&path)))
+        .map_err(|err| err.to_string())?;
+    let mut command = Command::new(&program.path);
+    if program.needs_serve {
+        command.arg("serve");
+    }
+    command
+        .arg("--watch-owner")
+        .arg(owner.to_string())
+        .stdin(Stdio::piped())
+        // Nothing of ours that a caller waits on (a test's captured output) may stay open in it.
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Out of our process group: a Ctrl-C in the terminal is for us, not for it.
+        .process_group(0);
+    let mut child = command.spawn().map_err(|err| format!("cannot start {}: {err}", program.path.display()))?;
+    let stdin = child.stdin.take().ok_or("the watchdog has no stdin")?;
+    Ok((child, stdin))
+}
