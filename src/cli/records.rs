@@ -104,10 +104,11 @@ pub fn last_log_lines(id: &str, n: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
-/// Whether a process with this id exists.
+/// Whether a process with this id runs: it exists and is not a zombie waiting to be reaped.
 pub fn is_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
+    pid > 0 && state.is_some_and(|state| state != "Z")
 }
 
 /// Stops a kept environment's server and its worker: SIGTERM to the group, then SIGKILL.

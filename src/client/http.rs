@@ -96,9 +96,9 @@ impl ServerClient {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|source| Error::connection(&url, source))?;
+            .map_err(|source| Error::connection(&self.base, source))?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|source| Error::connection(&url, source))?;
+        let bytes = response.bytes().await.map_err(|source| Error::connection(&self.base, source))?;
         Ok((url, status, bytes.to_vec()))
     }
 
@@ -147,19 +147,19 @@ impl ServerClient {
     /// such a route.
     pub async fn probe(&self, timeout: Duration) -> Result<u16> {
         let url = format!("{}/health", self.base);
-        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::connection(&url, source))?;
+        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::connection(&self.base, source))?;
         Ok(response.status().as_u16())
     }
 
     /// `GET /health`: `Ok(None)` when ready, `Ok(Some(health))` when the server answers but is not.
     pub async fn health(&self, timeout: Duration) -> Result<Option<Health>> {
         let url = format!("{}/health", self.base);
-        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::connection(&url, source))?;
+        let response = self.http.get(&url).timeout(timeout).send().await.map_err(|source| Error::connection(&self.base, source))?;
         let status = response.status().as_u16();
         if status == 200 {
             return Ok(None);
         }
-        let bytes = response.bytes().await.map_err(|source| Error::connection(&url, source))?;
+        let bytes = response.bytes().await.map_err(|source| Error::connection(&self.base, source))?;
         let health = serde_json::from_slice::<Health>(&bytes).unwrap_or_else(|_| Health {
             status: format!("HTTP {status}"),
             detail: Some(String::from_utf8_lossy(&bytes).chars().take(300).collect()),

@@ -53,6 +53,74 @@ fn bad_input_is_one_clear_line_and_exit_code_two() {
     broken.assert_no_process_left();
 }
 
+/// Hostile or mistaken targets and flags are refused at once, each saying what is wrong, and no
+/// message repeats itself.
+#[test]
+fn bad_targets_and_flags_are_refused_at_once_naming_the_problem() {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str, Duration); 7] = [
+        (&["call", "http://[::1", "ping"], "is not a valid URL", Duration::from_secs(2)),
+        (&["call", "http://127.0.0.1:1", "ping"], "cannot reach the environment at http://127.0.0.1:1: ", Duration::from_secs(8)),
+        (&["run", env.path_str(), "--call", "ping", "--timeout", "1e300"], "--timeout 1e300: at most", Duration::from_secs(2)),
+        (&["run", env.path_str(), "--call", "ping", "--timeout", "0"], "--timeout must be a positive number of seconds, not `0`", Duration::from_secs(2)),
+        (&["run", "some/image:tag", "--pids-limit", "1"], "a pids limit of 1 is too low", Duration::from_secs(2)),
+        (&["run", env.path_str(), "-e", "RAYFINE_LEASE=5"], "--lease SECONDS", Duration::from_secs(2)),
+        (&["run", env.path_str(), "--lease", "soon"], "--lease must be a positive number of seconds, not `soon`", Duration::from_secs(2)),
+    ];
+    for (args, expected, within) in cases {
+        let started = Instant::now();
+        let (code, _, stderr) = cli(args, state.path());
+        let took = started.elapsed();
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let line = stderr.lines().find(|l| l.starts_with("rayfine: error:")).unwrap_or_else(|| panic!("{stderr}"));
+        assert!(line.contains(expected), "{args:?}: expected {expected:?} in {line:?}");
+        assert!(took < within, "{args:?} took {took:?}");
+        assert!(line.len() < 300, "{args:?}: {line}");
+        let words: Vec<&str> = line.split(": ").collect();
+        let mut unique = words.clone();
+        unique.dedup();
+        assert_eq!(words, unique, "a part of the message repeats: {line}");
+    }
+    env.assert_no_process_left();
+}
+
+/// `run --call` says the environment is ready, and lists its methods, before the call returns:
+/// here the call fails, and the ready line is there all the same.
+#[test]
+fn run_prints_the_ready_line_before_the_call() {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = cli(&["run", env.path_str(), "--call", "add", "--kwargs", r#"{"a": 1}"#], state.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("process mode") && stderr.contains("ready in"), "{stderr}");
+    assert!(stdout.contains("add(a, b)"), "the methods are listed: {stdout}");
+    env.assert_no_process_left();
+}
+
+/// A kept environment that died is said to have stopped, at once, by a later `call`.
+#[test]
+fn a_call_to_a_kept_environment_that_died_says_it_stopped() {
+    let env = EnvCopy::of("echo");
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = cli(&["run", env.path_str(), "--mode", "process", "--keep", "--name", "doomed"], state.path());
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out, _) = cli(&["--json", "ps"], state.path());
+    assert_eq!(code, 0);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let pid = rows.iter().find(|r| r["name"] == "doomed").and_then(|r| r["pid"].as_i64()).unwrap_or_else(|| panic!("{out}"));
+    // SAFETY: kills the kept server this test started (its group: the server and its worker).
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let (code, _, stderr) = cli(&["call", "doomed", "ping"], state.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("environment `doomed` has stopped: its server process") && stderr.contains("is gone"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let _ = cli(&["cleanup", "doomed"], state.path());
+    env.assert_no_process_left();
+}
+
 #[test]
 fn an_exception_in_the_environment_exits_with_code_one() {
     let env = EnvCopy::of("echo");

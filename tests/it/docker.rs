@@ -345,3 +345,17 @@ async fn secrets_stay_out_of_labels_logs_ps_and_errors() {
     process_dir.assert_no_process_left();
     scope.finish();
 }
+
+/// A syntax error in env.py fails the build, checked by the image's own python3, naming the line.
+#[tokio::test]
+async fn env_py_with_a_syntax_error_fails_the_build_naming_the_line() {
+    let scope = DockerScope::new("syntax");
+    let env_dir = EnvCopy::of("broken_syntax");
+    let tag = scope.tag("broken");
+    let err = scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Build { .. }), "{err:?}");
+    assert!(text.contains("SyntaxError") && text.contains("line 2"), "{text}");
+    assert!(docker_lines(&["images", "-q", &tag]).is_empty(), "no image is tagged {tag}");
+    scope.finish();
+}

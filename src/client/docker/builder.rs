@@ -194,6 +194,8 @@ impl ImageBuilder {
         let mut base_labels = own_labels.clone();
         base_labels.insert(labels::STAGE.into(), "base".into());
         self.run_build(&docker, BuildStage::Environment, &base_tag, folder, &build_args, &base_labels).await?;
+        self.report(BuildStage::Server, tag, "checking env.py with the image's python3");
+        super::syntax_check::check_env_syntax(&docker, &base_tag, tag).await?;
 
         let server_bytes = std::fs::read(&server).map_err(|source| Error::Io { context: format!("cannot read {}", server.display()), source })?;
         let mut image_labels = own_labels;

@@ -13,6 +13,7 @@ mod manage;
 mod owner_watch;
 mod pylex;
 mod server_binary;
+mod syntax_check;
 
 pub(crate) use builder::validate_reference;
 pub use builder::{build_image_from_env, BuildProgress, BuildStage, BuiltImage, ImageBuilder, ProgressFn, DEFAULT_BASE_IMAGE};
