@@ -181,3 +181,25 @@ pub enum ServerEvent {
 pub const AUTH_HEADER: &str = "authorization";
 /// Environment variable through which the server receives its token.
 pub const TOKEN_ENV: &str = "RAYFINE_TOKEN";
+
+/// Names the file the client copies into a created container with the [`Secrets`]; set in the
+/// container's environment, where only the path shows.
+pub const SECRETS_FILE_ENV: &str = "RAYFINE_SECRETS_FILE";
+
+/// Where the client puts that file in a container.
+pub const SECRETS_PATH: &str = "/rayfine/secrets.json";
+
+/// What must not be in a container's configuration, where `docker inspect` shows it to every
+/// user of the engine: the token and the environment's variables (API keys). The client copies
+/// them into the created container as a file; the server reads it at start, keeps the token and
+/// passes the variables to the worker (or to the supervised command), never to be seen in
+/// `inspect`, `/proc/1/environ` or the server's own environment.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Secrets {
+    /// The bearer token the server requires.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Environment variables for the environment's own code.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}

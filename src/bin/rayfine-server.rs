@@ -33,8 +33,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.supervise {
-        let grace = cli.config.shutdown_grace();
-        return match runtime.block_on(supervise(&cli.command, cli.config.exit_on_stdin_eof, grace)) {
+        return match runtime.block_on(supervise(&cli.command, &cli.config)) {
             Ok(code) => ExitCode::from(code),
             Err(err) => {
                 eprintln!("rayfine-server: {err}");

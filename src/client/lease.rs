@@ -47,7 +47,8 @@ static KEEPER: Lazy<Arc<Keeper>> = Lazy::new(|| {
 /// Starts renewing the lease of environment `id`, served at `addr`.
 pub(crate) fn hold(id: &str, addr: SocketAddr, token: Option<&str>, lease: Duration) {
     let every = lease / RENEWALS_PER_LEASE;
-    let held = Held { addr, token: token.map(Arc::from), every, due: Instant::now() + every };
+    // The first renewal goes at once: a supervisor's clock starts with it.
+    let held = Held { addr, token: token.map(Arc::from), every, due: Instant::now() };
     KEEPER.held.lock().insert(id.to_string(), held);
     KEEPER.changed.notify_one();
 }

@@ -83,12 +83,17 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
                 lease: options.effective_lease(),
             })
             .await?;
-            // An HTTP-based environment's server is the user's own: it knows no token.
-            let token = (started.env_type == docker::EnvType::Function).then_some(token);
-            // The user's own HTTP server has no lease to renew; `cleanup --orphans` covers it.
-            if let (Some(lease), Some(token)) = (options.effective_lease(), &token) {
-                lease::hold(&id, std::net::SocketAddr::from(([127, 0, 0, 1], started.port)), Some(token), lease);
+            // The `/call` server takes renewals on its own port; a supervised HTTP-based one on
+            // the supervisor's. The user's own HTTP server knows no token, so the client sends
+            // it none.
+            let renewals_at = match started.env_type {
+                docker::EnvType::Function => Some(started.port),
+                docker::EnvType::Http => started.lease_port,
+            };
+            if let (Some(lease), Some(port)) = (options.effective_lease(), renewals_at) {
+                lease::hold(&id, std::net::SocketAddr::from(([127, 0, 0, 1], port)), Some(&token), lease);
             }
+            let token = (started.env_type == docker::EnvType::Function).then_some(token);
             let client = ServerClient::new(&format!("http://127.0.0.1:{}", started.port), token)?;
             EnvironmentWrapper::new(id, name, client, Backend::Docker(started.server), options.call_timeout, options.keep)
         }

@@ -115,15 +115,15 @@ async fn renew_lease(State(state): State<AppState>) -> Response {
     Json(serde_json::json!({"status": "ok", "lease_seconds": seconds})).into_response()
 }
 
-/// Compares without an early exit, so the time taken says nothing about where a guess went wrong.
 /// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive (RFC
 /// 7235 §2.1), so `bearer` and `BEARER` are the same scheme; spaces before the token are allowed.
-fn bearer_credentials(value: &str) -> Option<&str> {
+pub(crate) fn bearer_credentials(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares without an early exit, so the time taken says nothing about where a guess went wrong.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -246,6 +246,7 @@ mod tests {
             script: worker_script(),
             env_path,
             hidden_env: vec![],
+            env: vec![],
             spin: std::time::Duration::from_micros(crate::server::DEFAULT_SPIN_US),
             priority: crate::server::WorkerPriority::Normal,
             script_fd: None,

@@ -56,6 +56,12 @@ impl Lease {
             }
         }
         self.renew();
+        self.watch().await
+    }
+
+    /// Completes when the lease has lapsed, counting from now.
+    pub async fn watch(self: Arc<Self>) {
+        self.renew();
         loop {
             let idle = self.since_renewal();
             if idle >= self.duration {

@@ -9,6 +9,7 @@ mod channel;
 mod error;
 mod lease;
 mod reaper;
+mod secrets;
 mod supervise;
 mod worker;
 
@@ -117,7 +118,23 @@ pub struct ServerConfig {
     /// containers it left (see `rayfine::watchdog`). Started by the client, not by hand.
     #[arg(long = "watch-owner", value_name = "PID:START", hide = true)]
     pub watch_owner: Option<crate::watchdog::Owner>,
+    /// A JSON file with the token and the environment's variables, read once and deleted (the
+    /// client copies it into the container so that `docker inspect` shows neither).
+    #[arg(long = "secrets-file", env = crate::protocol::SECRETS_FILE_ENV)]
+    pub secrets_file: Option<PathBuf>,
+    /// With --supervise and a lease: the port on which lease renewals are taken (the supervised
+    /// server owns the container's other port).
+    #[arg(long = "lease-port", env = "RAYFINE_LEASE_PORT", default_value_t = SUPERVISOR_LEASE_PORT)]
+    pub lease_port: u16,
+    /// With --supervise and a lease: seconds after which the lease clock starts even if no
+    /// renewal came (the owner's start-up timeout; it renews as soon as it sees the server ready).
+    #[arg(long = "lease-start-grace", env = "RAYFINE_LEASE_START_GRACE", default_value_t = 120.0)]
+    pub lease_start_grace: f64,
 }
+
+/// Default of `--lease-port`: where a supervisor takes lease renewals, out of the way of the
+/// ports web servers usually take.
+pub const SUPERVISOR_LEASE_PORT: u16 = 48_771;
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +289,8 @@ pub async fn run(
         s if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
         s => return Err(ServeError::Config(format!("--body-timeout must be a positive number of seconds, not {s}"))),
     };
-    let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty() && !config.no_auth).map(Arc::<str>::from);
+    let secrets = secrets::load(config.secrets_file.as_deref())?;
+    let token = secrets.token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|t| !t.is_empty() && !config.no_auth).map(Arc::<str>::from);
     if token.is_none() {
         tracing::warn!("authentication is off: anyone who reaches port {} can call this environment", local.port());
     }
@@ -282,7 +300,8 @@ pub async fn run(
         script_fd: script.inherited_fd(),
         // The worker runs in the environment's folder, so a relative path would resolve twice.
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
-        hidden_env: vec![TOKEN_ENV.to_string()],
+        hidden_env: vec![TOKEN_ENV.to_string(), crate::protocol::SECRETS_FILE_ENV.to_string()],
+        env: secrets.env.into_iter().collect(),
         spin: effective_spin(config.spin_us),
         priority: worker_priority(config.worker_priority),
     });

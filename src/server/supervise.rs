@@ -6,6 +6,10 @@
 //! SIGKILL. So the container runs this instead of the user's command: it runs that command, passes
 //! SIGTERM and SIGINT on to it, and stops it when stdin reaches its end, which is what the engine
 //! does to the container's stdin when the owner's attach connection closes.
+//!
+//! A frozen owner keeps that connection open, so the supervisor also holds the owner's lease, as
+//! the `/call` server does: renewals come to `POST /_rayfine/lease` on a port of its own
+//! (`--lease-port`), with the token from the secrets file, and the clock starts at the first one.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -15,14 +19,21 @@ use tokio::process::{Child, Command};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::{reaper, signal_group, stdin_eof, ServeError};
+use super::app::{bearer_credentials, constant_time_eq};
+use super::lease::{Lease, LEASE_PATH};
+use super::{reaper, secrets, signal_group, stdin_eof, ServeError, ServerConfig};
+use crate::protocol::{AUTH_HEADER, SECRETS_FILE_ENV, TOKEN_ENV};
 
-/// Runs `command` until it exits, a signal asks us to stop, or (if `exit_on_stdin_eof`) stdin
-/// ends. Returns the exit code to leave with: the command's own, or 128 + the signal that ended it.
-pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Duration) -> Result<u8, ServeError> {
+/// Runs `command` until it exits, a signal asks us to stop, stdin ends (with
+/// `--exit-on-stdin-eof`) or the lease lapses. Returns the exit code to leave with: the command's
+/// own, or 128 + the signal that ended it.
+pub async fn supervise(command: &[String], config: &ServerConfig) -> Result<u8, ServeError> {
     let Some((program, args)) = command.split_first() else {
         return Err(ServeError::Config("--supervise needs the command to run after `--`".into()));
     };
+    let grace = config.shutdown_grace();
+    let secrets = secrets::load(config.secrets_file.as_deref())?;
+    let lapsed = hold_lease(config, secrets.token.as_deref()).await?;
     // Handlers first: a signal that came between the start of the command and their installation
     // would end this process with the default action and leave the command running.
     let watch = |kind| signal(kind).map_err(|err| ServeError::Config(format!("cannot watch stop signals: {err}")));
@@ -40,6 +51,10 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
     let mut command = Command::new(program);
     command
         .args(args)
+        .env_remove(TOKEN_ENV)
+        .env_remove(SECRETS_FILE_ENV)
+        .env_remove("RAYFINE_LEASE")
+        .envs(&secrets.env)
         .stdin(Stdio::null())
         // Its own process group, so that stopping it reaches the workers it started too.
         .process_group(0)
@@ -54,7 +69,7 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
             }
         });
     }
-    let stdin_watch = if exit_on_stdin_eof { Some(stdin_eof()?) } else { None };
+    let stdin_watch = if config.exit_on_stdin_eof { Some(stdin_eof()?) } else { None };
     let stdin_closed = async {
         match stdin_watch {
             Some(closed) => {
@@ -68,8 +83,57 @@ pub async fn supervise(command: &[String], exit_on_stdin_eof: bool, grace: Durat
         _ = terminate.recv() => tracing::info!("stopping `{program}`"),
         _ = interrupt.recv() => tracing::info!("stopping `{program}`"),
         _ = stdin_closed => tracing::info!("stdin closed: the owner is gone; stopping `{program}`"),
+        _ = lapsed => tracing::warn!("the lease lapsed: no renewal from the owner, which is gone or frozen; stopping `{program}`"),
     }
     Ok(stop(&mut child, grace).await)
+}
+
+/// Serves lease renewals when a lease and a token are configured; returns what completes when
+/// the lease lapses (never, without a lease).
+async fn hold_lease(config: &ServerConfig, token: Option<&str>) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, ServeError> {
+    let lease = match config.lease {
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 => Lease::new(Duration::from_secs_f64(seconds)),
+        Some(seconds) if seconds == 0.0 => return Ok(Box::pin(std::future::pending())),
+        None => return Ok(Box::pin(std::future::pending())),
+        Some(seconds) => return Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {seconds}"))),
+    };
+    let Some(token) = token.map(std::sync::Arc::<str>::from) else {
+        tracing::warn!("a lease without a token cannot be renewed safely; not holding it");
+        return Ok(Box::pin(std::future::pending()));
+    };
+    let addr = format!("{}:{}", config.host, config.lease_port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let (first, mut renewed) = tokio::sync::watch::channel(false);
+    let renewals = {
+        let lease = lease.clone();
+        axum::Router::new().route(
+            LEASE_PATH,
+            axum::routing::post(move |headers: axum::http::HeaderMap| async move {
+                let given = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()).and_then(bearer_credentials).unwrap_or_default();
+                if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                    return axum::http::StatusCode::UNAUTHORIZED;
+                }
+                lease.renew();
+                first.send_replace(true);
+                axum::http::StatusCode::OK
+            }),
+        )
+    };
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, renewals).await {
+            tracing::error!("lease renewals: {err}");
+        }
+    });
+    let start_grace = Duration::from_secs_f64(config.lease_start_grace.clamp(0.0, 1e6));
+    Ok(Box::pin(async move {
+        // The clock starts once the owner has seen the server ready and renews, or when the
+        // start was given up on: an owner frozen before its first renewal is caught too.
+        tokio::select! {
+            _ = renewed.wait_for(|first| *first) => {}
+            _ = tokio::time::sleep(start_grace) => {}
+        }
+        lease.watch().await
+    }))
 }
 
 /// Signals that mean something to servers (reload, graceful stop, log rotation) and are passed on

@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     pub env_path: PathBuf,
     /// Environment variables not to pass to the worker (the server's token).
     pub hidden_env: Vec<String>,
+    /// Environment variables to give the worker (from the secrets file).
+    pub env: Vec<(String, String)>,
     /// How long a thread that expects a message soon polls for it before it sleeps: the server
     /// for the reply of a call that is alone in flight, the worker for the next call.
     pub spin: Duration,
@@ -515,6 +517,7 @@ fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
     for name in &config.hidden_env {
         command.env_remove(name);
     }
+    command.envs(config.env.iter().map(|(k, v)| (k, v)));
     command.env(SPIN_ENV, config.spin.as_micros().to_string());
     if let Some(fd) = config.script_fd {
         // SAFETY: fcntl is async-signal-safe; it clears close-on-exec in the child only.

@@ -236,6 +236,36 @@ fn http_env_is_supervised_and_goes_with_an_owner_killed_by_sigkill() {
     scope.finish();
 }
 
+/// A frozen owner (SIGSTOP) keeps its attach connections open; the supervisor of an HTTP-based
+/// environment holds its lease, and stops it when renewals stop.
+#[test]
+fn http_env_goes_when_its_owner_is_frozen() {
+    let scope = DockerScope::new("httpfrozen");
+    let env_dir = EnvCopy::of("scorer_http");
+    let tag = scope.tag("scorer");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(scope.builder(FASTAPI_IMAGE).build(env_dir.path(), &tag)).unwrap();
+    let mut owner = super::util::spawn_child(
+        "docker::child_loads_images",
+        &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "wait"), ("RAYFINE_TEST_LEASE", "2")],
+    );
+    super::util::wait_for_line(&mut owner, "LOADED", Duration::from_secs(60));
+    assert_eq!(scope.containers().len(), 2);
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(owner.id() as i32, libc::SIGSTOP) };
+    let frozen = std::time::Instant::now();
+    let deadline = frozen + Duration::from_secs(20);
+    while !scope.containers().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = scope.containers();
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    assert!(left.is_empty(), "a frozen owner's HTTP-based containers outlived a 2 s lease by 20 s: {left:?}");
+    println!("HTTP-based, frozen owner, 2 s lease: gone after {:?}", frozen.elapsed());
+    scope.finish();
+}
+
 #[tokio::test]
 #[ignore = "run in a child process by the tests of an owner's cleanup and SIGKILL"]
 async fn child_loads_images() {
@@ -245,7 +275,11 @@ async fn child_loads_images() {
     let image = std::env::var("RAYFINE_TEST_IMAGE").unwrap();
     let scope = std::env::var("RAYFINE_TEST_SCOPE").unwrap();
     for _ in 0..2 {
-        load_env(rayfine::LoadOptions::image(&image).label(SCOPE_LABEL, &scope)).await.unwrap();
+        let mut options = rayfine::LoadOptions::image(&image).label(SCOPE_LABEL, &scope);
+        if let Ok(seconds) = std::env::var("RAYFINE_TEST_LEASE").unwrap_or_default().parse::<f64>() {
+            options = options.lease(Duration::from_secs_f64(seconds));
+        }
+        load_env(options).await.unwrap();
     }
     if std::env::var("RAYFINE_TEST_MODE").unwrap() == "cleanup_all" {
         assert_eq!(rayfine::cleanup_all_environments().await, 2);
@@ -322,13 +356,14 @@ async fn secrets_stay_out_of_labels_logs_ps_and_errors() {
     ];
     let container = env.container_id().unwrap().to_string();
     let labels = super::docker_util::docker_lines(&["inspect", &container, "--format", "{{json .Config.Labels}}"]).join("\n");
+    let config_env = super::docker_util::docker_lines(&["inspect", &container, "--format", "{{json .Config.Env}}"]).join("\n");
     let logs = std::process::Command::new("docker").args(["logs", &container]).output().unwrap();
     let logs = format!("{}{}", String::from_utf8_lossy(&logs.stdout), String::from_utf8_lossy(&logs.stderr));
     let state = tempfile::tempdir().unwrap();
     let (code, ps, ps_err) = cli(&["--json", "ps"], state.path());
     assert_eq!(code, 0, "{ps_err}");
     assert!(ps.contains(&container[..12]), "ps lists the container: {ps}");
-    for (what, text) in [("labels", &labels), ("container log", &logs), ("ps", &ps), ("errors", &errors.join("\n"))] {
+    for (what, text) in [("labels", &labels), ("inspect's Config.Env", &config_env), ("container log", &logs), ("ps", &ps), ("errors", &errors.join("\n"))] {
         assert!(!text.contains(SECRET) && !text.contains(&token), "a secret is in the {what}:\n{text}");
     }
     env.cleanup().await.unwrap();

@@ -37,7 +37,7 @@ use crate::client::error::{Error, Result};
 use crate::client::http::ServerClient;
 use crate::client::options::ContainerLimits;
 use crate::client::registry;
-use crate::protocol::{ServerEvent, TOKEN_ENV};
+use crate::protocol::{Secrets, ServerEvent, SECRETS_FILE_ENV, SECRETS_PATH};
 
 /// The port Rayfine's server listens on inside its container.
 const SERVER_PORT: u16 = 8000;
@@ -84,6 +84,23 @@ pub(crate) struct Started {
     pub server: DockerServer,
     pub port: u16,
     pub env_type: EnvType,
+    /// The host port where a supervised HTTP-based environment takes lease renewals.
+    pub lease_port: Option<u16>,
+}
+
+/// How a container is made, decided from the image and the launch.
+struct Shape {
+    env_type: EnvType,
+    /// The port the environment's server listens on inside.
+    container_port: u16,
+    /// Attach stdin, which the server or supervisor watches for the owner's end.
+    watch_stdin: bool,
+    /// The supervisor's, for an HTTP-based environment.
+    entrypoint: Option<Vec<String>>,
+    /// Token and variables in the secrets file, not in the container's configuration.
+    hidden_secrets: bool,
+    /// A second port to publish, for a supervisor's lease renewals.
+    lease_port: Option<u16>,
 }
 
 impl DockerServer {
@@ -121,18 +138,37 @@ impl DockerServer {
         let watch_stdin = !launch.keep && (env_type == EnvType::Function || supervisor.is_some());
 
         let entrypoint = supervisor.as_ref().map(|s| s.entrypoint.clone());
+        // The token and the variables go in a file wherever Rayfine's server reads them: the
+        // `/call` server, and the supervisor of an HTTP-based one (which then holds the lease).
+        let hidden_secrets = env_type == EnvType::Function || supervisor.is_some();
+        let lease_port = (supervisor.is_some() && launch.lease.is_some()).then_some(crate::server::SUPERVISOR_LEASE_PORT);
         if !launch.keep {
             super::owner_watch::ensure();
         }
-        let id = create(&docker, &launch, env_type, container_port, watch_stdin, entrypoint).await?;
+        let shape = Shape { env_type, container_port, watch_stdin, entrypoint, hidden_secrets, lease_port };
+        let id = create(&docker, &launch, &shape).await?;
         registry::track_container(&id);
         let logs = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES)));
         let exited = Arc::new(AtomicBool::new(false));
         let server = DockerServer { id: id.clone(), env_type, stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() };
 
         let outcome = async {
+            let mut files = super::context::ContextArchive::new();
+            if hidden_secrets {
+                let secrets = Secrets { token: Some(launch.token.to_string()), env: launch.env_vars.clone() };
+                let json = serde_json::to_vec(&secrets).map_err(|err| format!("cannot encode the secrets: {err}"))?;
+                files.add_bytes(SECRETS_PATH.trim_start_matches('/'), &json, 0o444).map_err(|err| format!("cannot pack the secrets: {err}"))?;
+            }
             if let Some(supervisor) = &supervisor {
-                supervisor.copy_into(&docker, &id).await?;
+                files.add_bytes(SUPERVISOR_PATH.trim_start_matches('/'), &supervisor.binary, 0o755).map_err(|err| format!("cannot pack the supervisor: {err}"))?;
+            }
+            if hidden_secrets || supervisor.is_some() {
+                let archive = files.finish().map_err(|err| format!("cannot pack files for the container: {err}"))?;
+                let upload = bollard::query_parameters::UploadToContainerOptionsBuilder::default().path("/").build();
+                docker
+                    .upload_to_container(&id, Some(upload), bollard::body_full(archive.into()))
+                    .await
+                    .map_err(|err| format!("cannot copy Rayfine's files into the container: {err}"))?;
             }
             let attach_options = AttachContainerOptionsBuilder::default().stream(true).logs(true).stdout(true).stderr(true).stdin(watch_stdin).build();
             let attached = docker.attach_container(&id, Some(attach_options)).await.map_err(|err| format!("cannot attach to the container: {err}"))?;
@@ -143,18 +179,22 @@ impl DockerServer {
             tokio::spawn(pump_output(attached.output, launch.name.to_string(), logs.clone(), events_tx, exited.clone()));
             docker.start_container(&id, None).await.map_err(|err| format!("the engine cannot start the container: {err}"))?;
             let port = published_port(&docker, &id, container_port).await?;
+            let lease_port = match lease_port {
+                Some(inside) => Some(published_port(&docker, &id, inside).await?),
+                None => None,
+            };
             let deadline = Instant::now() + launch.startup_timeout;
             match env_type {
                 EnvType::Function => wait_for_server(events_rx, port, deadline).await?,
                 EnvType::Http => wait_for_http(port, deadline, &exited).await?,
             }
-            Ok::<u16, String>(port)
+            Ok::<(u16, Option<u16>), String>((port, lease_port))
         }
         .await
         .map_err(|err| err.to_string());
 
         match outcome {
-            Ok(port) => Ok(Started { server, port, env_type }),
+            Ok((port, lease_port)) => Ok(Started { server, port, env_type, lease_port }),
             Err(reason) => {
                 // Give the output pump a moment to read the container's last words.
                 let wait_exit = async {
@@ -253,22 +293,6 @@ struct Supervisor {
     entrypoint: Vec<String>,
 }
 
-impl Supervisor {
-    /// Copies the binary into the created, not yet started, container.
-    async fn copy_into(&self, docker: &Docker, id: &str) -> Result<(), String> {
-        let mut files = super::context::ContextArchive::new();
-        let archive = files
-            .add_bytes(SUPERVISOR_PATH.trim_start_matches('/'), &self.binary, 0o755)
-            .and_then(|()| files.finish())
-            .map_err(|err| format!("cannot pack the supervisor: {err}"))?;
-        let upload = bollard::query_parameters::UploadToContainerOptionsBuilder::default().path("/").build();
-        docker
-            .upload_to_container(id, Some(upload), bollard::body_full(archive.into()))
-            .await
-            .map_err(|err| format!("cannot copy the supervisor into the container: {err}"))
-    }
-}
-
 /// The command the image runs: its entrypoint followed by its cmd.
 fn image_command(config: &Option<bollard::models::ImageConfig>) -> Vec<String> {
     let Some(config) = config else { return Vec::new() };
@@ -296,25 +320,27 @@ fn supervisor_for(image: &str, command: Vec<String>) -> Option<Supervisor> {
 }
 
 /// Creates the container; returns its id.
-async fn create(
-    docker: &Docker,
-    launch: &DockerLaunch<'_>,
-    env_type: EnvType,
-    container_port: u16,
-    watch_stdin: bool,
-    entrypoint: Option<Vec<String>>,
-) -> Result<String> {
-    let port_key = format!("{container_port}/tcp");
-    let mut env: Vec<String> = launch.env_vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+async fn create(docker: &Docker, launch: &DockerLaunch<'_>, shape: &Shape) -> Result<String> {
+    let env_type = shape.env_type;
+    let port_key = format!("{}/tcp", shape.container_port);
+    let mut env: Vec<String> = Vec::new();
+    if shape.hidden_secrets {
+        env.push(format!("{SECRETS_FILE_ENV}={SECRETS_PATH}"));
+    } else {
+        env.extend(launch.env_vars.iter().map(|(k, v)| format!("{k}={v}")));
+    }
     // Read by the server of a function-based environment and by the supervisor of an HTTP one.
-    if watch_stdin {
+    if shape.watch_stdin {
         env.push("RAYFINE_EXIT_ON_STDIN_EOF=true".into());
     }
+    if let Some(lease) = launch.lease.filter(|_| env_type == EnvType::Function || shape.lease_port.is_some()) {
+        env.push(format!("RAYFINE_LEASE={}", lease.as_secs_f64()));
+    }
+    if let Some(lease_port) = shape.lease_port {
+        env.push(format!("RAYFINE_LEASE_PORT={lease_port}"));
+        env.push(format!("RAYFINE_LEASE_START_GRACE={}", launch.startup_timeout.as_secs_f64()));
+    }
     if env_type == EnvType::Function {
-        env.push(format!("{TOKEN_ENV}={}", launch.token));
-        if let Some(lease) = launch.lease {
-            env.push(format!("RAYFINE_LEASE={}", lease.as_secs_f64()));
-        }
         env.push(format!("RUST_LOG={}", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into())));
     }
     let mut container_labels: HashMap<String, String> = launch.labels.clone().into_iter().collect();
@@ -330,11 +356,11 @@ async fn create(
         (labels::KEEP.to_string(), launch.keep.to_string()),
     ]);
     let limits = launch.limits;
+    let mut exposed = vec![port_key];
+    exposed.extend(shape.lease_port.map(|port| format!("{port}/tcp")));
+    let loopback = || Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]);
     let host_config = HostConfig {
-        port_bindings: Some(HashMap::from([(
-            port_key.clone(),
-            Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
-        )])),
+        port_bindings: Some(exposed.iter().map(|key| (key.clone(), loopback())).collect()),
         // A container that exits (its owner died, its lease lapsed) removes itself.
         auto_remove: Some(!launch.keep),
         security_opt: Some(vec!["no-new-privileges:true".into()]),
@@ -347,15 +373,15 @@ async fn create(
         image: Some(launch.image.to_string()),
         env: Some(env),
         labels: Some(container_labels),
-        exposed_ports: Some(vec![port_key]),
-        attach_stdin: Some(watch_stdin),
+        exposed_ports: Some(exposed),
+        attach_stdin: Some(shape.watch_stdin),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        open_stdin: Some(watch_stdin),
-        stdin_once: Some(watch_stdin),
+        open_stdin: Some(shape.watch_stdin),
+        stdin_once: Some(shape.watch_stdin),
         tty: Some(false),
         // Replacing the entrypoint drops the image's cmd, which the supervisor's entrypoint holds.
-        entrypoint,
+        entrypoint: shape.entrypoint.clone(),
         host_config: Some(host_config),
         ..Default::default()
     };
