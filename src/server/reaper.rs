@@ -246,6 +246,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::zombie_processes)] // the reaper under test is what waits for it
     fn an_unregistered_zombie_child_is_reaped() {
         let child = std::process::Command::new("true").spawn().expect("spawn true");
         let pid = child.id();
