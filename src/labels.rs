@@ -30,6 +30,10 @@ pub const OWNER_PID: &str = "rayfine.owner_pid";
 pub const OWNER_START: &str = "rayfine.owner_start";
 /// `true` on environments meant to outlive their owner (`run --keep`).
 pub const KEEP: &str = "rayfine.keep";
+/// `true` on images whose server reads the token and variables from the secrets file
+/// (`protocol::SECRETS_PATH`). Images without it (older ones, affinetes') get them as
+/// environment variables, as they always did.
+pub const READS_SECRETS_FILE: &str = "rayfine.reads_secrets_file";
 
 /// This crate's version, for the `rayfine.version` label.
 pub const RAYFINE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -42,13 +46,30 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether the owner a container names is still running: same pid, same start time.
+/// Whether the owner a container names is still running: same pid, same start time, and not a
+/// zombie (a dead owner whose parent has not reaped it yet).
 pub fn owner_alive(pid: Option<u32>, start: Option<u64>) -> bool {
+    let running = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next()).is_some_and(|state| state != "Z")
+    };
     match (pid, start) {
-        (Some(pid), Some(start)) if pid > 0 => process_start_time(pid) == Some(start),
-        (Some(pid), None) if pid > 0 => process_start_time(pid).is_some(),
+        (Some(pid), Some(start)) if pid > 0 => process_start_time(pid) == Some(start) && running(pid),
+        (Some(pid), None) if pid > 0 => running(pid),
         _ => false,
     }
+}
+
+/// The labels that name this process as the owner of what it creates, not kept: the owner
+/// watchdog and `cleanup --orphans` find by them what a dead owner left.
+pub fn owned_by_this_process() -> Vec<(String, String)> {
+    let me = std::process::id();
+    vec![
+        (MANAGED.to_string(), "true".to_string()),
+        (OWNER_PID.to_string(), me.to_string()),
+        (OWNER_START.to_string(), process_start_time(me).map(|s| s.to_string()).unwrap_or_default()),
+        (KEEP.to_string(), "false".to_string()),
+    ]
 }
 
 #[cfg(test)]

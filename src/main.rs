@@ -2,6 +2,7 @@
 //! runs, and turns an error into one line and an exit code (0 ok, 1 the environment raised, 2 any
 //! other failure).
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@
 //! it, so before its first container, an owner starts this one (`rayfine-server --watch-owner
 //! PID:START`, in a process group of its own) and holds the only write end of its stdin. When the
 //! owner dies, the kernel closes that pipe; the watchdog then removes every container labelled with
-//! the owner's pid and start time and not kept, and sweeps again for a few seconds, for creates
+//! the owner's pid and start time and not kept, and sweeps again for thirty seconds, for creates
 //! that were still in flight in the engine.
 //!
 //! It talks to the engine with a few lines of HTTP/1.0 over its socket rather than a Docker
@@ -19,9 +19,16 @@ use std::time::{Duration, Instant};
 use crate::labels;
 
 /// When, after the owner is gone, the engine is swept again: a create sent just before the owner
-/// died may still be completing.
-const SWEEPS_AFTER_EXIT: [Duration; 5] =
-    [Duration::ZERO, Duration::from_millis(500), Duration::from_secs(2), Duration::from_secs(5), Duration::from_secs(10)];
+/// died may still be completing, slowly on a loaded engine.
+const SWEEPS_AFTER_EXIT: [Duration; 7] = [
+    Duration::ZERO,
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+    Duration::from_secs(30),
+];
 
 /// Errors of the watchdog.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 Standard library only, Python 3.8 or newer, so an image needs nothing but `python3`.
 
 The server talks to this process over a private channel made of the stdin and stdout it was started
-with: one JSON object per line each way. At start-up the worker moves that channel to fresh file
+with: one JSON object per line each way, in the shapes src/protocol/worker.rs documents (the error
+kinds below are its `FailureKind` names). At start-up the worker moves that channel to fresh file
 descriptors and points fd 0 at /dev/null and fd 1 at stderr, so whatever the environment prints goes
 to the log and can never corrupt the channel.
 
@@ -32,6 +33,7 @@ import inspect
 import json
 import os
 import queue
+import re
 import selectors
 import signal
 import sys
@@ -39,23 +41,36 @@ import threading
 import time
 import traceback
 
-CHANNEL_IN = os.dup(0)
-CHANNEL_OUT = os.dup(1)
-_null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_null, 0)
-os.close(_null)
-os.dup2(2, 1)
-try:
-    sys.stdout.reconfigure(line_buffering=True)
-except (AttributeError, ValueError):
-    pass
+# The channel to the server, set by `take_channel()` in `main()`: importing this module (as its unit
+# tests do) has no side effects.
+CHANNEL_IN = -1
+CHANNEL_OUT = -1
 
-# The server supervises this process: it ends it by closing the channel or with SIGKILL. Signals
-# sent to the whole process group (Ctrl-C in a terminal, a group SIGTERM on cleanup) are for the
-# server, which then shuts down in order. Python-level handlers, unlike SIG_IGN, are not inherited
-# by programs the environment starts.
-for _signal in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(_signal, lambda signum, frame: None)
+
+def take_channel():
+    """Moves the channel (the stdin and stdout this process was started with) to fresh descriptors,
+    points fd 0 at /dev/null and fd 1 at stderr, so that whatever the environment prints goes to
+    the log and never into the channel; and leaves stop signals to the server.
+
+    The server supervises this process: it ends it by closing the channel or with SIGKILL. Signals
+    sent to the whole process group (Ctrl-C in a terminal, a group SIGTERM on cleanup) are for the
+    server, which then shuts down in order. Python-level handlers, unlike SIG_IGN, are not
+    inherited by programs the environment starts.
+    """
+    global CHANNEL_IN, CHANNEL_OUT
+    CHANNEL_IN = os.dup(0)
+    CHANNEL_OUT = os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda signum, frame: None)
+
 
 MAX_SYNC_THREADS = int(os.environ.get("RAYFINE_MAX_SYNC_THREADS", "512"))
 SPIN_SECONDS = int(os.environ.get("RAYFINE_WORKER_SPIN_US", "0")) / 1e6
@@ -90,10 +105,14 @@ def send_json(obj):
     send(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
 
+# This file's name as Python compiled it (the server may run it as /proc/self/fd/N).
+WORKER_FILE = __file__
+
+
 def exception_info(exc):
     tb = exc.__traceback__
     # The worker's own frames say nothing about the environment's error.
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
         tb = tb.tb_next
     return {
         "type": type(exc).__name__,
@@ -117,6 +136,17 @@ def reject_constant(name):
 
 # One decoder for all messages: json.loads with hooks would build a new one for every call.
 DECODER = json.JSONDecoder(parse_float=finite_float, parse_constant=reject_constant)
+
+
+CALL_PREFIX = re.compile(rb'^\{"id":(\d+),')
+
+
+def call_id_of(line):
+    """The id of a call line that cannot be decoded whole. The server writes every call as
+    `{"id":N,"method":...}` with the id first (src/protocol/worker.rs), so the id is read from
+    that prefix; None for a line that does not start so."""
+    match = CALL_PREFIX.match(line)
+    return int(match.group(1)) if match else None
 
 
 class NotSerializable(TypeError):
@@ -394,10 +424,9 @@ class Worker:
         try:
             message = DECODER.decode(line.decode())
         except (ValueError, RecursionError) as exc:
-            # The server writes the id first: answer the call rather than leave it hanging.
-            try:
-                call_id = int(line[6:line.index(b",")])
-            except ValueError:
+            # A call whose arguments cannot be decoded is still answered: its id comes first.
+            call_id = call_id_of(line)
+            if call_id is None:
                 log("dropped a malformed message: %s" % exc)
                 return
             send(error_message(call_id, "bad_request", "BadRequest", "arguments cannot be decoded: %s" % exc))
@@ -459,6 +488,10 @@ class Worker:
 
 
 def main():
+    take_channel()
+    # multiprocessing's spawn and forkserver children re-run the main module from its file when
+    # it has one; this one is not theirs to run (and /proc/self/fd/N is not theirs to open).
+    sys.modules["__main__"].__dict__.pop("__file__", None)
     env_path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RAYFINE_ENV_PATH", "/app/env.py")
     selector = SpinningSelector()
     loop = asyncio.SelectorEventLoop(selector)

@@ -21,11 +21,17 @@ struct Cli {
     command: Vec<String>,
 }
 
+/// The most runtime threads the server starts.
+const MAX_THREADS: usize = 4;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging("info", true);
     exit_on_panic();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A few threads serve one environment well; one per core of a large host would only use up a
+    // container's pids limit.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("rayfine-server: cannot start the async runtime: {err}");

@@ -36,7 +36,7 @@ pub enum Command {
     /// Serve an environment's env.py over HTTP (the in-container server).
     Serve(ServeArgs),
     /// Measure call cost, throughput, start-up, fan-out, memory and builds, each beside its floor.
-    Bench(super::bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

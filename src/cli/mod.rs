@@ -1,7 +1,6 @@
 //! The `rayfine` command: thin wrappers over the library, text for people, `--json` for scripts.
 
 pub mod args;
-mod bench;
 mod output;
 mod records;
 
@@ -27,7 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rayfine::server::exit_on_panic();
             Ok(rayfine::server::serve(args.config).await?)
         }
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 

@@ -191,7 +191,13 @@ impl EnvironmentWrapper {
         }
         match &self.inner.backend {
             Backend::Process(server) => server.stop().await,
-            Backend::Docker(server) => server.stop().await?,
+            Backend::Docker(server) => {
+                if let Err(err) = server.stop().await {
+                    // Not closed after all: a later cleanup tries again, and says so again.
+                    self.inner.closed.store(false, Ordering::SeqCst);
+                    return Err(err);
+                }
+            }
             Backend::Remote => {}
         }
         Ok(())

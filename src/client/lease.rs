@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use once_cell::sync::Lazy;
 use parking_lot::{Condvar, Mutex};
 
-use crate::server::LEASE_PATH;
+use crate::protocol::LEASE_PATH;
 
 /// Default lease: long enough that a busy machine never misses one renewal in four, short
 /// enough that a frozen owner's environments go within about a minute.

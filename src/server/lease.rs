@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::worker::{Phase, Supervisor};
 
-/// Path of the renewal endpoint; under `/_rayfine/` so it can never shadow an environment's
-/// method in `POST /{method}`.
-pub const LEASE_PATH: &str = "/_rayfine/lease";
+pub use crate::protocol::LEASE_PATH;
 
 /// When the last renewal arrived, shared by the router and the watcher.
 #[derive(Debug)]

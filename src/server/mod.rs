@@ -118,8 +118,8 @@ pub struct ServerConfig {
     /// containers it left (see `rayfine::watchdog`). Started by the client, not by hand.
     #[arg(long = "watch-owner", value_name = "PID:START", hide = true)]
     pub watch_owner: Option<crate::watchdog::Owner>,
-    /// A JSON file with the token and the environment's variables, read once and deleted (the
-    /// client copies it into the container so that `docker inspect` shows neither).
+    /// A JSON file with the token and the environment's variables (the client copies it into the
+    /// container so that `docker inspect` shows neither).
     #[arg(long = "secrets-file", env = crate::protocol::SECRETS_FILE_ENV)]
     pub secrets_file: Option<PathBuf>,
     /// With --supervise and a lease: the port on which lease renewals are taken (the supervised
@@ -190,7 +190,7 @@ impl ScriptFile {
         }
         let failed = |source| ServeError::WorkerScript { path: PathBuf::from("memfd:rayfine-worker"), source };
         // SAFETY: memfd_create takes a NUL-terminated name and flags; the fd it returns is ours.
-        let fd = unsafe { libc::memfd_create(c"rayfine-worker.py".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(c"rayfine-worker.py".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         if fd < 0 {
             return Err(failed(std::io::Error::last_os_error()));
         }
@@ -198,6 +198,13 @@ impl ScriptFile {
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let mut file = std::fs::File::from(fd);
         file.write_all(WORKER_SCRIPT.as_bytes()).map_err(failed)?;
+        // Sealed: the environment runs with this descriptor and must not rewrite the script the
+        // next worker runs.
+        let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
         Ok(ScriptFile::Memory(file.into()))
     }
 
@@ -341,7 +348,7 @@ pub async fn run(
             }
         }
     }
-    supervisor.shutdown();
+    supervisor.stop().await;
     drop(script);
     Ok(())
 }

@@ -106,27 +106,46 @@ pub(crate) fn reap_orphans() {
     }
 }
 
+/// Whether the leader given to [`kill_tree`] has been waited for. Its pid may then be reused by
+/// an unrelated process, so nothing is found through it any more but its process group, which
+/// the kernel does not reuse while a member lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leader {
+    /// Alive or a zombie: its pid is still its own.
+    Unreaped,
+    /// Waited for.
+    Reaped,
+}
+
 /// Kills `leader`'s process group and every process below it, including those that left the
 /// group (a new session, a daemon) and, when orphans are ours, those orphaned on the way. A fork
 /// bomb forks as fast as it is killed, so this goes on until nothing is left, reaping as it goes
 /// so that the pids the bomb held are free again. Bounded by [`KILL_TREE_LIMIT`].
-pub(crate) async fn kill_tree(leader: Option<u32>) {
+pub(crate) async fn kill_tree(leader: Option<u32>, state: Leader) {
     let Some(leader) = leader else { return };
     let deadline = Instant::now() + KILL_TREE_LIMIT;
     let me = std::process::id();
     loop {
-        // The table first: once the leader dies, what it started is no longer below it.
+        // The table first: once the leader dies, what it started is no longer below it. Read on
+        // this thread: a fork bomb has taken every pid, so no thread can be started to read it.
         let all = processes();
         let adopting = ADOPTING.load(Ordering::SeqCst);
-        let mut roots = vec![leader];
+        let group_lives = all.iter().any(|p| p.group == leader && p.state != 'Z');
+        let mut roots = match state {
+            Leader::Unreaped => vec![leader],
+            // Nothing is below a reaped pid but what an unrelated process that took it started.
+            Leader::Reaped => Vec::new(),
+        };
         if adopting {
             let own = OWN_CHILDREN.lock();
             roots.extend(all.iter().filter(|p| p.parent == me && p.state != 'Z' && !own.contains(&p.pid)).map(|p| p.pid));
         }
         let mut targets = below(&all, &roots);
-        targets.extend(roots.iter().skip(1));
+        targets.extend(roots.iter().filter(|pid| **pid != leader));
         targets.extend(all.iter().filter(|p| p.group == leader && p.state != 'Z' && p.pid != leader).map(|p| p.pid));
-        super::signal_group(Some(leader), libc::SIGKILL);
+        if state == Leader::Unreaped || group_lives {
+            super::signal_group(Some(leader), libc::SIGKILL);
+        }
         for pid in &targets {
             // SAFETY: kill() touches no memory. These pids were read from /proc a moment ago; one
             // that exited since may have been reused, which is why only SIGKILL's own subtree
@@ -287,18 +306,27 @@ mod tests {
             .spawn()
             .expect("spawn sh");
         let pid = child.id();
+        // Both sleeps started, one of them in a session (and group) of its own.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut found = Vec::new();
-        while found.len() < 2 && std::time::Instant::now() < deadline {
-            found = below(&processes(), &[pid]);
+        let started = || {
+            let all = processes();
+            let found = below(&all, &[pid]);
+            let left_group = all.iter().filter(|p| found.contains(&p.pid) && p.group != pid).count();
+            (found, left_group)
+        };
+        let (mut found, mut left_group) = started();
+        while (found.len() < 2 || left_group < 1) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
+            (found, left_group) = started();
         }
-        assert_eq!(found.len(), 2, "{found:?}");
-        let left_group = processes().into_iter().filter(|p| found.contains(&p.pid) && p.group != pid).count();
-        assert_eq!(left_group, 1, "setsid moved one sleep out of the group");
-        kill_tree(Some(pid)).await;
+        assert_eq!((found.len(), left_group), (2, 1), "{found:?}");
+        kill_tree(Some(pid), Leader::Unreaped).await;
         let _ = child.wait();
-        let live: Vec<Process> = processes().into_iter().filter(|p| found.contains(&p.pid) && p.state != 'Z').collect();
-        assert!(live.is_empty(), "survivors: {live:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let live = || processes().into_iter().filter(|p| found.contains(&p.pid) && p.state != 'Z').collect::<Vec<_>>();
+        while !live().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(live().is_empty(), "survivors: {:?}", live());
     }
 }

@@ -15,18 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::channel::{Inbox, Outbox};
-use super::reaper;
+use super::reaper::{self, Leader};
+use crate::protocol::worker::{encode_call, encode_cancel, CallFailure, FailureKind, WorkerMessage};
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 
-/// How to start the worker.
-#[derive(Debug, Clone)]
+/// How to start the worker. Its `Debug` leaves out the variables' values: they may be secrets.
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// Python interpreter to run.
     pub python: String,
@@ -46,6 +46,18 @@ pub struct WorkerConfig {
     pub spin: Duration,
     /// The worker's CPU priority, inherited by everything it starts (see `--worker-priority`).
     pub priority: WorkerPriority,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("python", &self.python)
+            .field("script", &self.script)
+            .field("env_path", &self.env_path)
+            .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The CPU priority of the worker and of everything it starts.
@@ -96,32 +108,6 @@ pub enum CallError {
     WorkerLost(String),
 }
 
-/// A reply as the worker sent it; `result` stays raw JSON.
-#[derive(Deserialize)]
-struct Reply<'a> {
-    id: Option<u64>,
-    #[serde(borrow, default)]
-    result: Option<&'a RawValue>,
-    #[serde(default)]
-    error: Option<ReplyError>,
-    #[serde(default)]
-    ready: bool,
-    #[serde(default)]
-    methods: Option<Vec<MethodInfo>>,
-    #[serde(default)]
-    fatal: Option<ErrorInfo>,
-}
-
-#[derive(Deserialize)]
-struct ReplyError {
-    kind: String,
-    #[serde(rename = "type")]
-    exc_type: String,
-    message: String,
-    #[serde(default)]
-    traceback: String,
-}
-
 type Outcome = Result<Box<RawValue>, CallError>;
 
 /// A method and how long its last call took, which decides whether the next one polls.
@@ -170,7 +156,7 @@ impl Session {
 
     /// Routes one message from the worker to the call waiting for it.
     fn on_message(&self, line: &[u8]) {
-        let reply: Reply = match serde_json::from_slice(line) {
+        let reply: WorkerMessage = match serde_json::from_slice(line) {
             Ok(reply) => reply,
             Err(err) => {
                 tracing::warn!("ignored a malformed message from the worker: {err}");
@@ -228,6 +214,8 @@ struct Shared {
     stop: Notify,
     /// How long a call alone in flight polls for its reply.
     reply_poll: Duration,
+    /// Turns true when the supervision loop has ended, the worker and all it started killed.
+    ended: watch::Receiver<bool>,
 }
 
 /// Tells the worker how long to poll for the next call before it sleeps, in microseconds.
@@ -243,15 +231,29 @@ impl Supervisor {
     /// and the server shuts down.
     pub fn start(config: WorkerConfig) -> Supervisor {
         let (phase, _) = watch::channel(Phase::Starting);
+        let (ended_tx, ended) = watch::channel(false);
         let shared = Arc::new(Shared {
             session: RwLock::new(None),
             phase,
             next_id: AtomicU64::new(1),
             stop: Notify::new(),
             reply_poll: config.spin,
+            ended,
         });
-        tokio::spawn(supervise(config, Arc::downgrade(&shared)));
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            supervise(config, weak).await;
+            ended_tx.send_replace(true);
+        });
         Supervisor { shared }
+    }
+
+    /// Kills the worker and everything it started, and returns once that is done (bounded): a
+    /// server about to exit must not leave an escaped process of the environment behind.
+    pub async fn stop(&self) {
+        self.shutdown();
+        let mut ended = self.shared.ended.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(15), ended.wait_for(|ended| *ended)).await;
     }
 
     /// Kills the worker and ends supervision; calls in flight fail with [`CallError::WorkerLost`].
@@ -329,7 +331,7 @@ impl Supervisor {
     fn on_timeout(&self, session: &Session, id: u64, info: &MethodInfo, limit: Duration) -> CallError {
         session.pending.lock().remove(&id);
         let action = if info.is_async {
-            let _ = session.outbox.send(format!("{{\"cancel\":{id}}}\n").as_bytes());
+            let _ = session.outbox.send(&encode_cancel(id));
             "the call was cancelled"
         } else {
             tracing::warn!(method = %info.name, "sync call timed out; restarting the worker to stop it");
@@ -347,17 +349,6 @@ fn unavailable_reason(phase: &Phase) -> String {
         Phase::Restarting(why) => format!("the worker is restarting: {why}"),
         Phase::Failed(error) => format!("the environment failed to load: {}: {}", error.kind, error.message),
     }
-}
-
-fn encode_call(id: u64, method: &str, args: &str, kwargs: &str) -> Vec<u8> {
-    let method = serde_json::to_string(method).expect("a string always serializes");
-    let mut line = Vec::with_capacity(40 + method.len() + args.len() + kwargs.len());
-    line.extend_from_slice(format!("{{\"id\":{id},\"method\":{method},\"args\":").as_bytes());
-    line.extend_from_slice(args.as_bytes());
-    line.extend_from_slice(b",\"kwargs\":");
-    line.extend_from_slice(kwargs.as_bytes());
-    line.extend_from_slice(b"}\n");
-    line
 }
 
 /// The supervision loop: start, wait for ready, serve until death or kill, back off, repeat.
@@ -419,8 +410,8 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
     };
     let pid = child.id();
     let end = serve_worker(shared, ever_ready, &mut child).await;
-    // Whatever the worker started goes with it, however it ended.
-    reaper::kill_tree(pid).await;
+    // Whatever the worker started goes with it, however it ended (serve_worker waited for it).
+    reaper::kill_tree(pid, Leader::Reaped).await;
     let _ = child.wait().await;
     reaper::disown(pid);
     end
@@ -437,7 +428,7 @@ async fn serve_worker(shared: &Shared, ever_ready: &mut bool, child: &mut Child)
     let (methods, method_list) = match read_handshake(&mut lines).await {
         Ok(methods) => methods,
         Err(error) => {
-            reaper::kill_tree(pid).await;
+            reaper::kill_tree(pid, Leader::Unreaped).await;
             let status = child.wait().await.ok();
             let mut error = error;
             if error.kind == "WorkerExited" {
@@ -463,12 +454,12 @@ async fn serve_worker(shared: &Shared, ever_ready: &mut bool, child: &mut Child)
     let end = tokio::select! {
         status = child.wait() => RunEnd::Exited(format!("the worker exited: {}", describe_status(status.ok()))),
         _ = session.kill.notified() => {
-            reaper::kill_tree(pid).await;
+            reaper::kill_tree(pid, Leader::Unreaped).await;
             let _ = child.wait().await;
             RunEnd::Killed
         }
         _ = shared.stop.notified() => {
-            reaper::kill_tree(pid).await;
+            reaper::kill_tree(pid, Leader::Unreaped).await;
             let _ = child.wait().await;
             RunEnd::Stopped
         }
@@ -532,18 +523,28 @@ fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
     }
     if config.priority == WorkerPriority::Idle {
         // SAFETY: setpriority and sched_setscheduler are plain system calls, safe between fork
-        // and exec. Lowering one's own priority needs no privilege.
+        // and exec. Lowering one's own priority needs no privilege; where it is refused anyway
+        // (gVisor knows only SCHED_NORMAL, a strict seccomp profile) the worker runs as it is,
+        // and the parent says so below.
         unsafe {
             command.pre_exec(|| {
                 let param = libc::sched_param { sched_priority: 0 };
-                if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 || libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
                 Ok(())
             });
         }
     }
-    reaper::spawn_owned(&mut command)
+    let child = reaper::spawn_owned(&mut command)?;
+    if config.priority == WorkerPriority::Idle {
+        // SAFETY: reads the scheduling policy of our own child.
+        let policy = child.id().map(|pid| unsafe { libc::sched_getscheduler(pid as libc::pid_t) });
+        if policy.is_some_and(|p| p >= 0 && p != libc::SCHED_IDLE) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| tracing::warn!("the worker could not be given the idle CPU priority; a runaway environment may starve this server"));
+        }
+    }
+    Ok(child)
 }
 
 fn env_dir(env_path: &std::path::Path) -> Option<PathBuf> {
@@ -610,7 +611,7 @@ async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<MethodTabl
         Ok(0) | Err(_) => return Err(exited()),
         Ok(_) => {}
     }
-    let reply: Reply = serde_json::from_slice(&line).map_err(|err| ErrorInfo {
+    let reply: WorkerMessage = serde_json::from_slice(&line).map_err(|err| ErrorInfo {
         kind: "ProtocolError".into(),
         message: format!("the worker's first message is not valid: {err}"),
         traceback: String::new(),
@@ -631,12 +632,13 @@ fn null_value() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("null is valid JSON")
 }
 
-fn reply_error(error: ReplyError) -> CallError {
-    match error.kind.as_str() {
-        "args" => CallError::InvalidArguments(error.message),
-        "serialize" => CallError::NotSerializable(error.message),
-        "not_found" => CallError::NotFound { method: error.message, available: String::new() },
-        "bad_request" => CallError::InvalidArguments(error.message),
-        _ => CallError::Raised(ErrorInfo { kind: error.exc_type, message: error.message, traceback: error.traceback }),
+fn reply_error(error: CallFailure) -> CallError {
+    match error.kind {
+        FailureKind::Args | FailureKind::BadRequest => CallError::InvalidArguments(error.message),
+        FailureKind::Serialize => CallError::NotSerializable(error.message),
+        FailureKind::NotFound => CallError::NotFound { method: error.message, available: String::new() },
+        FailureKind::Raised | FailureKind::Unknown => {
+            CallError::Raised(ErrorInfo { kind: error.exc_type, message: error.message, traceback: error.traceback })
+        }
     }
 }

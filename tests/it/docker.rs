@@ -251,6 +251,8 @@ fn http_env_goes_when_its_owner_is_frozen() {
     );
     super::util::wait_for_line(&mut owner, "LOADED", Duration::from_secs(60));
     assert_eq!(scope.containers().len(), 2);
+    // The first renewals (sent at once, then every 0.5 s) start the supervisors' clocks.
+    std::thread::sleep(Duration::from_secs(1));
     // SAFETY: signals the child this test started.
     unsafe { libc::kill(owner.id() as i32, libc::SIGSTOP) };
     let frozen = std::time::Instant::now();

@@ -82,6 +82,7 @@ async fn sigkill_of_the_owner_at_any_moment_of_a_start_leaves_nothing() {
     let scope = DockerScope::new("startkill");
     let tag = hostile_image(&scope).await;
     let state = tempfile::tempdir().unwrap();
+    let since = docker_lines(&["system", "info", "--format", "{{json .SystemTime}}"]).join("").trim_matches('"').to_string();
     let moments_ms = [0u64, 20, 40, 70, 100, 150, 250, 400, 700, 1200];
     let mut owners = Vec::new();
     for delay in moments_ms {
@@ -98,7 +99,17 @@ async fn sigkill_of_the_owner_at_any_moment_of_a_start_leaves_nothing() {
         owner.wait().unwrap();
         owners.push(owner.id());
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The test means something only if some owners got as far as a container.
+    let until = docker_lines(&["system", "info", "--format", "{{json .SystemTime}}"]).join("").trim_matches('"').to_string();
+    let created: usize = owners
+        .iter()
+        .map(|pid| {
+            let filter = format!("label=rayfine.owner_pid={pid}");
+            docker_lines(&["events", "--since", &since, "--until", &until, "--filter", "event=create", "--filter", &filter]).len()
+        })
+        .sum();
+    assert!(created >= 3, "only {created} of the ten owners created a container before being killed");
+    let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let left: Vec<String> = owners
             .iter()
@@ -182,6 +193,18 @@ async fn a_worker_killed_from_outside_is_not_called_out_of_memory() {
     let err = env.call("nap", json!({"seconds": 30})).await.unwrap_err().to_string();
     killer.await.unwrap();
     assert!(err.contains("SIGKILL") && !err.contains("out of memory"), "{err}");
+    env.cleanup().await.unwrap();
+    env_dir.assert_no_process_left();
+}
+
+/// A process the environment started in a session of its own (a daemon) is not in the worker's
+/// process group; it still goes with the environment.
+#[tokio::test]
+async fn a_process_that_left_the_workers_group_goes_with_the_environment() {
+    let env_dir = EnvCopy::of("hostile");
+    let env = load_env(LoadOptions::folder(env_dir.path())).await.unwrap();
+    assert_eq!(env.call("escape", json!({"seconds": 600})).await.unwrap(), json!(true));
+    assert!(env_dir.processes().len() >= 3, "server, worker and the escaped process: {:?}", env_dir.processes());
     env.cleanup().await.unwrap();
     env_dir.assert_no_process_left();
 }

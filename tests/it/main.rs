@@ -7,5 +7,6 @@ mod docker_util;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod python_worker;
 mod server;
 mod util;

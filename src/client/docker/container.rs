@@ -139,8 +139,10 @@ impl DockerServer {
 
         let entrypoint = supervisor.as_ref().map(|s| s.entrypoint.clone());
         // The token and the variables go in a file wherever Rayfine's server reads them: the
-        // `/call` server, and the supervisor of an HTTP-based one (which then holds the lease).
-        let hidden_secrets = env_type == EnvType::Function || supervisor.is_some();
+        // `/call` server of an image this version built, and the supervisor of an HTTP-based one
+        // (which then holds the lease). Older images and affinetes' get environment variables.
+        let reads_file = image_labels.get(labels::READS_SECRETS_FILE).is_some_and(|v| v == "true");
+        let hidden_secrets = (env_type == EnvType::Function && reads_file) || supervisor.is_some();
         let lease_port = (supervisor.is_some() && launch.lease.is_some()).then_some(crate::server::SUPERVISOR_LEASE_PORT);
         if !launch.keep {
             super::owner_watch::ensure();
@@ -155,7 +157,8 @@ impl DockerServer {
         let outcome = async {
             let mut files = super::context::ContextArchive::new();
             if hidden_secrets {
-                let secrets = Secrets { token: Some(launch.token.to_string()), env: launch.env_vars.clone() };
+                let (_, secret_env) = split_settings(launch.env_vars);
+                let secrets = Secrets { token: Some(launch.token.to_string()), env: secret_env };
                 let json = serde_json::to_vec(&secrets).map_err(|err| format!("cannot encode the secrets: {err}"))?;
                 files.add_bytes(SECRETS_PATH.trim_start_matches('/'), &json, 0o444).map_err(|err| format!("cannot pack the secrets: {err}"))?;
             }
@@ -264,6 +267,13 @@ impl DockerServer {
     }
 }
 
+/// Splits the variables given for a container into the server's own settings (`RAYFINE_*`,
+/// `RUST_LOG`), which stay in its configuration where the server reads them, and the rest, which
+/// are the environment's and may be secrets.
+fn split_settings(vars: &BTreeMap<String, String>) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    vars.iter().map(|(k, v)| (k.clone(), v.clone())).partition(|(k, _)| k.starts_with("RAYFINE_") || k == "RUST_LOG")
+}
+
 /// How container `id` ended, as the engine tells it; `None` while it runs (or if the engine
 /// cannot be asked).
 pub async fn describe_exit(id: &str) -> Option<String> {
@@ -326,8 +336,13 @@ async fn create(docker: &Docker, launch: &DockerLaunch<'_>, shape: &Shape) -> Re
     let mut env: Vec<String> = Vec::new();
     if shape.hidden_secrets {
         env.push(format!("{SECRETS_FILE_ENV}={SECRETS_PATH}"));
+        let (settings, _) = split_settings(launch.env_vars);
+        env.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
     } else {
         env.extend(launch.env_vars.iter().map(|(k, v)| format!("{k}={v}")));
+        if env_type == EnvType::Function {
+            env.push(format!("{}={}", crate::protocol::TOKEN_ENV, launch.token));
+        }
     }
     // Read by the server of a function-based environment and by the supervisor of an HTTP one.
     if shape.watch_stdin {
@@ -508,6 +523,11 @@ const REMOVE_LIMIT: Duration = Duration::from_secs(60);
 /// Force-removes a container with its volumes and waits until the engine no longer knows it,
 /// asking again while the engine refuses. An error says the container is still there.
 pub(crate) async fn remove_and_wait(docker: &Docker, id: &str) -> Result<()> {
+    remove_and_wait_within(docker, id, REMOVE_LIMIT, Duration::from_secs(2)).await
+}
+
+/// [`remove_and_wait`], asking again every `every` for up to `limit`.
+async fn remove_and_wait_within(docker: &Docker, id: &str, limit: Duration, every: Duration) -> Result<()> {
     let started = Instant::now();
     let mut refusal: Option<bollard::errors::Error> = None;
     loop {
@@ -521,19 +541,19 @@ pub(crate) async fn remove_and_wait(docker: &Docker, id: &str) -> Result<()> {
                 refusal = Some(err);
             }
         }
-        // Gone at once, usually; otherwise ask again every two seconds.
-        let ask_again = Instant::now() + Duration::from_secs(2);
+        // Gone at once, usually; otherwise ask again.
+        let ask_again = Instant::now() + every;
         while Instant::now() < ask_again {
             match docker.inspect_container(id, None).await {
                 Err(err) if is_not_found(&err) => return Ok(()),
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
-        if started.elapsed() > REMOVE_LIMIT {
+        if started.elapsed() > limit {
             let short = &id[..12.min(id.len())];
             return Err(match refusal {
-                Some(source) => Error::Docker { context: format!("container {short} is still there after {} s of removal attempts", REMOVE_LIMIT.as_secs()), source },
-                None => Error::ContainerRemains { id: short.to_string(), seconds: REMOVE_LIMIT.as_secs() },
+                Some(source) => Error::Docker { context: format!("container {short} is still there after {} s of removal attempts", limit.as_secs()), source },
+                None => Error::ContainerRemains { id: short.to_string(), seconds: limit.as_secs() },
             });
         }
         tracing::info!("container {id} is still there; asking the engine again to remove it");
@@ -561,4 +581,71 @@ pub(crate) fn remove_now(ids: Vec<String>) {
         });
     });
     let _ = worker.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::{delete, get};
+
+    use super::*;
+
+    /// An engine that refuses to remove its one container (`refusals` times, with the 500 a fork
+    /// bombed container gets), then removes it.
+    async fn stubborn_engine(refusals: usize) -> Docker {
+        #[derive(Clone)]
+        struct Engine {
+            refused: Arc<AtomicUsize>,
+            refusals: usize,
+            removed: Arc<AtomicBool>,
+        }
+        let engine = Engine { refused: Arc::default(), refusals, removed: Arc::default() };
+        let not_found = || (StatusCode::NOT_FOUND, r#"{"message":"No such container: c1"}"#);
+        let app = axum::Router::new()
+            .route(
+                "/containers/c1",
+                delete(|State(engine): State<Engine>| async move {
+                    if engine.refused.fetch_add(1, Ordering::SeqCst) < engine.refusals {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"Could not kill running container c1: PID 42 is zombie and can not be killed"}"#);
+                    }
+                    engine.removed.store(true, Ordering::SeqCst);
+                    (StatusCode::NO_CONTENT, "")
+                }),
+            )
+            .route(
+                "/containers/c1/json",
+                get(move |State(engine): State<Engine>| async move {
+                    if engine.removed.load(Ordering::SeqCst) {
+                        not_found()
+                    } else {
+                        (StatusCode::OK, r#"{"Id":"c1","State":{"Running":false}}"#)
+                    }
+                }),
+            )
+            // Anything else is an error, never a 404 that would read as "removed".
+            .fallback(|| async { StatusCode::IM_A_TEAPOT })
+            .with_state(engine);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Docker::connect_with_http(&format!("http://{addr}"), 5, bollard::API_DEFAULT_VERSION).unwrap()
+    }
+
+    #[tokio::test]
+    async fn removal_is_asked_again_while_the_engine_refuses() {
+        let docker = stubborn_engine(2).await;
+        remove_and_wait_within(&docker, "c1", Duration::from_secs(10), Duration::from_millis(100)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_container_the_engine_keeps_is_an_error_naming_it_not_a_success() {
+        let docker = stubborn_engine(usize::MAX).await;
+        let err = remove_and_wait_within(&docker, "c1", Duration::from_millis(500), Duration::from_millis(100)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("container c1 is still there") && text.contains("zombie"), "{text}");
+    }
 }

@@ -46,6 +46,8 @@ pub(crate) async fn add_server_layer(docker: &Docker, base: &str, tag: &str, ser
     files.add_bytes("rayfine/worker.py", worker, 0o644)?;
     let archive = files.finish()?;
 
+    // Only "managed": the committed image keeps this container's labels, and an image must not
+    // name an owner.
     let scratch_labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
     let body = ContainerCreateBody {
         image: Some(base.to_string()),

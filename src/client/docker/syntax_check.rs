@@ -32,6 +32,9 @@ except (SyntaxError, ValueError) as exc:
     sys.exit(3)
 "#;
 
+/// How long the check may take: compiling one file takes well under a second.
+const CHECK_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Exit code of [`CHECK`] for a syntax error.
 const SYNTAX_ERROR: i64 = 3;
 
@@ -42,11 +45,13 @@ pub(crate) async fn check_env_syntax(docker: &Docker, image: &str, tag: &str) ->
         image: Some(image.to_string()),
         entrypoint: Some(vec!["python3".into(), "-c".into(), CHECK.into()]),
         cmd: Some(Vec::new()),
-        labels: Some([(labels::MANAGED.to_string(), "true".to_string())].into_iter().collect()),
+        // Owned by this process, so the watchdog removes it if this process dies mid-check.
+        labels: Some(labels::owned_by_this_process().into_iter().collect()),
         network_disabled: Some(true),
         host_config: Some(HostConfig { auto_remove: Some(false), ..Default::default() }),
         ..Default::default()
     };
+    super::owner_watch::ensure();
     let name = format!("rayfine-check-{}", crate::client::random_hex(6)?);
     let created = docker
         .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
@@ -67,11 +72,16 @@ async fn run_check(docker: &Docker, id: &str, tag: &str) -> Result<()> {
         tracing::debug!("not checking env.py's syntax: {err}");
         return Ok(());
     }
-    let code = match docker.wait_container(id, None).next().await {
-        Some(Ok(answer)) => answer.status_code,
-        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-        Some(Err(err)) => return Err(Error::Docker { context: "cannot wait for the syntax check of env.py".into(), source: err }),
-        None => 0,
+    let waited = tokio::time::timeout(CHECK_LIMIT, docker.wait_container(id, None).next()).await;
+    let code = match waited {
+        Err(_) => {
+            tracing::warn!("env.py's syntax check took over {CHECK_LIMIT:?}; not checked");
+            return Ok(());
+        }
+        Ok(Some(Ok(answer))) => answer.status_code,
+        Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
+        Ok(Some(Err(err))) => return Err(Error::Docker { context: "cannot wait for the syntax check of env.py".into(), source: err }),
+        Ok(None) => 0,
     };
     if code != SYNTAX_ERROR {
         return Ok(());

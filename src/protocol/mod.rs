@@ -8,6 +8,8 @@
 //! - `GET /health` → `{"status": "ok"}` (200) or `{"status": <state>, "detail", "error"?}` (503)
 //! - any error → `{"status": "error", "detail", "error": {"type", "message", "traceback"}}`
 
+pub mod worker;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -182,6 +184,10 @@ pub const AUTH_HEADER: &str = "authorization";
 /// Environment variable through which the server receives its token.
 pub const TOKEN_ENV: &str = "RAYFINE_TOKEN";
 
+/// Path of the lease renewal endpoint; under `/_rayfine/` so it can never shadow an environment's
+/// method in `POST /{method}`.
+pub const LEASE_PATH: &str = "/_rayfine/lease";
+
 /// Names the file the client copies into a created container with the [`Secrets`]; set in the
 /// container's environment, where only the path shows.
 pub const SECRETS_FILE_ENV: &str = "RAYFINE_SECRETS_FILE";
@@ -194,7 +200,7 @@ pub const SECRETS_PATH: &str = "/rayfine/secrets.json";
 /// them into the created container as a file; the server reads it at start, keeps the token and
 /// passes the variables to the worker (or to the supervised command), never to be seen in
 /// `inspect`, `/proc/1/environ` or the server's own environment.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 pub struct Secrets {
     /// The bearer token the server requires.
     #[serde(default)]
@@ -202,4 +208,14 @@ pub struct Secrets {
     /// Environment variables for the environment's own code.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// Names only: the values are secrets.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
