@@ -113,13 +113,17 @@ impl DockerScope {
 impl Drop for DockerScope {
     fn drop(&mut self) {
         // A failing test still removes what it made (finish consumes the scope on success).
-        for tag in self.tags.lock().iter() {
-            let _ = Command::new("docker").args(["image", "rm", "-f", tag]).output();
-        }
+        // Containers first: an image a container still uses would only be untagged, and stay.
         for line in self.containers() {
             if let Some(id) = line.split_whitespace().next() {
                 let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
             }
+        }
+        for tag in self.tags.lock().iter() {
+            let _ = Command::new("docker").args(["image", "rm", "-f", tag]).output();
+        }
+        for image in docker_lines(&["images", "-q", "--filter", &format!("label={SCOPE_LABEL}={}", self.id)]) {
+            let _ = Command::new("docker").args(["image", "rm", "-f", &image]).output();
         }
     }
 }
