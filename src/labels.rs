@@ -49,15 +49,17 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 /// Whether the owner a container names is still running: same pid, same start time, and not a
 /// zombie (a dead owner whose parent has not reaped it yet).
 pub fn owner_alive(pid: Option<u32>, start: Option<u64>) -> bool {
-    let running = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next()).is_some_and(|state| state != "Z")
-    };
     match (pid, start) {
-        (Some(pid), Some(start)) if pid > 0 => process_start_time(pid) == Some(start) && running(pid),
-        (Some(pid), None) if pid > 0 => running(pid),
+        (Some(pid), Some(start)) if pid > 0 => process_start_time(pid) == Some(start) && is_running(pid),
+        (Some(pid), None) if pid > 0 => is_running(pid),
         _ => false,
     }
+}
+
+/// Whether process `pid` exists and is not a zombie (dead, waiting to be reaped).
+pub fn is_running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    pid > 0 && stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next()).is_some_and(|state| state != "Z")
 }
 
 /// The labels that name this process as the owner of what it creates, not kept: the owner

@@ -106,9 +106,7 @@ pub fn last_log_lines(id: &str, n: usize) -> Vec<String> {
 
 /// Whether a process with this id runs: it exists and is not a zombie waiting to be reaped.
 pub fn is_alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
-    pid > 0 && state.is_some_and(|state| state != "Z")
+    rayfine::labels::is_running(pid)
 }
 
 /// Stops a kept environment's server and its worker: SIGTERM to the group, then SIGKILL.
