@@ -137,6 +137,11 @@ fn warn_not_isolated() {
 async fn wait_until_ready(client: &ServerClient, name: &str, timeout: Duration) -> Result<()> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(5);
+    // What the last probe found: nothing answering at all, or a server not ready yet.
+    enum Last {
+        Unreachable(Error),
+        NotReady(String),
+    }
     let mut last;
     loop {
         match client.health(Duration::from_secs(5)).await {
@@ -144,17 +149,17 @@ async fn wait_until_ready(client: &ServerClient, name: &str, timeout: Duration) 
             Ok(Some(health)) if health.status == crate::protocol::health_status::FAILED => {
                 return Err(Error::StartFailed { name: name.into(), reason: health.detail.unwrap_or(health.status), logs: vec![] })
             }
-            Ok(Some(health)) => last = Err(health.detail.unwrap_or(health.status)),
+            Ok(Some(health)) => last = Last::NotReady(health.detail.unwrap_or(health.status)),
             Err(err) => {
                 tracing::debug!("{name} not answering yet: {err}");
-                last = Ok(err);
+                last = Last::Unreachable(err);
             }
         }
         if started.elapsed() + delay > timeout {
             return Err(match last {
                 // Nothing ever answered: say so, rather than that something failed to start.
-                Ok(unreachable) => unreachable,
-                Err(why) => Error::StartFailed { name: name.into(), reason: format!("not ready after {:.0} s: {why}", timeout.as_secs_f64()), logs: vec![] },
+                Last::Unreachable(err) => err,
+                Last::NotReady(why) => Error::StartFailed { name: name.into(), reason: format!("not ready after {:.0} s: {why}", timeout.as_secs_f64()), logs: vec![] },
             });
         }
         tokio::time::sleep(delay).await;

@@ -245,6 +245,15 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 impl ServerConfig {
+    /// `--lease` as a duration: `None` when unset or 0, an error when not a number of seconds.
+    pub fn lease_duration(&self) -> Result<Option<Duration>, ServeError> {
+        match self.lease {
+            None | Some(0.0) => Ok(None),
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {s}"))),
+        }
+    }
+
     /// `--shutdown-grace` as a duration, bounded to an hour.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_grace.clamp(0.0, 3600.0))
@@ -286,12 +295,7 @@ pub async fn run(
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
         Some(s) => return Err(ServeError::Config(format!("--call-timeout must be a positive number of seconds, not {s}"))),
     };
-    let lease = match config.lease {
-        None => None,
-        Some(0.0) => None,
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Some(Lease::new(Duration::from_secs_f64(s))),
-        Some(s) => return Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {s}"))),
-    };
+    let lease = config.lease_duration()?.map(Lease::new);
     let body_timeout = match config.body_timeout {
         s if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
         s => return Err(ServeError::Config(format!("--body-timeout must be a positive number of seconds, not {s}"))),

@@ -91,11 +91,7 @@ pub async fn supervise(command: &[String], config: &ServerConfig) -> Result<u8, 
 /// Serves lease renewals when a lease and a token are configured; returns what completes when
 /// the lease lapses (never, without a lease).
 async fn hold_lease(config: &ServerConfig, token: Option<&str>) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, ServeError> {
-    let lease = match config.lease {
-        Some(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 => Lease::new(Duration::from_secs_f64(seconds)),
-        Some(0.0) | None => return Ok(Box::pin(std::future::pending())),
-        Some(seconds) => return Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {seconds}"))),
-    };
+    let Some(lease) = config.lease_duration()?.map(Lease::new) else { return Ok(Box::pin(std::future::pending())) };
     let Some(token) = token.map(std::sync::Arc::<str>::from) else {
         tracing::warn!("a lease without a token cannot be renewed safely; not holding it");
         return Ok(Box::pin(std::future::pending()));

@@ -200,12 +200,7 @@ impl DockerServer {
             Ok((port, lease_port)) => Ok(Started { server, port, env_type, lease_port }),
             Err(reason) => {
                 // Give the output pump a moment to read the container's last words.
-                let wait_exit = async {
-                    while !exited.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_millis(300), wait_exit).await;
+                server.wait_exited(Duration::from_millis(300)).await;
                 let logs = server.last_logs(LOG_LINES_IN_ERRORS);
                 if let Err(err) = server.stop().await {
                     tracing::warn!("{err:#}");
@@ -230,13 +225,19 @@ impl DockerServer {
         self.exited.load(Ordering::SeqCst)
     }
 
-    /// How the container ended, if it has, waiting up to `within` for the end of its output
-    /// stream; then the engine says whether it still runs, and how it exited.
-    pub async fn exit_description(&self, within: Duration) -> Option<String> {
+    /// Waits up to `within` for the container's output stream to end, which it does when the
+    /// container exits.
+    async fn wait_exited(&self, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.has_exited() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// How the container ended, if it has, waiting up to `within` for the end of its output
+    /// stream; then the engine says whether it still runs, and how it exited.
+    pub async fn exit_description(&self, within: Duration) -> Option<String> {
+        self.wait_exited(within).await;
         match describe_exit(&self.id).await {
             Some(ended) => Some(ended),
             None if self.has_exited() => Some(format!("its container {} has exited", &self.id[..12.min(self.id.len())])),
