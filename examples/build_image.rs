@@ -24,7 +24,7 @@ async fn main() -> Result<(), rayfine::Error> {
     let started = Instant::now();
     let built = ImageBuilder::new()
         .on_progress(|p| {
-            if p.line.starts_with("Step ") || p.stage == rayfine::docker::BuildStage::Server {
+            if p.line.starts_with("Step ") || p.stage == rayfine::build::BuildStage::Server {
                 println!("  [{:?}] {}", p.stage, p.line);
             }
         })

@@ -3,8 +3,10 @@
 //!
 //! - [`load_env`] starts an environment and returns an [`EnvironmentWrapper`] to call it with;
 //!   [`blocking`] does the same for synchronous programs.
+//! - [`detect`] classifies a folder; [`build`] makes it an image.
 //! - [`server`]: the generic `/call` server injected into every function-based environment.
 //! - [`protocol`]: the wire types, shared by the server and the client.
+//! - [`docker`]: what Rayfine left in the engine (`rayfine ps`, `rayfine cleanup`).
 //!
 //! ```no_run
 //! # async fn demo() -> rayfine::Result<()> {
@@ -15,18 +17,43 @@
 //! # Ok(()) }
 //! ```
 
+pub mod exit_status;
 pub mod labels;
 pub mod protocol;
 pub mod server;
 pub mod watchdog;
 
 #[cfg(feature = "client")]
+mod backend;
+#[cfg(feature = "client")]
+pub mod build;
+#[cfg(feature = "client")]
 mod client;
+#[cfg(feature = "client")]
+pub mod detect;
+#[cfg(feature = "client")]
+pub mod docker;
+#[cfg(feature = "client")]
+mod error;
+#[cfg(feature = "client")]
+mod http_client;
+#[cfg(feature = "client")]
+mod programs;
+#[cfg(feature = "client")]
+mod random;
 
 #[cfg(feature = "client")]
+pub use build::{build_image_from_env, BuiltImage, ImageBuilder};
+#[cfg(feature = "client")]
 pub use client::{
-    blocking, cleanup_all_environments, docker, get_environment, kept_log_path, list_active_environments, load_env, state_dir,
-    CleanupGuard, ContainerLimits, EnvironmentWrapper, DEFAULT_LEASE, DEFAULT_PIDS_LIMIT, Error, LoadOptions, Mode, Result, ServerClient, ServerProgram, Source,
+    blocking, cleanup_all_environments, get_environment, kept_log_path, list_active_environments, load_env, state_dir, CleanupGuard, ContainerLimits,
+    EnvironmentWrapper, LoadOptions, Mode, Source, DEFAULT_LEASE, DEFAULT_PIDS_LIMIT,
 };
 #[cfg(feature = "client")]
-pub use client::docker::{build_image_from_env, BuiltImage, EnvDetector, EnvType, ImageBuilder};
+pub use detect::{EnvDetector, EnvType};
+#[cfg(feature = "client")]
+pub use error::{Error, Result};
+#[cfg(feature = "client")]
+pub use http_client::ServerClient;
+#[cfg(feature = "client")]
+pub use programs::ServerProgram;

@@ -258,7 +258,7 @@ async fn methods(args: TargetArgs, json: bool) -> anyhow::Result<()> {
 async fn managed_containers() -> Vec<ManagedContainer> {
     match rayfine::docker::list_managed_containers().await {
         Ok(containers) => containers,
-        Err(rayfine::Error::DockerUnavailable { .. }) => Vec::new(),
+        Err(rayfine::Error::Engine(err)) if err.is_unavailable() => Vec::new(),
         Err(err) => {
             tracing::warn!("{err}");
             Vec::new()

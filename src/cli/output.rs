@@ -2,7 +2,8 @@
 
 use rayfine::protocol::MethodInfo;
 
-use rayfine::docker::{BuildProgress, BuildStage, ManagedContainer};
+use rayfine::build::{BuildProgress, BuildStage};
+use rayfine::docker::ManagedContainer;
 
 use super::records::Record;
 

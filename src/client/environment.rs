@@ -1,27 +1,16 @@
 //! [`EnvironmentWrapper`]: a loaded environment, called like a local object.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::docker::{DockerServer, EnvType};
-use super::error::{Error, Result};
-use super::http::ServerClient;
-use super::process::ProcessServer;
+use super::cleanup;
+use super::running::Running;
+use crate::detect::EnvType;
+use crate::error::{Error, Result};
 use crate::protocol::MethodInfo;
-
-/// What runs the environment, and so what cleanup has to do.
-pub(crate) enum Backend {
-    /// A server child process we own.
-    Process(ProcessServer),
-    /// A container we own.
-    Docker(DockerServer),
-    /// A server someone else runs; cleanup only disconnects.
-    Remote,
-}
 
 /// A loaded environment. Cheap to clone and share across tasks: clones are handles to the same
 /// environment, and cleanup through any of them ends it for all.
@@ -37,29 +26,12 @@ pub(crate) enum Backend {
 /// ```
 #[derive(Clone)]
 pub struct EnvironmentWrapper {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    /// Registry id, unique in this process.
-    id: String,
-    /// Human-friendly name (the folder's, or the one given).
-    name: String,
-    /// The server's HTTP client.
-    client: ServerClient,
-    /// What to stop on cleanup.
-    backend: Backend,
-    /// Timeout of calls that name none.
-    call_timeout: Duration,
-    /// Set by cleanup; later calls fail with [`Error::Closed`] instead of a connection error.
-    closed: AtomicBool,
-    /// Kept environments outlive this process and are left alone by exit-time cleanup.
-    keep: bool,
+    inner: Arc<Running>,
 }
 
 impl EnvironmentWrapper {
-    pub(crate) fn new(id: String, name: String, client: ServerClient, backend: Backend, call_timeout: Duration, keep: bool) -> Self {
-        EnvironmentWrapper { inner: Arc::new(Inner { id, name, client, backend, call_timeout, closed: AtomicBool::new(false), keep }) }
+    pub(crate) fn new(inner: Arc<Running>) -> Self {
+        EnvironmentWrapper { inner }
     }
 
     /// Registry id.
@@ -85,35 +57,22 @@ impl EnvironmentWrapper {
 
     /// `"process"`, `"docker"` or `"remote"`.
     pub fn mode(&self) -> &'static str {
-        match self.inner.backend {
-            Backend::Process(_) => "process",
-            Backend::Docker(_) => "docker",
-            Backend::Remote => "remote",
-        }
+        self.inner.backend.mode()
     }
 
     /// How the environment is served: Rayfine's `/call` server, or a web server of its own.
     pub fn env_type(&self) -> EnvType {
-        match &self.inner.backend {
-            Backend::Docker(server) => server.env_type(),
-            _ => EnvType::Function,
-        }
+        self.inner.env_type
     }
 
     /// Process id of the local server, for process mode.
     pub fn pid(&self) -> Option<u32> {
-        match &self.inner.backend {
-            Backend::Process(server) => Some(server.pid()),
-            _ => None,
-        }
+        self.inner.backend.pid()
     }
 
     /// The engine's container id, for Docker mode.
     pub fn container_id(&self) -> Option<&str> {
-        match &self.inner.backend {
-            Backend::Docker(server) => Some(server.id()),
-            _ => None,
-        }
+        self.inner.backend.container_id()
     }
 
     /// Whether the environment outlives this process.
@@ -128,7 +87,7 @@ impl EnvironmentWrapper {
 
     /// Calls `method` with positional and keyword arguments and an optional timeout of its own.
     pub async fn call_with(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>) -> Result<Value> {
-        if self.inner.closed.load(Ordering::SeqCst) {
+        if self.inner.is_closed() {
             return Err(Error::Closed(self.inner.name.clone()));
         }
         let timeout = timeout.unwrap_or(self.inner.call_timeout);
@@ -157,7 +116,7 @@ impl EnvironmentWrapper {
 
     /// The environment's callable methods.
     pub async fn list_methods(&self) -> Result<Vec<MethodInfo>> {
-        if self.inner.closed.load(Ordering::SeqCst) {
+        if self.inner.is_closed() {
             return Err(Error::Closed(self.inner.name.clone()));
         }
         let methods = match self.env_type() {
@@ -173,7 +132,7 @@ impl EnvironmentWrapper {
     /// Whether the environment answers `/health` with ready (an HTTP-based one: answers it
     /// below 500, as it may have no such route).
     pub async fn is_ready(&self) -> bool {
-        if self.inner.closed.load(Ordering::SeqCst) {
+        if self.inner.is_closed() {
             return false;
         }
         match self.env_type() {
@@ -184,41 +143,8 @@ impl EnvironmentWrapper {
 
     /// Stops the environment and removes it from the registry. Idempotent.
     pub async fn cleanup(&self) -> Result<()> {
-        super::registry::unregister(&self.inner.id);
-        super::lease::release(&self.inner.id);
-        if self.inner.closed.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        match &self.inner.backend {
-            Backend::Process(server) => server.stop().await,
-            Backend::Docker(server) => {
-                if let Err(err) = server.stop().await {
-                    // Not closed after all: a later cleanup tries again, and says so again.
-                    self.inner.closed.store(false, Ordering::SeqCst);
-                    return Err(err);
-                }
-            }
-            Backend::Remote => {}
-        }
-        Ok(())
-    }
-
-    /// Ends the environment at once, without waiting; used by signal and panic handlers. A
-    /// container cannot be removed without talking to the engine: its id is returned, for the
-    /// caller to remove in one batch with the others.
-    pub(crate) fn kill_now(&self) -> Option<String> {
-        super::lease::release(&self.inner.id);
-        if self.inner.closed.swap(true, Ordering::SeqCst) {
-            return None;
-        }
-        match &self.inner.backend {
-            Backend::Process(server) => {
-                server.kill_now();
-                None
-            }
-            Backend::Docker(server) => Some(server.id().to_string()),
-            Backend::Remote => None,
-        }
+        cleanup::unregister(&self.inner.id);
+        self.inner.stop().await
     }
 
     /// A connection error from a dead server says so, with how it ended and its last log lines.
@@ -227,14 +153,9 @@ impl EnvironmentWrapper {
         if !err.is_connection() {
             return err;
         }
-        let within = Duration::from_secs(2);
-        let (reason, logs) = match &self.inner.backend {
-            Backend::Process(server) => (server.exit_description(within).await, server.last_logs(20)),
-            Backend::Docker(server) => (server.exit_description(within).await, server.last_logs(20)),
-            Backend::Remote => (None, Vec::new()),
-        };
-        match reason {
-            Some(reason) => Error::Stopped { name: self.inner.name.clone(), reason, logs },
+        let backend = &self.inner.backend;
+        match backend.exit_description(Duration::from_secs(2)).await {
+            Some(reason) => Error::Stopped { name: self.inner.name.clone(), reason, logs: backend.last_logs(crate::backend::LOG_LINES_IN_ERRORS) },
             None => err,
         }
     }
@@ -247,6 +168,17 @@ impl std::fmt::Debug for EnvironmentWrapper {
             .field("name", &self.inner.name)
             .field("url", &self.inner.client.base())
             .field("mode", &self.mode())
+            .field("backend", &self.inner.backend.describe())
             .finish()
     }
+}
+
+/// Every environment loaded by this process and not yet cleaned up.
+pub fn list_active_environments() -> Vec<EnvironmentWrapper> {
+    cleanup::all().into_iter().map(EnvironmentWrapper::new).collect()
+}
+
+/// The environment with this id, or else the only one with this name.
+pub fn get_environment(id_or_name: &str) -> Option<EnvironmentWrapper> {
+    cleanup::find(id_or_name).map(EnvironmentWrapper::new)
 }

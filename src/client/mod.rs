@@ -1,28 +1,28 @@
 //! The client library: load environments, call them, clean them up.
 
-pub mod docker;
+pub(crate) mod cleanup;
 mod environment;
-mod error;
-mod http;
 mod lease;
 mod options;
-mod process;
-mod registry;
+mod running;
 
 pub mod blocking;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-pub use environment::EnvironmentWrapper;
-pub use error::{Error, Result};
-pub use http::ServerClient;
+pub use cleanup::{cleanup_all_environments, CleanupGuard};
+pub use environment::{get_environment, list_active_environments, EnvironmentWrapper};
 pub use lease::DEFAULT_LEASE;
 pub use options::{ContainerLimits, LoadOptions, Mode, Source, DEFAULT_PIDS_LIMIT};
-pub use process::ServerProgram;
-pub use registry::{cleanup_all_environments, get_environment, list_active_environments, CleanupGuard};
 
-use environment::Backend;
-use process::{Launch, ProcessServer};
+use crate::backend::docker::DockerLaunch;
+use crate::backend::process::ProcessLaunch;
+use crate::backend::remote::RemoteLaunch;
+use crate::backend::{Launch, StartSpec};
+use crate::error::{Error, Result};
+use crate::http_client::ServerClient;
+use running::Running;
 
 /// Starts (or connects to) an environment and waits until it is ready.
 ///
@@ -34,76 +34,44 @@ use process::{Launch, ProcessServer};
 /// ```
 pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
     options.validate()?;
-    registry::install_handlers();
+    cleanup::install_handlers();
     let name = options.display_name();
-    let id = format!("{}-{}", slug(&name), random_hex(4)?);
-    let env = match &options.source {
-        Source::Url(url) => {
-            let client = ServerClient::new(url, options.token.clone())?;
-            wait_until_ready(&client, &name, options.startup_timeout).await?;
-            EnvironmentWrapper::new(id, name, client, Backend::Remote, options.call_timeout, false)
-        }
+    let id = format!("{}-{}", slug(&name), crate::random::hex(4)?);
+    let token = crate::random::hex(32)?;
+    let spec = StartSpec {
+        env_id: &id,
+        name: &name,
+        env_vars: &options.env_vars,
+        token: &token,
+        keep: options.keep,
+        lease: options.effective_lease(),
+        // One deadline for the whole start, every step of every backend included.
+        deadline: Instant::now() + options.startup_timeout,
+    };
+    let (backend, endpoint) = match &options.source {
+        Source::Url(url) => RemoteLaunch { url, token: options.token.as_deref() }.start(&spec).await?,
         Source::Folder(folder) => {
             if options.mode == Mode::Auto {
                 warn_not_isolated();
             }
-            let token = random_hex(32)?;
             let log_file = options.keep.then(|| kept_log_path(&id)).transpose()?;
-            let (server, port) = ProcessServer::start(Launch {
-                folder,
-                name: &name,
-                env_vars: &options.env_vars,
-                token: &token,
-                keep: log_file.as_deref(),
-                startup_timeout: options.startup_timeout,
-                program: options.server_program.as_deref(),
-                lease: options.effective_lease(),
-            })
-            .await?;
-            if let Some(lease) = options.effective_lease() {
-                lease::hold(&id, std::net::SocketAddr::from(([127, 0, 0, 1], port)), Some(&token), lease);
-            }
-            let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), Some(token))?;
-            EnvironmentWrapper::new(id, name, client, Backend::Process(server), options.call_timeout, options.keep)
+            ProcessLaunch { folder, program: options.server_program.as_deref(), log_file: log_file.as_deref() }.start(&spec).await?
         }
         Source::Image(image) => {
-            let token = random_hex(32)?;
-            let started = docker::DockerServer::start(docker::DockerLaunch {
-                image,
-                env_id: &id,
-                name: &name,
-                env_vars: &options.env_vars,
-                token: &token,
-                keep: options.keep,
-                startup_timeout: options.startup_timeout,
-                limits: &options.limits,
-                env_type: options.env_type,
-                http_port: options.http_port,
-                labels: &options.labels,
-                lease: options.effective_lease(),
-            })
-            .await?;
-            // The `/call` server takes renewals on its own port; a supervised HTTP-based one on
-            // the supervisor's. The user's own HTTP server knows no token, so the client sends
-            // it none.
-            let renewals_at = match started.env_type {
-                docker::EnvType::Function => Some(started.port),
-                docker::EnvType::Http => started.lease_port,
-            };
-            if let (Some(lease), Some(port)) = (options.effective_lease(), renewals_at) {
-                lease::hold(&id, std::net::SocketAddr::from(([127, 0, 0, 1], port)), Some(&token), lease);
-            }
-            let token = (started.env_type == docker::EnvType::Function).then_some(token);
-            let client = ServerClient::new(&format!("http://127.0.0.1:{}", started.port), token)?;
-            EnvironmentWrapper::new(id, name, client, Backend::Docker(started.server), options.call_timeout, options.keep)
+            let launch = DockerLaunch { image, limits: &options.limits, env_type: options.env_type, http_port: options.http_port, labels: &options.labels };
+            launch.start(&spec).await?
         }
     };
-    registry::register(env.clone());
-    if let Some(container) = env.container_id() {
-        // From now on the registry covers it (and leaves it alone at exit if it is kept).
-        registry::untrack_container(container);
+    if let Some(addr) = endpoint.lease_at {
+        if let Some(lease) = spec.lease {
+            // Renewals carry the token even where calls do not: a supervisor checks it.
+            lease::hold(&id, addr, Some(&token), lease);
+        }
     }
-    Ok(env)
+    let client = ServerClient::new(&endpoint.url, endpoint.token)?;
+    let running = Arc::new(Running::new(id, name, client, endpoint.env_type, backend, options.call_timeout, options.keep));
+    cleanup::register(running.clone());
+    Ok(EnvironmentWrapper::new(running))
 }
 
 /// Where a kept environment writes its log.
@@ -133,49 +101,8 @@ fn warn_not_isolated() {
     ONCE.call_once(|| tracing::warn!("process mode: environments run as local processes, not isolated from this machine"));
 }
 
-/// Polls `/health` quickly at first, then less often, until ready, failed, or out of time.
-async fn wait_until_ready(client: &ServerClient, name: &str, timeout: Duration) -> Result<()> {
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(5);
-    // What the last probe found: nothing answering at all, or a server not ready yet.
-    enum Last {
-        Unreachable(Error),
-        NotReady(String),
-    }
-    let mut last;
-    loop {
-        match client.health(Duration::from_secs(5)).await {
-            Ok(None) => return Ok(()),
-            Ok(Some(health)) if health.status == crate::protocol::health_status::FAILED => {
-                return Err(Error::StartFailed { name: name.into(), reason: health.detail.unwrap_or(health.status), logs: vec![] })
-            }
-            Ok(Some(health)) => last = Last::NotReady(health.detail.unwrap_or(health.status)),
-            Err(err) => {
-                tracing::debug!("{name} not answering yet: {err}");
-                last = Last::Unreachable(err);
-            }
-        }
-        if started.elapsed() + delay > timeout {
-            return Err(match last {
-                // Nothing ever answered: say so, rather than that something failed to start.
-                Last::Unreachable(err) => err,
-                Last::NotReady(why) => Error::StartFailed { name: name.into(), reason: format!("not ready after {:.0} s: {why}", timeout.as_secs_f64()), logs: vec![] },
-            });
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
-    }
-}
-
 fn slug(name: &str) -> String {
     let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' }).collect();
     let slug = slug.trim_matches('-');
     if slug.is_empty() { "env".into() } else { slug.chars().take(40).collect() }
-}
-
-/// `bytes` random bytes from the operating system, as hex.
-pub(crate) fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|err| Error::Io { context: "cannot get random bytes".into(), source: std::io::Error::other(err.to_string()) })?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Where the environment comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Source {
         }
         let parent_exists = path.parent().is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir());
         let looks_like_path = text.starts_with(['.', '/', '~']) || text.ends_with('/') || path.exists() || parent_exists;
-        if !looks_like_path && crate::client::docker::validate_reference(text).is_ok() {
+        if !looks_like_path && crate::docker::validate_reference(text).is_ok() {
             return Ok(Source::Image(text.to_string()));
         }
         Err(Error::InvalidInput(format!(
@@ -114,7 +114,7 @@ pub struct LoadOptions {
     /// Container limits (image sources).
     pub limits: ContainerLimits,
     /// How an image is served, when its label should not decide (image sources).
-    pub env_type: Option<crate::client::docker::EnvType>,
+    pub env_type: Option<crate::detect::EnvType>,
     /// The port an HTTP-based image listens on, when its label should not decide.
     pub http_port: Option<u16>,
     /// Extra labels on the container (image sources); Rayfine's own always win.
@@ -195,7 +195,7 @@ impl LoadOptions {
     }
 
     /// Serves the image as this type, whatever its label says.
-    pub fn env_type(mut self, env_type: crate::client::docker::EnvType) -> LoadOptions {
+    pub fn env_type(mut self, env_type: crate::detect::EnvType) -> LoadOptions {
         self.env_type = Some(env_type);
         self
     }
@@ -306,7 +306,7 @@ impl LoadOptions {
             }
         }
         if let Source::Image(image) = &self.source {
-            crate::client::docker::validate_reference(image)?;
+            crate::docker::validate_reference(image)?;
         }
         if let Source::Url(url) = &self.source {
             validate_url(url)?;
@@ -383,7 +383,7 @@ mod tests {
         let shown = format!("{options:?}");
         assert!(shown.contains("API_KEY=<redacted>"), "{shown}");
         assert!(!shown.contains("very-secret"), "{shown}");
-        let client = crate::client::http::ServerClient::new("http://127.0.0.1:1", Some("tok-very-secret".into())).unwrap();
+        let client = crate::http_client::ServerClient::new("http://127.0.0.1:1", Some("tok-very-secret".into())).unwrap();
         assert!(!format!("{client:?}").contains("very-secret"));
     }
 }

@@ -10,34 +10,28 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bollard::models::{ContainerConfig, ContainerCreateBody};
-use bollard::query_parameters::{CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, UploadToContainerOptionsBuilder};
-use bollard::Docker;
-
-use super::container::remove_and_wait;
 use super::context::ContextArchive;
-use super::engine::docker_error;
-use super::labels;
-use crate::client::error::Result;
-use crate::client::registry;
+use super::scratch::with_scratch_container;
+use crate::docker::engine::{ContainerSpec, Engine};
+use crate::error::Result;
+use crate::labels;
 
 /// Image settings of the server layer, as `docker commit --change` lines.
-const IMAGE_CHANGES: &str = include_str!("../../../templates/server-image.changes");
+const IMAGE_CHANGES: &str = include_str!("../../templates/server-image.changes");
 
 /// Label holding the content key of a stage-2 image.
 const CONTENT_KEY: &str = "rayfine.content_key";
 
 /// Adds `server` and the worker on top of `base` and tags the result `tag`, unless `tag` already
 /// is exactly that. Returns the image id.
-pub(crate) async fn add_server_layer(docker: &Docker, base: &str, tag: &str, server: &[u8], image_labels: &BTreeMap<String, String>) -> Result<String> {
-    let base_id = docker.inspect_image(base).await.map_err(docker_error(format!("cannot inspect {base}")))?.id.unwrap_or_default();
+pub(crate) async fn add_server_layer(engine: &Engine, base: &str, tag: &str, server: &[u8], image_labels: &BTreeMap<String, String>) -> Result<String> {
+    let base_id = engine.inspect_image(base).await?.id;
     let worker = crate::server::WORKER_SCRIPT.as_bytes();
     let label_text: String = image_labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     let key = format!("{:016x}", fnv1a(&[base_id.as_bytes(), server, worker, IMAGE_CHANGES.as_bytes(), label_text.as_bytes()]));
-    if let Ok(existing) = docker.inspect_image(tag).await {
-        let same = existing.config.and_then(|c| c.labels).is_some_and(|l| l.get(CONTENT_KEY) == Some(&key));
-        if same {
-            return Ok(existing.id.unwrap_or_default());
+    if let Ok(existing) = engine.inspect_image(tag).await {
+        if existing.labels.get(CONTENT_KEY) == Some(&key) {
+            return Ok(existing.id);
         }
     }
 
@@ -46,43 +40,25 @@ pub(crate) async fn add_server_layer(docker: &Docker, base: &str, tag: &str, ser
     files.add_bytes("rayfine/worker.py", worker, 0o644)?;
     let archive = files.finish()?;
 
-    // Only "managed": the committed image keeps this container's labels, and an image must not
-    // name an owner.
-    let scratch_labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
-    let body = ContainerCreateBody {
-        image: Some(base.to_string()),
-        labels: Some(scratch_labels),
+    let spec = ContainerSpec {
+        image: base.to_string(),
+        // Only "managed": the committed image keeps this container's labels, and an image must
+        // not name an owner.
+        labels: HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]),
         // Never started; an entrypoint is required by the engine for images that have none.
         entrypoint: Some(vec!["/rayfine/rayfine-server".into()]),
         ..Default::default()
     };
-    let name = format!("rayfine-stage2-{}", crate::client::random_hex(6)?);
-    let created = docker
-        .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
-        .await
-        .map_err(docker_error(format!("cannot create a container from {base}")))?;
-    registry::track_container(&created.id);
-    let result = async {
-        let upload = UploadToContainerOptionsBuilder::default().path("/").build();
-        docker
-            .upload_to_container(&created.id, Some(upload), bollard::body_full(archive.into()))
-            .await
-            .map_err(docker_error("cannot copy the server into the image"))?;
+    with_scratch_container(engine, "stage2", spec, |id| async move {
+        engine.copy_into(&id, archive).await?;
         let mut changes = IMAGE_CHANGES.trim_end().to_string();
         for (k, v) in image_labels.iter().chain(std::iter::once((&CONTENT_KEY.to_string(), &key))) {
             changes.push_str(&format!("\nLABEL {}={}", quote(k), quote(v)));
         }
         let (repo, image_tag) = split_tag(tag);
-        let options = CommitContainerOptionsBuilder::default().container(&created.id).repo(repo).tag(image_tag).changes(&changes).pause(false).build();
-        let committed = docker.commit_container(options, ContainerConfig::default()).await.map_err(docker_error(format!("cannot commit {tag}")))?;
-        Ok(committed.id)
-    }
-    .await;
-    match remove_and_wait(docker, &created.id).await {
-        Ok(()) => registry::untrack_container(&created.id),
-        Err(err) => tracing::warn!("{err:#}"),
-    }
-    result
+        Ok(engine.commit(&id, repo, image_tag, &changes).await?)
+    })
+    .await
 }
 
 /// `repo:tag` → (`repo`, `tag`), the tag defaulting to `latest`.

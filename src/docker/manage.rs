@@ -1,14 +1,10 @@
 //! Finding and removing what Rayfine created, by label: `rayfine ps`, `rayfine cleanup`
 //! (`--all`, `--orphans`) and the test suite's leak check.
 
-use std::collections::HashMap;
-
-use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
-
-use super::container::remove_and_wait;
-use super::engine::{connect, docker_error, is_not_found};
-use super::labels;
-use crate::client::error::{Error, Result};
+use super::engine::{short, Engine};
+use super::removal::remove_and_wait;
+use crate::error::{Error, Result};
+use crate::labels;
 
 /// A container made by Rayfine, as `rayfine ps` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,30 +42,26 @@ impl ManagedContainer {
 
 /// Every container labelled `rayfine.managed=true`, running or not.
 pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
-    let docker = connect().await?;
-    let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
-    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-    let summaries = docker.list_containers(Some(options)).await.map_err(docker_error("cannot list containers"))?;
+    let engine = Engine::connect().await?;
+    let summaries = engine.list_containers(&format!("{}=true", labels::MANAGED)).await?;
     let mut containers: Vec<ManagedContainer> = summaries
         .into_iter()
         .map(|summary| {
-            let labels_of = summary.labels.unwrap_or_default();
-            let get = |key: &str| labels_of.get(key).cloned().unwrap_or_default();
+            let get = |key: &str| summary.labels.get(key).cloned().unwrap_or_default();
             let owner_pid = get(labels::OWNER_PID).parse().ok();
             let owner_start = get(labels::OWNER_START).parse().ok();
-            let id = summary.id.unwrap_or_default();
             ManagedContainer {
-                container_id: id.chars().take(12).collect(),
+                container_id: short(&summary.id).to_string(),
                 env_id: get(labels::ENV_ID),
                 name: get(labels::NAME),
-                image: summary.image.unwrap_or_default(),
                 env_type: get(labels::ENV_TYPE),
-                state: summary.state.map(|s| s.to_string()).unwrap_or_default(),
-                port: summary.ports.unwrap_or_default().into_iter().find_map(|p| p.public_port),
+                keep: get(labels::KEEP) == "true",
+                image: summary.image,
+                state: summary.state,
+                port: summary.public_port,
                 owner_pid,
                 owner_alive: labels::owner_alive(owner_pid, owner_start),
-                keep: get(labels::KEEP) == "true",
-                labels: labels_of.into_iter().collect(),
+                labels: summary.labels.into_iter().collect(),
             }
         })
         .collect();
@@ -80,17 +72,8 @@ pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
 /// Stops and removes containers by id (full or short); waits until each is gone. The error
 /// names every container that is still there.
 pub async fn remove_containers(ids: &[String]) -> Result<()> {
-    let docker = connect().await?;
-    let removals = ids.iter().map(|id| {
-        let docker = docker.clone();
-        async move {
-            let removed = remove_and_wait(&docker, id).await;
-            if removed.is_ok() {
-                super::super::registry::untrack_container(id);
-            }
-            removed
-        }
-    });
+    let engine = Engine::connect().await?;
+    let removals = ids.iter().map(|id| remove_and_wait(&engine, id));
     let failures: Vec<Error> = futures_util::future::join_all(removals).await.into_iter().filter_map(Result::err).collect();
     match failures.len() {
         0 => Ok(()),
@@ -104,22 +87,34 @@ pub async fn remove_containers(ids: &[String]) -> Result<()> {
 
 /// Tags of every image labelled `rayfine.managed=true`.
 pub async fn list_managed_images() -> Result<Vec<String>> {
-    let docker = connect().await?;
-    let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
-    let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
-    let images = docker.list_images(Some(options)).await.map_err(docker_error("cannot list images"))?;
-    let mut tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect();
+    let engine = Engine::connect().await?;
+    let mut tags = engine.list_image_tags(&format!("{}=true", labels::MANAGED)).await?;
     tags.sort();
     Ok(tags)
 }
 
 /// Removes an image by tag; a missing one is not an error.
 pub async fn remove_image(tag: &str) -> Result<()> {
-    let docker = connect().await?;
-    let options = RemoveImageOptionsBuilder::default().force(true).noprune(false).build();
-    match docker.remove_image(tag, Some(options), None).await {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(source) => Err(crate::client::error::Error::Docker { context: format!("cannot remove image {tag}"), source }),
+    let engine = Engine::connect().await?;
+    match engine.remove_image(tag).await {
+        Err(err) if !err.is_not_found() => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
+/// How container `id` ended, as the engine tells it; `None` while it runs (or if the engine
+/// cannot be asked).
+pub async fn describe_exit(id: &str) -> Option<String> {
+    let short = short(id);
+    let engine = Engine::connect().await.ok()?;
+    match engine.inspect_container(id).await {
+        Err(err) if err.is_not_found() => Some(format!("its container {short} is gone (it exited and was removed, or was removed from outside)")),
+        Err(_) => None,
+        Ok(facts) if facts.running => None,
+        Ok(facts) => {
+            let code = facts.exit_code.map(|c| format!(" with code {c}")).unwrap_or_default();
+            let oom = if facts.oom_killed { " (out of memory)" } else { "" };
+            Some(format!("its container {short} has exited{code}{oom}"))
+        }
     }
 }

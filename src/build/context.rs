@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::client::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// One `.dockerignore` rule.
 #[derive(Debug, Clone)]

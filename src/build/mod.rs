@@ -5,24 +5,28 @@
 //! which change rarely and are cached by the engine. Stage 2 adds Rayfine's static server and
 //! its worker on top as `<tag>`: a few megabytes, no network, seconds. HTTP-based environments
 //! bring their own server and are built in one stage. Everything goes through the engine's API
-//! (bollard); the docker CLI is never run.
+//! (see [`crate::docker::engine`]); the docker CLI is never run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bollard::query_parameters::BuildImageOptionsBuilder;
+mod context;
+mod scratch;
+mod stage2;
+mod syntax_check;
+
 use futures_util::StreamExt;
 
-use super::context::ContextArchive;
-use super::inject::{add_server_layer, quote};
-use super::detect::{EnvDetector, EnvType};
-use super::engine::{connect, docker_error};
-use super::{labels, server_binary};
-use crate::client::error::{Error, Result};
+use crate::detect::{EnvDetector, EnvType, DEFAULT_HTTP_PORT};
+use crate::docker::engine::{BuildEvent, BuildRequest, Engine};
+use crate::error::{Error, Result};
+use crate::{labels, programs};
+pub(crate) use context::ContextArchive;
+use stage2::{add_server_layer, quote};
 
 /// The Dockerfile of a folder that has none.
-const DEFAULT_DOCKERFILE: &str = include_str!("../../../templates/Dockerfile.default");
+const DEFAULT_DOCKERFILE: &str = include_str!("../../templates/Dockerfile.default");
 /// The base image when neither `--base-image` nor `RAYFINE_BASE_IMAGE` names one.
 pub const DEFAULT_BASE_IMAGE: &str = "python:3.12-slim";
 
@@ -142,7 +146,7 @@ impl ImageBuilder {
         self
     }
 
-    /// The static server to inject; default: found as [`server_binary`] describes.
+    /// The static server to inject; default: found as [`programs::locate`] describes.
     pub fn server_binary(mut self, path: impl Into<PathBuf>) -> ImageBuilder {
         self.server_binary = Some(path.into());
         self
@@ -157,7 +161,7 @@ impl ImageBuilder {
     /// Builds `folder` as `tag`.
     pub async fn build(&self, folder: impl AsRef<Path>, tag: &str) -> Result<BuiltImage> {
         let folder = folder.as_ref();
-        validate_reference(tag)?;
+        crate::docker::validate_reference(tag)?;
         for key in self.build_args.keys().chain(self.labels.keys()) {
             if key.is_empty() || key.contains('=') {
                 return Err(Error::InvalidInput(format!("`{key}` is not a valid build argument or label name")));
@@ -167,10 +171,10 @@ impl ImageBuilder {
         // Checked before anything is built, so a missing server fails in a second, not after
         // stage 1.
         let server = match detection.env_type {
-            EnvType::Function => Some(server_binary::locate(self.server_binary.as_deref())?),
+            EnvType::Function => Some(programs::locate(self.server_binary.as_deref())?),
             EnvType::Http => None,
         };
-        let docker = connect().await?;
+        let engine = Engine::connect().await?;
         let mut own_labels = BTreeMap::from([
             (labels::MANAGED.to_string(), "true".to_string()),
             (labels::VERSION.to_string(), labels::RAYFINE_VERSION.to_string()),
@@ -185,24 +189,24 @@ impl ImageBuilder {
         let Some(server) = server else {
             let mut image_labels = own_labels.clone();
             image_labels.insert(labels::ENV_TYPE.into(), EnvType::Http.as_str().into());
-            image_labels.insert(labels::HTTP_PORT.into(), detection.http_port.unwrap_or(super::detect::DEFAULT_HTTP_PORT).to_string());
-            let image_id = self.run_build(&docker, BuildStage::Environment, tag, folder, &build_args, &image_labels).await?;
+            image_labels.insert(labels::HTTP_PORT.into(), detection.http_port.unwrap_or(DEFAULT_HTTP_PORT).to_string());
+            let image_id = self.run_build(&engine, BuildStage::Environment, tag, folder, &build_args, &image_labels).await?;
             return Ok(BuiltImage { tag: tag.into(), base_tag: None, env_type: EnvType::Http, reason: detection.reason, image_id });
         };
 
         let base_tag = format!("{tag}-base");
         let mut base_labels = own_labels.clone();
         base_labels.insert(labels::STAGE.into(), "base".into());
-        self.run_build(&docker, BuildStage::Environment, &base_tag, folder, &build_args, &base_labels).await?;
+        self.run_build(&engine, BuildStage::Environment, &base_tag, folder, &build_args, &base_labels).await?;
         self.report(BuildStage::Server, tag, "checking env.py with the image's python3");
-        super::syntax_check::check_env_syntax(&docker, &base_tag, tag).await?;
+        syntax_check::check_env_syntax(&engine, &base_tag, tag).await?;
 
         let server_bytes = std::fs::read(&server).map_err(|source| Error::Io { context: format!("cannot read {}", server.display()), source })?;
         let mut image_labels = own_labels;
         image_labels.insert(labels::ENV_TYPE.into(), EnvType::Function.as_str().into());
         image_labels.insert(labels::STAGE.into(), "server".into());
         self.report(BuildStage::Server, tag, &format!("adding the server ({} KiB) and the worker on top of {base_tag}", server_bytes.len() / 1024));
-        let image_id = add_server_layer(&docker, &base_tag, tag, &server_bytes, &image_labels).await?;
+        let image_id = add_server_layer(&engine, &base_tag, tag, &server_bytes, &image_labels).await?;
         self.report(BuildStage::Server, tag, &format!("tagged {tag}"));
         Ok(BuiltImage { tag: tag.into(), base_tag: Some(base_tag), env_type: EnvType::Function, reason: detection.reason, image_id })
     }
@@ -230,7 +234,7 @@ impl ImageBuilder {
     /// the build is run again (the cache no longer offers the pruned layer).
     async fn run_build(
         &self,
-        docker: &bollard::Docker,
+        engine: &Engine,
         stage: BuildStage,
         tag: &str,
         folder: &Path,
@@ -240,7 +244,7 @@ impl ImageBuilder {
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
         loop {
-            match self.run_build_once(docker, stage, tag, folder, build_args, image_labels).await {
+            match self.run_build_once(engine, stage, tag, folder, build_args, image_labels).await {
                 Err(Error::Build { message, .. }) if attempt < ATTEMPTS && is_cache_race(&message) => {
                     self.report(stage, tag, &format!("an image in the layer cache was removed during the build ({}); building again", first_line(&message)));
                     attempt += 1;
@@ -252,62 +256,46 @@ impl ImageBuilder {
 
     async fn run_build_once(
         &self,
-        docker: &bollard::Docker,
+        engine: &Engine,
         stage: BuildStage,
         tag: &str,
         folder: &Path,
         build_args: &BTreeMap<String, String>,
         image_labels: &BTreeMap<String, String>,
     ) -> Result<String> {
-        let build_args: HashMap<String, String> = build_args.clone().into_iter().collect();
-        let context = user_context(folder, image_labels)?;
-        let options = BuildImageOptionsBuilder::default()
-            .dockerfile("Dockerfile")
-            .t(tag)
-            .rm(true)
-            .forcerm(true)
-            .nocache(self.no_cache)
-            .q(self.quiet)
-            .buildargs(&build_args)
-            .build();
-        let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        let request = BuildRequest {
+            tag,
+            context: user_context(folder, image_labels)?,
+            build_args: build_args.clone().into_iter().collect(),
+            no_cache: self.no_cache,
+            quiet: self.quiet,
+        };
+        let mut stream = std::pin::pin!(engine.build(request));
         let mut last_step: Option<String> = None;
         let mut recent: Vec<String> = Vec::new();
         while let Some(item) = stream.next().await {
-            let info = match item {
-                Ok(info) => info,
-                Err(bollard::errors::Error::DockerStreamError { error }) => return Err(build_error(tag, last_step, &recent, error)),
-                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
-                    return Err(build_error(tag, last_step, &recent, message))
-                }
-                Err(source) => return Err(Error::Docker { context: format!("building {tag}"), source }),
+            let text = match item? {
+                BuildEvent::Output(text) => text,
+                BuildEvent::Failed(message) => return Err(build_error(tag, last_step, &recent, message)),
             };
-            if let Some(detail) = info.error_detail {
-                let message = detail.message.unwrap_or_else(|| "the build failed".into());
-                return Err(build_error(tag, last_step, &recent, message));
-            }
-            if let Some(text) = info.stream {
-                for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
-                    if line.starts_with("Step ") {
-                        last_step = Some(line.to_string());
-                        recent.clear();
-                    } else {
-                        recent.push(line.to_string());
-                        if recent.len() > 10 {
-                            recent.remove(0);
-                        }
+            for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                if line.starts_with("Step ") {
+                    last_step = Some(line.to_string());
+                    recent.clear();
+                } else {
+                    recent.push(line.to_string());
+                    if recent.len() > 10 {
+                        recent.remove(0);
                     }
-                    if let Some(progress) = &self.progress {
-                        progress(&BuildProgress { stage, tag: tag.to_string(), line: line.to_string() });
-                    }
+                }
+                if let Some(progress) = &self.progress {
+                    progress(&BuildProgress { stage, tag: tag.to_string(), line: line.to_string() });
                 }
             }
         }
-        let inspected = docker.inspect_image(tag).await.map_err(docker_error(format!("the build of {tag} ended but the image cannot be read")))?;
-        Ok(inspected.id.unwrap_or_default())
+        Ok(engine.inspect_image(tag).await?.id)
     }
 }
-
 /// Builds `folder` as `tag` with the default options (see [`ImageBuilder`]).
 pub async fn build_image_from_env(folder: impl AsRef<Path>, tag: &str) -> Result<BuiltImage> {
     ImageBuilder::new().build(folder, tag).await
@@ -357,60 +345,9 @@ fn build_error(tag: &str, step: Option<String>, recent: &[String], message: Stri
     Error::Build { tag: tag.to_string(), step, message }
 }
 
-/// Checks an image reference the way the engine will (`name[:tag]`, lowercase name), so a bad
-/// one fails before anything is built and with a message that says what is wrong.
-pub(crate) fn validate_reference(reference: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::InvalidInput(format!("`{reference}` is not a valid image tag: {why}")));
-    if reference.is_empty() {
-        return bad("it is empty");
-    }
-    if reference.contains('@') {
-        return bad("a digest cannot be built; use name:tag");
-    }
-    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match reference[last_slash..].rfind(':') {
-        Some(colon) => (&reference[..last_slash + colon], Some(&reference[last_slash + colon + 1..])),
-        None => (reference, None),
-    };
-    if let Some(tag) = tag {
-        let valid = !tag.is_empty()
-            && tag.len() <= 128
-            && !tag.starts_with(['.', '-'])
-            && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !valid {
-            return bad("the tag after `:` may hold letters, digits, `_`, `.` and `-` (not first), at most 128");
-        }
-    }
-    // The first component may be a registry host (with a port); the rest are path components.
-    for (index, component) in name.split('/').enumerate() {
-        let is_host = index == 0 && name.contains('/') && (component.contains('.') || component.contains(':') || component == "localhost");
-        if is_host {
-            continue;
-        }
-        let valid = !component.is_empty()
-            && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-            && component.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && component.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !valid {
-            return bad("names are lowercase letters, digits and `.`, `_`, `-` separators, e.g. `my-env:v1`");
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags() {
-        for good in ["echo", "echo:v1", "rayfine-test/python:bookworm", "localhost:5000/a/b:c-1", "a.b_c-d:1.0"] {
-            assert!(validate_reference(good).is_ok(), "{good}");
-        }
-        for bad in ["", "Echo", "echo:", "echo:-x", "a//b", "echo@sha256:00", "-a", "a:b:c!", "echo:has space"] {
-            assert!(validate_reference(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn only_a_pruned_cache_layer_counts_as_a_race() {

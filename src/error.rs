@@ -1,4 +1,4 @@
-//! The client's one error type. Each way a call or a start can fail is its own variant, so a
+//! The library's one error type. Each way a call or a start can fail is its own variant, so a
 //! training loop can retry a timeout, skip a sample whose environment raised, and stop on bad input.
 
 use crate::protocol::{error_type, ErrorBody};
@@ -120,28 +120,20 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// No Docker engine answers on this machine.
-    #[error("cannot reach the Docker engine (is it running, and may this user use it?): {detail}")]
-    DockerUnavailable {
-        /// The client's error.
-        detail: String,
-    },
-    /// The Docker engine refused or failed an operation.
-    #[error("{context}: {source}")]
-    Docker {
-        /// What was being done.
-        context: String,
-        /// The engine's error.
-        #[source]
-        source: bollard::errors::Error,
-    },
+    /// A Docker operation failed; the message names it and quotes the daemon.
+    /// Boxed: the engine's errors are large, and every `Result` of the crate carries this type.
+    #[error(transparent)]
+    Engine(Box<crate::docker::EngineError>),
     /// A container could not be removed: the engine kept refusing, or kept it, for `seconds`.
-    #[error("container {id} is still there after {seconds} s of removal attempts")]
+    #[error("container {id} is still there after {seconds} s of removal attempts{}", .refusal.as_ref().map(|r| format!(" (the engine's last refusal: {r})")).unwrap_or_default())]
     ContainerRemains {
         /// The container's short id.
         id: String,
         /// How long removal was tried.
         seconds: u64,
+        /// The engine's last refusal, if it refused (it may also have accepted and not removed).
+        #[source]
+        refusal: Option<Box<crate::docker::EngineError>>,
     },
     /// An image build failed; `step` is the Dockerfile step that failed, when known.
     #[error("building {tag} failed{}: {message}", .step.as_deref().map(|s| format!(" at {s}")).unwrap_or_default())]
@@ -189,6 +181,12 @@ fn fmt_logs(logs: &[String]) -> String {
         String::new()
     } else {
         format!("\n--- last log lines ---\n{}", logs.join("\n"))
+    }
+}
+
+impl From<crate::docker::EngineError> for Error {
+    fn from(err: crate::docker::EngineError) -> Error {
+        Error::Engine(Box::new(err))
     }
 }
 

@@ -1,8 +1,11 @@
-//! The global registry of loaded environments, and the cleanup that must happen however this
-//! process ends: explicit cleanup, the guard at the end of `main`, Ctrl-C, SIGTERM, or a panic.
+//! The one owner of cleanup: the registry of this process's environments, the containers that
+//! belong to none yet (between create and ready, and a build's scratch containers), and the
+//! cleanup that must happen however this process ends: explicit cleanup, the guard at the end of
+//! `main`, Ctrl-C, SIGTERM, or a panic.
 //!
-//! A `parking_lot` mutex guards the map; it is never held across an `.await`: callers copy the
-//! handles they need out of it first.
+//! It holds ids and [`Running`] environments (backend handles), never the user's wrappers.
+//! `parking_lot` mutexes guard the maps; they are never held across an `.await`: callers copy
+//! what they need out first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Once;
@@ -10,42 +13,54 @@ use std::sync::Once;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
-use super::environment::EnvironmentWrapper;
+use std::sync::Arc;
 
-static REGISTRY: Lazy<Mutex<BTreeMap<String, EnvironmentWrapper>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
+use super::running::Running;
+use crate::backend::KillNow;
 
-/// Containers created but not yet (or no longer) behind a registered environment: between
+static REGISTRY: Lazy<Mutex<BTreeMap<String, Arc<Running>>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
+
+/// Containers (ids, or names while being created) behind no registered environment: between
 /// create and ready, a Ctrl-C must still remove them.
 static PENDING_CONTAINERS: Lazy<Mutex<BTreeSet<String>>> = Lazy::new(|| Mutex::new(BTreeSet::new()));
 
+/// Records a container this process must remove if it ends now.
 pub(crate) fn track_container(id: &str) {
     PENDING_CONTAINERS.lock().insert(id.to_string());
 }
 
+/// Forgets a container: removed, or now behind a registered environment.
 pub(crate) fn untrack_container(id: &str) {
     PENDING_CONTAINERS.lock().remove(id);
 }
 
-pub(crate) fn register(env: EnvironmentWrapper) {
-    REGISTRY.lock().insert(env.id().to_string(), env);
+/// Takes ownership of a started environment; from now on it is ended with this process.
+pub(crate) fn register(env: Arc<Running>) {
+    let container = env.backend.container_id().map(String::from);
+    REGISTRY.lock().insert(env.id.clone(), env);
+    if let Some(container) = container {
+        // From now on the registry covers it (and leaves it alone at exit if it is kept).
+        untrack_container(&container);
+    }
 }
 
+/// Lets go of an environment that is being cleaned up.
 pub(crate) fn unregister(id: &str) {
     REGISTRY.lock().remove(id);
 }
 
-/// Every environment loaded by this process and not yet cleaned up.
-pub fn list_active_environments() -> Vec<EnvironmentWrapper> {
+/// Every registered environment.
+pub(crate) fn all() -> Vec<Arc<Running>> {
     REGISTRY.lock().values().cloned().collect()
 }
 
 /// The environment with this id, or else the only one with this name.
-pub fn get_environment(id_or_name: &str) -> Option<EnvironmentWrapper> {
+pub(crate) fn find(id_or_name: &str) -> Option<Arc<Running>> {
     let registry = REGISTRY.lock();
     if let Some(env) = registry.get(id_or_name) {
         return Some(env.clone());
     }
-    let mut named = registry.values().filter(|env| env.name() == id_or_name);
+    let mut named = registry.values().filter(|env| env.name == id_or_name);
     match (named.next(), named.next()) {
         (Some(env), None) => Some(env.clone()),
         _ => None,
@@ -54,9 +69,9 @@ pub fn get_environment(id_or_name: &str) -> Option<EnvironmentWrapper> {
 
 /// Cleans up every registered environment, kept ones included; returns how many there were.
 pub async fn cleanup_all_environments() -> usize {
-    let all: Vec<EnvironmentWrapper> = std::mem::take(&mut *REGISTRY.lock()).into_values().collect();
+    let all: Vec<Arc<Running>> = std::mem::take(&mut *REGISTRY.lock()).into_values().collect();
     let count = all.len();
-    let stops = all.iter().map(|env| env.cleanup());
+    let stops = all.iter().map(|env| env.stop());
     for result in futures_util::future::join_all(stops).await {
         if let Err(err) = result {
             tracing::warn!("cleanup failed: {err}");
@@ -67,16 +82,22 @@ pub async fn cleanup_all_environments() -> usize {
 
 /// Ends every environment that is not kept, at once and without an async runtime.
 pub(crate) fn kill_all_now() {
-    let all: Vec<EnvironmentWrapper> = {
+    let all: Vec<Arc<Running>> = {
         let mut registry = REGISTRY.lock();
-        let doomed: Vec<String> = registry.iter().filter(|(_, env)| !env.is_kept()).map(|(id, _)| id.clone()).collect();
+        let doomed: Vec<String> = registry.iter().filter(|(_, env)| !env.keep).map(|(id, _)| id.clone()).collect();
         doomed.into_iter().filter_map(|id| registry.remove(&id)).collect()
     };
-    let mut containers: Vec<String> = all.iter().filter_map(EnvironmentWrapper::kill_now).collect();
+    let mut containers: Vec<String> = all
+        .iter()
+        .filter_map(|env| match env.kill_now() {
+            KillNow::Done => None,
+            KillNow::RemoveContainer(id) => Some(id),
+        })
+        .collect();
     containers.extend(std::mem::take(&mut *PENDING_CONTAINERS.lock()));
     containers.sort();
     containers.dedup();
-    super::docker::remove_now(containers);
+    crate::docker::remove_now(containers);
 }
 
 /// Cleans up every environment when dropped: hold one in `main` so a normal return or an

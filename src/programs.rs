@@ -1,12 +1,68 @@
-//! Finding the static `rayfine-server` that stage 2 injects into images.
+//! Finding Rayfine's own programs: the server a process-mode environment (and the owner
+//! watchdog) runs as a local child, and the static `rayfine-server` that stage 2 injects into
+//! images.
 //!
-//! It must be statically linked to run in any image (Debian, alpine, distroless, scratch), and
+//! The injected one must be statically linked to run in any image (Debian, alpine, distroless, scratch), and
 //! the one cargo builds by default is not, so a dynamic binary is refused with the command that
 //! builds the right one, instead of an image that fails at start with "no such file".
 
 use std::path::{Path, PathBuf};
 
-use crate::client::error::{Error, Result};
+use crate::error::{Error, Result};
+
+/// The program that serves an environment, and whether it needs the `serve` subcommand.
+#[derive(Debug, Clone)]
+pub struct ServerProgram {
+    /// Path of the executable.
+    pub path: PathBuf,
+    /// True for the `rayfine` CLI (`rayfine serve ...`), false for `rayfine-server`.
+    pub needs_serve: bool,
+}
+
+impl ServerProgram {
+    /// The program at `path`; `rayfine` (the CLI) is run as `rayfine serve`.
+    pub fn at(path: &Path) -> ServerProgram {
+        let needs_serve = path.file_name().is_some_and(|n| n == "rayfine");
+        ServerProgram { path: path.to_path_buf(), needs_serve }
+    }
+
+    /// Finds the server: `RAYFINE_SERVER_BIN`, this very program if it is the `rayfine` CLI, a
+    /// `rayfine-server` or `rayfine` next to this program or one folder up (cargo puts tests and
+    /// examples one level below the binaries), then `PATH`.
+    pub fn locate() -> Result<ServerProgram> {
+        let classify = |path: PathBuf| ServerProgram::at(&path);
+        if let Some(path) = std::env::var_os("RAYFINE_SERVER_BIN") {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(Error::InvalidInput(format!("RAYFINE_SERVER_BIN points to `{}`, which is not a file", path.display())));
+            }
+            return Ok(classify(path));
+        }
+        let exe = std::env::current_exe().ok();
+        if let Some(exe) = &exe {
+            if exe.file_name().is_some_and(|n| n == "rayfine") {
+                return Ok(classify(exe.clone()));
+            }
+        }
+        let mut folders: Vec<PathBuf> = Vec::new();
+        if let Some(dir) = exe.as_deref().and_then(Path::parent) {
+            folders.push(dir.to_path_buf());
+            folders.extend(dir.parent().map(Path::to_path_buf));
+        }
+        folders.extend(std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default());
+        for folder in folders {
+            for name in ["rayfine-server", "rayfine"] {
+                let candidate = folder.join(name);
+                if candidate.is_file() {
+                    return Ok(classify(candidate));
+                }
+            }
+        }
+        Err(Error::InvalidInput(
+            "cannot find the rayfine-server program: build it (`cargo build`), put it on PATH, or set RAYFINE_SERVER_BIN".into(),
+        ))
+    }
+}
 
 /// Where cargo puts the static build, relative to a target folder.
 const STATIC_RELATIVE: &str = "x86_64-unknown-linux-gnu/release/rayfine-server";
@@ -15,7 +71,7 @@ const STATIC_RELATIVE: &str = "x86_64-unknown-linux-gnu/release/rayfine-server";
 pub const BUILD_COMMAND: &str = "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --no-default-features \
                                  --bin rayfine-server --target x86_64-unknown-linux-gnu";
 
-/// Finds the static server: `explicit` if given, else `RAYFINE_SERVER_BIN` when it is static
+/// Finds the static server for images: `explicit` if given, else `RAYFINE_SERVER_BIN` when it is static
 /// (process mode also reads that variable and is happy with a dynamic build), else the newest of
 /// a `rayfine-server` next to this program and cargo's static builds in any target folder above
 /// it (`<target>/x86_64-unknown-linux-gnu/release`, or `<target>/static-server/...`, where

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::error::{Error, Result};
+use crate::error::{Error, Result};
 use crate::protocol::{CallRequestBody, CallSuccess, Health, MethodInfo, MethodList};
 
 /// Extra time the client waits beyond a call's timeout, so the server's own 504 (which says what

@@ -11,9 +11,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::dockerfile;
-use super::pylex::{logical_lines, Line, Token};
-use crate::client::error::{Error, Result};
+mod dockerfile;
+mod pylex;
+
+use crate::error::{Error, Result};
+use pylex::{logical_lines, Line, Token};
 
 /// The port an HTTP-based environment is assumed to listen on when its Dockerfile says nothing.
 pub const DEFAULT_HTTP_PORT: u16 = 8000;

@@ -7,7 +7,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
-use crate::client::process::ServerProgram;
+use crate::programs::ServerProgram;
 use crate::watchdog::Owner;
 
 /// The watchdog and the write end of its stdin, held for the life of this process: the kernel
@@ -36,7 +36,7 @@ pub(crate) fn ensure() {
 fn start() -> Result<(Child, ChildStdin), String> {
     let owner = Owner::this_process().ok_or("cannot read this process's start time")?;
     let program = ServerProgram::locate()
-        .or_else(|_| super::server_binary::locate(None).map(|path| ServerProgram::at(&path)))
+        .or_else(|_| crate::programs::locate(None).map(|path| ServerProgram::at(&path)))
         .map_err(|err| err.to_string())?;
     let mut command = Command::new(&program.path);
     if program.needs_serve {

@@ -1,0 +1,282 @@
+//! The Docker backend: one environment, one container.
+//!
+//! The order of a start is what makes it leak-proof:
+//! 1. the container is created with Rayfine's labels (owner pid and start time, env id),
+//! 2. registered for cleanup at once, before it runs, so a Ctrl-C from here on removes it,
+//! 3. attached to (stdout, stderr and, unless kept, stdin) before it starts, so no output is lost
+//!    and the last log lines can explain a failure even when the container is already gone,
+//! 4. started, with its port published on 127.0.0.1 only, on a port the engine picks.
+//!
+//! A function-based server announces readiness on stdout (the same event lines as in process
+//! mode), so there is no polling. Its stdin is our attach connection with `StdinOnce`: when this
+//! process dies, even by SIGKILL, the connection closes, the engine closes the container's stdin,
+//! the server exits and `AutoRemove` deletes the container.
+//!
+//! An HTTP-based environment is the user's own server, which knows nothing of stdin. So unless
+//! it is kept, its container starts the static server in `--supervise` mode, copied in before the
+//! start, which runs the image's command and applies the same stdin rule to it.
+//!
+//! One deadline covers every step, from the first engine request to readiness: a slow engine
+//! (creating, copying, attaching) counts against the start-up timeout as much as a slow server.
+
+mod readiness;
+mod shape;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{Backend, BoxFuture, Endpoint, KillNow, Launch, LogRing, StartSpec, LOG_LINES_IN_ERRORS};
+use crate::client::cleanup;
+use crate::client::ContainerLimits;
+use crate::detect::EnvType;
+use crate::docker::engine::{short, Engine};
+use crate::docker::{describe_exit, remove_and_wait};
+use crate::error::{Error, Result};
+use shape::Shape;
+
+/// Seconds `docker stop` waits after SIGTERM before SIGKILL. The server shuts down in
+/// milliseconds; this only bounds an environment that ignores the signal.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// An image to run as a container.
+pub(crate) struct DockerLaunch<'a> {
+    /// The image.
+    pub image: &'a str,
+    /// Resource limits.
+    pub limits: &'a ContainerLimits,
+    /// How it is served, when the caller says so (else the image's label says).
+    pub env_type: Option<EnvType>,
+    /// The port an HTTP-based environment listens on inside, when not the image's label's.
+    pub http_port: Option<u16>,
+    /// Labels of the caller's, besides Rayfine's own.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+type Input = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A running environment container.
+pub(crate) struct DockerServer {
+    /// The engine's container id.
+    id: String,
+    /// Our end of the container's stdin; closing it stops a function-based server.
+    stdin: tokio::sync::Mutex<Option<Input>>,
+    /// Last output lines.
+    logs: Arc<LogRing>,
+    /// Set when the attach stream ends: the container has exited.
+    exited: Arc<AtomicBool>,
+}
+
+/// Where the container answers, once ready: its host port and, for a supervised HTTP-based
+/// environment, the host port of the supervisor's lease renewals.
+struct Ports {
+    server: u16,
+    lease: Option<u16>,
+}
+
+impl Launch for DockerLaunch<'_> {
+    async fn start(self, spec: &StartSpec<'_>) -> Result<(Box<dyn Backend>, Endpoint)> {
+        let began = Instant::now();
+        let logs = Arc::new(LogRing::new(spec.name));
+        let exited = Arc::new(AtomicBool::new(false));
+        let mut server: Option<DockerServer> = None;
+        let mut env_type = EnvType::Function;
+        let steps = self.run_steps(spec, &mut server, &mut env_type, &logs, &exited);
+        let outcome = match tokio::time::timeout_at(spec.deadline.into(), steps).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(not_ready(spec, format!("not ready after {:.0} s", began.elapsed().as_secs_f64()))),
+        };
+        let container_name = format!("rayfine-{}", spec.env_id);
+        match (outcome, server) {
+            (Ok(ports), Some(server)) => {
+                let url = format!("http://127.0.0.1:{}", ports.server);
+                // The `/call` server takes renewals on its own port; a supervised HTTP-based one
+                // on the supervisor's. The user's own HTTP server knows no token, so the client
+                // sends it none.
+                let renewals_at = match env_type {
+                    EnvType::Function => Some(ports.server),
+                    EnvType::Http => ports.lease,
+                };
+                let endpoint = Endpoint {
+                    url,
+                    token: (env_type == EnvType::Function).then(|| spec.token.to_string()),
+                    lease_at: spec.lease.and(renewals_at).map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+                    env_type,
+                };
+                Ok((Box::new(server), endpoint))
+            }
+            (Ok(_), None) => Err(not_ready(spec, "the start ended without a container".into())),
+            (Err(err), Some(server)) => {
+                // Give the output pump a moment to read the container's last words.
+                server.wait_exited(Duration::from_millis(300)).await;
+                let logs = server.logs.last(LOG_LINES_IN_ERRORS);
+                if let Err(err) = server.remove().await {
+                    tracing::warn!("{err:#}");
+                }
+                let reason = match err {
+                    Error::StartFailed { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                Err(Error::StartFailed { name: spec.name.to_string(), reason, logs })
+            }
+            (Err(err), None) => {
+                // Out of time while the engine was creating it: the container may exist under
+                // its name, without our having learnt its id.
+                if let Ok(engine) = Engine::connect().await {
+                    if let Err(err) = remove_and_wait(&engine, &container_name).await {
+                        tracing::warn!("{err:#}");
+                    }
+                }
+                cleanup::untrack_container(&container_name);
+                Err(match err {
+                    Error::StartFailed { name, reason, logs } => Error::StartFailed { name, reason: format!("{reason}: the engine had not created the container yet"), logs },
+                    other => other,
+                })
+            }
+        }
+    }
+}
+
+impl DockerLaunch<'_> {
+    /// Every step of a start, from the first engine request to readiness, in the order that makes
+    /// it leak-proof. `server` is set as soon as the container exists, so the caller can remove
+    /// it whatever happens next.
+    async fn run_steps(
+        &self,
+        spec: &StartSpec<'_>,
+        server: &mut Option<DockerServer>,
+        env_type: &mut EnvType,
+        logs: &Arc<LogRing>,
+        exited: &Arc<AtomicBool>,
+    ) -> Result<Ports> {
+        let engine = Engine::connect().await?;
+        let image = engine.inspect_image(self.image).await.map_err(|err| {
+            if err.is_not_found() {
+                Error::InvalidInput(format!(
+                    "no image `{}` in the local Docker engine: build one with `rayfine build <env-folder> -t {}`, or pull it",
+                    self.image, self.image
+                ))
+            } else {
+                err.into()
+            }
+        })?;
+        let shape = Shape::decide(self, spec, &image)?;
+        *env_type = shape.env_type;
+        let files = shape.files(spec)?;
+        if !spec.keep {
+            crate::docker::owner_watch::ensure();
+        }
+        let container_spec = shape.container_spec(self, spec);
+        // Tracked by name before it exists, so a Ctrl-C while the engine creates it removes it.
+        let name = container_spec.name.clone();
+        cleanup::track_container(&name);
+        let created = engine.create_container(container_spec).await;
+        if let Ok(id) = &created {
+            cleanup::track_container(id);
+        }
+        cleanup::untrack_container(&name);
+        let id = created?;
+        let server = server.insert(DockerServer { id: id.clone(), stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() });
+
+        if let Some(archive) = files {
+            engine.copy_into(&id, archive).await?;
+        }
+        let attached = engine.attach(&id, shape.watch_stdin).await?;
+        if shape.watch_stdin {
+            *server.stdin.lock().await = Some(attached.input);
+        }
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(readiness::pump_output(attached.output, logs.clone(), events_tx, exited.clone()));
+        engine.start(&id).await?;
+        let facts = engine.inspect_container(&id).await?;
+        let published = |inside: u16| {
+            facts.host_port(inside).ok_or_else(|| not_ready(spec, format!("the engine published no port for {inside}/tcp (container {})", facts.status)))
+        };
+        let ports = Ports { server: published(shape.container_port)?, lease: shape.lease_port.map(published).transpose()? };
+        let ready = match shape.env_type {
+            EnvType::Function => readiness::wait_for_server(events_rx, ports.server, spec.deadline).await,
+            EnvType::Http => readiness::wait_for_http(ports.server, spec.deadline, exited).await,
+        };
+        ready.map_err(|reason| not_ready(spec, reason))?;
+        Ok(ports)
+    }
+}
+
+/// A start that failed for a reason of its own (not an engine error); the logs are added by
+/// whoever still has the container.
+fn not_ready(spec: &StartSpec<'_>, reason: String) -> Error {
+    Error::StartFailed { name: spec.name.to_string(), reason, logs: Vec::new() }
+}
+
+impl DockerServer {
+    /// Waits up to `within` for the container's output stream to end, which it does when the
+    /// container exits.
+    async fn wait_exited(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.exited.load(Ordering::SeqCst) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the container (SIGTERM, short grace, SIGKILL) and removes it with its volumes;
+    /// returns once it is gone, or an error saying it is not.
+    async fn remove(&self) -> Result<()> {
+        if let Some(mut input) = self.stdin.lock().await.take() {
+            let _ = input.shutdown().await;
+        }
+        let engine = Engine::connect().await?;
+        if let Err(err) = engine.stop(&self.id, STOP_GRACE).await {
+            tracing::debug!("{err}");
+        }
+        remove_and_wait(&engine, &self.id).await?;
+        cleanup::untrack_container(&self.id);
+        Ok(())
+    }
+}
+
+impl Backend for DockerServer {
+    fn mode(&self) -> &'static str {
+        "docker"
+    }
+
+    fn describe(&self) -> String {
+        format!("container {}", short(&self.id))
+    }
+
+    fn container_id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.remove())
+    }
+
+    fn kill_now(&self) -> KillNow {
+        KillNow::RemoveContainer(self.id.clone())
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::SeqCst)
+    }
+
+    /// How the container ended, if it has: the end of its output stream is waited for, then the
+    /// engine says whether it still runs, and how it exited.
+    fn exit_description(&self, within: Duration) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            self.wait_exited(within).await;
+            match describe_exit(&self.id).await {
+                Some(ended) => Some(ended),
+                None if self.has_exited() => Some(format!("its container {} has exited", short(&self.id))),
+                None => None,
+            }
+        })
+    }
+
+    fn last_logs(&self, n: usize) -> Vec<String> {
+        self.logs.last(n)
+    }
+}

@@ -1,0 +1,27 @@
+//! A container that exists only for one step of a build (checking env.py, committing stage 2):
+//! created, tracked for cleanup at once, used, and removed whatever the step's outcome.
+
+use std::future::Future;
+
+use crate::client::cleanup;
+use crate::docker::engine::{ContainerSpec, Engine};
+use crate::docker::remove_and_wait;
+use crate::error::Result;
+
+/// Creates a container from `spec` (named `rayfine-<purpose>-<random>`), runs `step` with its
+/// id, then removes it; returns the step's result.
+pub(crate) async fn with_scratch_container<T, F, Fut>(engine: &Engine, purpose: &str, mut spec: ContainerSpec, step: F) -> Result<T>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    spec.name = format!("rayfine-{purpose}-{}", crate::random::hex(6)?);
+    let id = engine.create_container(spec).await?;
+    cleanup::track_container(&id);
+    let outcome = step(id.clone()).await;
+    match remove_and_wait(engine, &id).await {
+        Ok(()) => cleanup::untrack_container(&id),
+        Err(err) => tracing::warn!("{err}"),
+    }
+    outcome
+}

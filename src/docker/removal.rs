@@ -1,0 +1,139 @@
+//! Removing containers for sure: asked again while the engine refuses, confirmed by inspect, and
+//! from exit paths that have no async runtime.
+
+use std::time::{Duration, Instant};
+
+use super::engine::{short, Engine, EngineError};
+use crate::error::{Error, Result};
+
+/// How long a removal is asked for again before the container is reported as left behind. An
+/// engine refuses to remove a container whose processes are slow to die (a fork bomb's thousands)
+/// with a 500 "cannot kill", and succeeds a few seconds later.
+const REMOVE_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long the exit paths wait for their batch of removals.
+const REMOVE_NOW_LIMIT: Duration = Duration::from_secs(10);
+
+/// Force-removes a container with its volumes and waits until the engine no longer knows it,
+/// asking again while the engine refuses. An error says the container is still there.
+pub(crate) async fn remove_and_wait(engine: &Engine, id: &str) -> Result<()> {
+    remove_and_wait_within(engine, id, REMOVE_LIMIT, Duration::from_secs(2)).await
+}
+
+/// [`remove_and_wait`], asking again every `every` for up to `limit`.
+async fn remove_and_wait_within(engine: &Engine, id: &str, limit: Duration, every: Duration) -> Result<()> {
+    let started = Instant::now();
+    let mut refusal: Option<EngineError> = None;
+    loop {
+        match engine.remove_container(id).await {
+            Ok(()) => {}
+            Err(err) if err.is_not_found() => return Ok(()),
+            Err(err) if err.is_conflict() => {} // auto-removal already under way
+            Err(err) => {
+                tracing::debug!("{err}");
+                refusal = Some(err);
+            }
+        }
+        // Gone at once, usually; otherwise ask again.
+        let ask_again = Instant::now() + every;
+        while Instant::now() < ask_again {
+            match engine.inspect_container(id).await {
+                Err(err) if err.is_not_found() => return Ok(()),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        if started.elapsed() > limit {
+            return Err(Error::ContainerRemains { id: short(id).to_string(), seconds: limit.as_secs(), refusal: refusal.map(Box::new) });
+        }
+        tracing::info!("container {id} is still there; asking the engine again to remove it");
+    }
+}
+
+/// Force-removes containers from a plain thread with a runtime of its own: for the exit paths
+/// (signal handler, panic hook, guard) that may run inside or outside an async runtime.
+pub(crate) fn remove_now(ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let worker = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            let Ok(engine) = Engine::connect().await else { return };
+            let removals = ids.iter().map(|id| {
+                let engine = engine.clone();
+                async move {
+                    let _ = engine.remove_container(id).await;
+                }
+            });
+            let _ = tokio::time::timeout(REMOVE_NOW_LIMIT, futures_util::future::join_all(removals)).await;
+        });
+    });
+    let _ = worker.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::{delete, get};
+
+    use super::*;
+
+    /// An engine that refuses to remove its one container (`refusals` times, with the 500 a fork
+    /// bombed container gets), then removes it.
+    async fn stubborn_engine(refusals: usize) -> Engine {
+        #[derive(Clone)]
+        struct Stub {
+            refused: Arc<AtomicUsize>,
+            refusals: usize,
+            removed: Arc<AtomicBool>,
+        }
+        let stub = Stub { refused: Arc::default(), refusals, removed: Arc::default() };
+        let not_found = || (StatusCode::NOT_FOUND, r#"{"message":"No such container: c1"}"#);
+        let app = axum::Router::new()
+            .route(
+                "/containers/c1",
+                delete(|State(stub): State<Stub>| async move {
+                    if stub.refused.fetch_add(1, Ordering::SeqCst) < stub.refusals {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"Could not kill running container c1: PID 42 is zombie and can not be killed"}"#);
+                    }
+                    stub.removed.store(true, Ordering::SeqCst);
+                    (StatusCode::NO_CONTENT, "")
+                }),
+            )
+            .route(
+                "/containers/c1/json",
+                get(move |State(stub): State<Stub>| async move {
+                    if stub.removed.load(Ordering::SeqCst) {
+                        not_found()
+                    } else {
+                        (StatusCode::OK, r#"{"Id":"c1","State":{"Running":false}}"#)
+                    }
+                }),
+            )
+            // Anything else is an error, never a 404 that would read as "removed".
+            .fallback(|| async { StatusCode::IM_A_TEAPOT })
+            .with_state(stub);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Engine::at_http(&format!("http://{addr}"))
+    }
+
+    #[tokio::test]
+    async fn removal_is_asked_again_while_the_engine_refuses() {
+        let engine = stubborn_engine(2).await;
+        remove_and_wait_within(&engine, "c1", Duration::from_secs(10), Duration::from_millis(100)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_container_the_engine_keeps_is_an_error_naming_it_and_the_daemons_refusal() {
+        let engine = stubborn_engine(usize::MAX).await;
+        let err = remove_and_wait_within(&engine, "c1", Duration::from_millis(500), Duration::from_millis(100)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("container c1 is still there") && text.contains("zombie"), "{text}");
+    }
+}
