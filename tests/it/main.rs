@@ -9,4 +9,5 @@ mod hostile;
 mod lifecycle;
 mod python_worker;
 mod server;
+mod stalled_engine;
 mod util;

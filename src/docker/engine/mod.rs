@@ -32,9 +32,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The local engine (`DOCKER_HOST`, else the default socket), API version agreed.
+    /// The engine `DOCKER_HOST` names (`unix://` or `tcp://`, as the Docker CLI reads it), else
+    /// the default socket; API version agreed.
     pub async fn connect() -> EngineResult<Engine> {
-        let docker = Docker::connect_with_local_defaults().map_err(|source| EngineError::Unavailable { source })?;
+        let docker = Docker::connect_with_defaults().map_err(|source| EngineError::Unavailable { source })?;
         let docker = docker.negotiate_version().await.map_err(|source| EngineError::Unavailable { source })?;
         Ok(Engine { docker })
     }
