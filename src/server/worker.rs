@@ -1,4 +1,4 @@
-//! Supervision of the Python worker process and the channel to it.
+//! The Python worker process and the channel to it.
 //!
 //! One worker runs the environment. Calls are multiplexed over its stdin/stdout as JSON lines
 //! tagged with an id, written straight from the handler that makes them; replies are routed to
@@ -129,7 +129,7 @@ struct Session {
     methods: HashMap<String, MethodEntry>,
     /// The methods in the worker's order, for `/methods`.
     method_list: Vec<MethodInfo>,
-    /// Asks the supervisor to kill this worker (a sync call overran its timeout).
+    /// Asks the restart loop to kill this worker (a sync call overran its timeout).
     kill: Notify,
 }
 
@@ -197,9 +197,9 @@ impl Phase {
     }
 }
 
-/// Cheap handle to the supervised worker, shared by all request handlers.
+/// Cheap handle to the worker, shared by all request handlers; the restart loop owns the process.
 #[derive(Clone)]
-pub struct Supervisor {
+pub struct Worker {
     shared: Arc<Shared>,
 }
 
@@ -210,11 +210,11 @@ struct Shared {
     phase: watch::Sender<Phase>,
     /// Ids tag calls on the channel so replies can come back in any order.
     next_id: AtomicU64,
-    /// Asks the supervision loop to kill the worker and end (server shutdown).
+    /// Asks the restart loop to kill the worker and end (server shutdown).
     stop: Notify,
     /// How long a call alone in flight polls for its reply.
     reply_poll: Duration,
-    /// Turns true when the supervision loop has ended, the worker and all it started killed.
+    /// Turns true when the restart loop has ended, the worker and all it started killed.
     ended: watch::Receiver<bool>,
 }
 
@@ -226,10 +226,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A worker that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-impl Supervisor {
+impl Worker {
     /// Starts the worker and keeps it running until the returned handle's last clone is dropped
     /// and the server shuts down.
-    pub fn start(config: WorkerConfig) -> Supervisor {
+    pub fn start(config: WorkerConfig) -> Worker {
         let (phase, _) = watch::channel(Phase::Starting);
         let (ended_tx, ended) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -242,10 +242,10 @@ impl Supervisor {
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
-            supervise(config, weak).await;
+            restart_loop(config, weak).await;
             ended_tx.send_replace(true);
         });
-        Supervisor { shared }
+        Worker { shared }
     }
 
     /// Kills the worker and everything it started, and returns once that is done (bounded): a
@@ -256,7 +256,7 @@ impl Supervisor {
         let _ = tokio::time::timeout(Duration::from_secs(15), ended.wait_for(|ended| *ended)).await;
     }
 
-    /// Kills the worker and ends supervision; calls in flight fail with [`CallError::WorkerLost`].
+    /// Kills the worker and ends the restart loop; calls in flight fail with [`CallError::WorkerLost`].
     pub fn shutdown(&self) {
         self.shared.stop.notify_one();
     }
@@ -351,8 +351,8 @@ fn unavailable_reason(phase: &Phase) -> String {
     }
 }
 
-/// The supervision loop: start, wait for ready, serve until death or kill, back off, repeat.
-async fn supervise(config: WorkerConfig, shared: std::sync::Weak<Shared>) {
+/// The restart loop: start, wait for ready, serve until death or kill, back off, repeat.
+async fn restart_loop(config: WorkerConfig, shared: std::sync::Weak<Shared>) {
     let mut backoff = BACKOFF_START;
     let mut ever_ready = false;
     loop {
