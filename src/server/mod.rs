@@ -7,10 +7,10 @@
 mod app;
 mod channel;
 mod error;
+mod guarded_command;
 mod lease;
 mod reaper;
 mod secrets;
-mod supervise;
 mod worker;
 
 use clap::builder::FalseyValueParser;
@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use app::{app, AppState};
 pub use error::ApiError;
 pub use lease::{Lease, LEASE_PATH};
-pub use supervise::supervise;
+pub use guarded_command::supervise;
 pub use worker::{CallError, Phase, Worker, WorkerConfig, WorkerPriority};
 
 use crate::protocol::{ServerEvent, TOKEN_ENV};
