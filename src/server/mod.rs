@@ -5,7 +5,6 @@
 //! from the caller, so tests can start it on any socket and stop it with anything.
 
 mod app;
-mod channel;
 mod error;
 mod guarded_command;
 mod lease;
