@@ -236,7 +236,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn worker_script() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/worker.py")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/worker/worker.py")
     }
 
     async fn ready_app(env: &str, token: Option<&str>) -> (Router, Worker) {

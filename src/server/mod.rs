@@ -24,12 +24,9 @@ pub use app::{app, AppState};
 pub use error::ApiError;
 pub use lease::{Lease, LEASE_PATH};
 pub use guarded_command::supervise;
-pub use worker::{CallError, Phase, Worker, WorkerConfig, WorkerPriority};
+pub use worker::{CallError, Phase, Worker, WorkerConfig, WorkerPriority, WORKER_SCRIPT};
 
 use crate::protocol::{ServerEvent, TOKEN_ENV};
-
-/// The worker script, embedded so the server needs no file beside it.
-pub const WORKER_SCRIPT: &str = include_str!("../../templates/worker.py");
 
 /// Default of `--spin-us`: a little longer than an HTTP round trip on loopback, so a client
 /// that calls again right away finds the worker still polling.

@@ -4,8 +4,9 @@
 //! [`process`] starts it, restarts it with backoff when it dies or is killed, and says how it
 //! ended; [`calls`] multiplexes calls over it (ids, replies, timeouts, cancellation); [`wire`]
 //! reads and writes its lines in the shapes of [`crate::protocol::worker`], over the pipes of
-//! [`channel`]. A call in flight on a worker that dies, or is killed because a sync call overran
-//! its timeout, fails with [`CallError::WorkerLost`].
+//! [`channel`]. `worker.py`, in this folder too, is the Python half. A call in flight on a
+//! worker that dies, or is killed because a sync call overran its timeout, fails with
+//! [`CallError::WorkerLost`].
 
 mod calls;
 mod channel;
@@ -24,6 +25,10 @@ use calls::{Outcome, Session};
 
 pub use calls::CallError;
 pub use process::{WorkerConfig, WorkerPriority};
+
+/// The worker script (`worker.py` in this folder), embedded so the server needs no file beside
+/// it.
+pub const WORKER_SCRIPT: &str = include_str!("worker.py");
 
 /// What the worker is doing, as `/health` reports it.
 #[derive(Clone)]

@@ -24,7 +24,7 @@ use crate::server::reaper::{self, Leader};
 pub struct WorkerConfig {
     /// Python interpreter to run.
     pub python: String,
-    /// The worker script (templates/worker.py).
+    /// The worker script: the embedded `worker.py` of this folder, or `--worker-script`.
     pub script: PathBuf,
     /// A descriptor the worker inherits: the in-memory script that `script` names as
     /// `/proc/self/fd/N`.
