@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::error::ApiError;
 use super::lease::{Lease, LEASE_PATH};
 use super::worker::{Phase, Worker};
-use crate::protocol::{error_type, CallRequest, Health, MethodList, AUTH_HEADER};
+use crate::protocol::{error_type, CallRequest, CallSuccess, Health, MethodList, AUTH_HEADER};
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -216,11 +216,14 @@ async fn invoke(state: &AppState, method: &str, args: &str, kwargs: &str, timeou
         None => state.default_timeout,
     };
     let result = state.worker.call(method, args, kwargs, timeout).await?;
-    let mut body = String::with_capacity(32 + result.get().len());
-    body.push_str("{\"status\":\"success\",\"result\":");
-    body.push_str(result.get());
-    body.push('}');
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], success_body(result)).into_response())
+}
+
+/// The `/call` answer for `result`, which is copied in as the worker wrote it, never parsed again.
+fn success_body(result: Box<RawValue>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(32 + result.get().len());
+    serde_json::to_writer(&mut body, &CallSuccess { status: "success".to_string(), result }).expect("a raw JSON value always serializes");
+    body
 }
 
 #[cfg(test)]
@@ -285,6 +288,12 @@ mod tests {
         let (status, body) = send(&app, "POST", "/call", r#"{"method":"add","args":[2],"kwargs":{"b":3}}"#, None).await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "success", "result": 5})));
         worker.shutdown();
+    }
+
+    #[test]
+    fn a_success_body_carries_the_result_as_the_worker_wrote_it() {
+        let body = success_body(RawValue::from_string(r#"{"x": 1.50, "y": [ ]}"#.into()).unwrap());
+        assert_eq!(String::from_utf8(body).unwrap(), r#"{"status":"success","result":{"x": 1.50, "y": [ ]}}"#);
     }
 
     #[tokio::test]
