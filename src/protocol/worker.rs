@@ -1,5 +1,5 @@
 //! The server↔worker wire: one JSON object per line each way, over the worker's stdin and stdout.
-//! `templates/worker.py` is the other half; both follow the shapes written here, once.
+//! `src/server/worker/worker.py` is the other half; both follow the shapes written here, once.
 //!
 //! ```text
 //! server -> worker   {"id": N, "method": "...", "args": [...], "kwargs": {...}}   a call; the id first

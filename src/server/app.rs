@@ -17,14 +17,14 @@ use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::lease::{Lease, LEASE_PATH};
-use super::worker::{Phase, Supervisor};
-use crate::protocol::{error_type, CallRequest, Health, MethodList, AUTH_HEADER};
+use super::worker::{Phase, Worker};
+use crate::protocol::{error_type, CallRequest, CallSuccess, Health, MethodList, AUTH_HEADER};
 
 /// What every handler needs.
 #[derive(Clone)]
 pub struct AppState {
     /// The worker running the environment.
-    pub supervisor: Supervisor,
+    pub worker: Worker,
     /// Bearer token required on every route but `/health`; `None` turns authentication off.
     pub token: Option<Arc<str>>,
     /// Timeout for calls whose request names none.
@@ -128,7 +128,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let phase = state.supervisor.phase();
+    let phase = state.worker.phase();
     let (status, detail, error) = match &phase {
         Phase::Ready => (StatusCode::OK, None, None),
         Phase::Starting => (StatusCode::SERVICE_UNAVAILABLE, Some("the environment is loading".to_string()), None),
@@ -143,7 +143,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn methods(State(state): State<AppState>) -> Result<Json<MethodList>, ApiError> {
-    Ok(Json(MethodList { methods: state.supervisor.methods()? }))
+    Ok(Json(MethodList { methods: state.worker.methods()? }))
 }
 
 /// Turns axum's plain-text body rejections into our JSON errors.
@@ -215,12 +215,15 @@ async fn invoke(state: &AppState, method: &str, args: &str, kwargs: &str, timeou
         Some(seconds) => return Err(ApiError::bad_request(format!("`timeout` must be a positive number of seconds, not {seconds}"))),
         None => state.default_timeout,
     };
-    let result = state.supervisor.call(method, args, kwargs, timeout).await?;
-    let mut body = String::with_capacity(32 + result.get().len());
-    body.push_str("{\"status\":\"success\",\"result\":");
-    body.push_str(result.get());
-    body.push('}');
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let result = state.worker.call(method, args, kwargs, timeout).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], success_body(result)).into_response())
+}
+
+/// The `/call` answer for `result`, which is copied in as the worker wrote it, never parsed again.
+fn success_body(result: Box<RawValue>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(32 + result.get().len());
+    serde_json::to_writer(&mut body, &CallSuccess { status: "success".to_string(), result }).expect("a raw JSON value always serializes");
+    body
 }
 
 #[cfg(test)]
@@ -236,12 +239,12 @@ mod tests {
     use tower::ServiceExt;
 
     fn worker_script() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/worker.py")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/worker/worker.py")
     }
 
-    async fn ready_app(env: &str, token: Option<&str>) -> (Router, Supervisor) {
+    async fn ready_app(env: &str, token: Option<&str>) -> (Router, Worker) {
         let env_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments").join(env);
-        let supervisor = Supervisor::start(WorkerConfig {
+        let worker = Worker::start(WorkerConfig {
             python: "python3".into(),
             script: worker_script(),
             env_path,
@@ -251,20 +254,20 @@ mod tests {
             priority: crate::server::WorkerPriority::Normal,
             script_fd: None,
         });
-        let mut phases = supervisor.subscribe();
+        let mut phases = worker.subscribe();
         tokio::time::timeout(Duration::from_secs(20), phases.wait_for(|p| !matches!(p, Phase::Starting)))
             .await
             .expect("the worker loads within 20 s")
-            .expect("the supervisor lives");
+            .expect("the worker handle lives");
         let state = AppState {
-            supervisor: supervisor.clone(),
+            worker: worker.clone(),
             token: token.map(Arc::from),
             default_timeout: None,
             max_body_bytes: 1024,
             body_timeout: Duration::from_secs(5),
             lease: None,
         };
-        (app(state), supervisor)
+        (app(state), worker)
     }
 
     async fn send(app: &Router, method: &str, uri: &str, body: &str, token: Option<&str>) -> (StatusCode, Value) {
@@ -281,27 +284,33 @@ mod tests {
 
     #[tokio::test]
     async fn call_returns_the_result_in_the_success_shape() {
-        let (app, supervisor) = ready_app("echo", None).await;
+        let (app, worker) = ready_app("echo", None).await;
         let (status, body) = send(&app, "POST", "/call", r#"{"method":"add","args":[2],"kwargs":{"b":3}}"#, None).await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "success", "result": 5})));
-        supervisor.shutdown();
+        worker.shutdown();
+    }
+
+    #[test]
+    fn a_success_body_carries_the_result_as_the_worker_wrote_it() {
+        let body = success_body(RawValue::from_string(r#"{"x": 1.50, "y": [ ]}"#.into()).unwrap());
+        assert_eq!(String::from_utf8(body).unwrap(), r#"{"status":"success","result":{"x": 1.50, "y": [ ]}}"#);
     }
 
     #[tokio::test]
     async fn restful_route_takes_kwargs_or_the_args_kwargs_wrapper() {
-        let (app, supervisor) = ready_app("echo", None).await;
+        let (app, worker) = ready_app("echo", None).await;
         let (_, body) = send(&app, "POST", "/add", r#"{"a":1,"b":2}"#, None).await;
         assert_eq!(body["result"], 3);
         let (_, body) = send(&app, "POST", "/add", r#"{"args":[1],"kwargs":{"b":5}}"#, None).await;
         assert_eq!(body["result"], 6);
         let (_, body) = send(&app, "POST", "/ping", "", None).await;
         assert_eq!(body["result"], "pong");
-        supervisor.shutdown();
+        worker.shutdown();
     }
 
     #[tokio::test]
     async fn every_error_has_the_protocol_shape_and_status() {
-        let (app, supervisor) = ready_app("echo", None).await;
+        let (app, worker) = ready_app("echo", None).await;
         let cases = [
             ("/call", r#"{"method":"nope"}"#, StatusCode::NOT_FOUND, "MethodNotFound"),
             ("/call", r#"{"method":"_private"}"#, StatusCode::NOT_FOUND, "MethodNotFound"),
@@ -320,20 +329,20 @@ mod tests {
             assert_eq!(got["status"], "error");
             assert!(got["detail"].as_str().is_some_and(|d| !d.is_empty() && !d.contains('\n')), "{got}");
         }
-        supervisor.shutdown();
+        worker.shutdown();
     }
 
     #[tokio::test]
     async fn unknown_method_error_lists_the_available_ones() {
-        let (app, supervisor) = ready_app("echo", None).await;
+        let (app, worker) = ready_app("echo", None).await;
         let (_, body) = send(&app, "POST", "/call", r#"{"method":"nope"}"#, None).await;
         assert_eq!(body["detail"], "no method named `nope`; available: add, aping, echo, ping, slow_echo");
-        supervisor.shutdown();
+        worker.shutdown();
     }
 
     #[tokio::test]
     async fn token_is_required_everywhere_but_health() {
-        let (app, supervisor) = ready_app("echo", Some("s3cret")).await;
+        let (app, worker) = ready_app("echo", Some("s3cret")).await;
         let (status, _) = send(&app, "GET", "/health", "", None).await;
         assert_eq!(status, StatusCode::OK);
         for (method, uri, body) in [("GET", "/methods", ""), ("POST", "/call", r#"{"method":"ping"}"#), ("POST", "/ping", "{}")] {
@@ -344,7 +353,7 @@ mod tests {
             let (status, _) = send(&app, method, uri, body, Some("s3cret")).await;
             assert_eq!(status, StatusCode::OK, "{method} {uri}");
         }
-        supervisor.shutdown();
+        worker.shutdown();
     }
 
     #[test]
@@ -359,16 +368,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_lowercase_bearer_scheme_is_accepted() {
-        let (app, supervisor) = ready_app("echo", Some("s3cret")).await;
+        let (app, worker) = ready_app("echo", Some("s3cret")).await;
         let request = Request::builder().method("GET").uri("/methods").header("authorization", "bearer s3cret");
         let response = app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        supervisor.shutdown();
+        worker.shutdown();
     }
 
     #[tokio::test]
     async fn methods_describe_signature_source_and_asyncness() {
-        let (app, supervisor) = ready_app("gridgame", None).await;
+        let (app, worker) = ready_app("gridgame", None).await;
         let (status, body) = send(&app, "GET", "/methods", "", None).await;
         assert_eq!(status, StatusCode::OK);
         let names: Vec<&str> = body["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
@@ -379,12 +388,12 @@ mod tests {
         assert_eq!(step["endpoint"], "/step");
         assert_eq!(step["is_async"], false);
         assert!(step["doc"].as_str().unwrap().starts_with("Moves one cell"));
-        supervisor.shutdown();
+        worker.shutdown();
     }
 
     #[tokio::test]
     async fn dataclass_results_become_json_objects() {
-        let (app, supervisor) = ready_app("gridgame", None).await;
+        let (app, worker) = ready_app("gridgame", None).await;
         let (_, body) = send(&app, "POST", "/reset", r#"{"size":4,"seed":1}"#, None).await;
         let result = &body["result"];
         assert_eq!(result["observation"]["position"], json!([0, 0]));
@@ -393,6 +402,6 @@ mod tests {
         let (_, body) = send(&app, "POST", "/step", &json!({"episode_id": id, "action": "down"}).to_string(), None).await;
         assert_eq!(body["result"]["observation"]["position"], json!([0, 1]));
         assert_eq!(body["result"]["info"]["steps"], 1);
-        supervisor.shutdown();
+        worker.shutdown();
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::worker::{Phase, Supervisor};
+use super::worker::{Phase, Worker};
 
 pub use crate::protocol::LEASE_PATH;
 
@@ -46,8 +46,8 @@ impl Lease {
     }
 
     /// Completes when the lease has lapsed, counting from the moment the environment is ready.
-    pub async fn lapsed(self: Arc<Self>, supervisor: Supervisor) {
-        let mut phases = supervisor.subscribe();
+    pub async fn lapsed(self: Arc<Self>, worker: Worker) {
+        let mut phases = worker.subscribe();
         while matches!(*phases.borrow_and_update(), Phase::Starting) {
             if phases.changed().await.is_err() {
                 return std::future::pending().await;

@@ -5,12 +5,11 @@
 //! from the caller, so tests can start it on any socket and stop it with anything.
 
 mod app;
-mod channel;
 mod error;
+mod guarded_command;
 mod lease;
 mod reaper;
 mod secrets;
-mod supervise;
 mod worker;
 
 use clap::builder::FalseyValueParser;
@@ -24,13 +23,10 @@ use std::time::Duration;
 pub use app::{app, AppState};
 pub use error::ApiError;
 pub use lease::{Lease, LEASE_PATH};
-pub use supervise::supervise;
-pub use worker::{CallError, Phase, Supervisor, WorkerConfig, WorkerPriority};
+pub use guarded_command::supervise;
+pub use worker::{CallError, Phase, Worker, WorkerConfig, WorkerPriority, WORKER_SCRIPT};
 
 use crate::protocol::{ServerEvent, TOKEN_ENV};
-
-/// The worker script, embedded so the server needs no file beside it.
-pub const WORKER_SCRIPT: &str = include_str!("../../templates/worker.py");
 
 /// Default of `--spin-us`: a little longer than an HTTP round trip on loopback, so a client
 /// that calls again right away finds the worker still polling.
@@ -305,7 +301,7 @@ pub async fn run(
     if token.is_none() {
         tracing::warn!("authentication is off: anyone who reaches port {} can call this environment", local.port());
     }
-    let supervisor = Supervisor::start(WorkerConfig {
+    let worker = Worker::start(WorkerConfig {
         python: config.python.clone(),
         script: script.path(),
         script_fd: script.inherited_fd(),
@@ -317,17 +313,17 @@ pub async fn run(
         priority: worker_priority(config.worker_priority),
     });
     announce(&ServerEvent::Listening { port: local.port() });
-    tokio::spawn(announce_phases(supervisor.clone()));
+    tokio::spawn(announce_phases(worker.clone()));
     tracing::info!("listening on {local}, loading {}", config.env_path.display());
 
     let lapsed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &lease {
         Some(lease) => {
             tracing::info!("lease of {:?}: stopping if not renewed", lease.duration());
-            Box::pin(lease.clone().lapsed(supervisor.clone()))
+            Box::pin(lease.clone().lapsed(worker.clone()))
         }
         None => Box::pin(std::future::pending()),
     };
-    let router = app(AppState { supervisor: supervisor.clone(), token, default_timeout, max_body_bytes: config.max_body_bytes, body_timeout, lease });
+    let router = app(AppState { worker: worker.clone(), token, default_timeout, max_body_bytes: config.max_body_bytes, body_timeout, lease });
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
         let _ = stream.set_nodelay(true);
     });
@@ -352,7 +348,7 @@ pub async fn run(
             }
         }
     }
-    supervisor.stop().await;
+    worker.stop().await;
     drop(script);
     Ok(())
 }
@@ -365,8 +361,8 @@ fn announce(event: &ServerEvent) {
     let _ = out.flush();
 }
 
-async fn announce_phases(supervisor: Supervisor) {
-    let mut phases = supervisor.subscribe();
+async fn announce_phases(worker: Worker) {
+    let mut phases = worker.subscribe();
     let mut announced_ready = false;
     loop {
         let phase = phases.borrow_and_update().clone();

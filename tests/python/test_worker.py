@@ -12,7 +12,7 @@ import threading
 import types
 import unittest
 
-WORKER_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "templates", "worker.py")
+WORKER_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "src", "server", "worker", "worker.py")
 
 
 def load_worker():

@@ -1,5 +1,5 @@
-//! `rayfine-server --supervise -- COMMAND...`: the first process of an HTTP-based environment's
-//! container.
+//! `rayfine-server --supervise -- COMMAND...`: an HTTP-based environment's own server, run as a
+//! command guarded by its owner's life; the first process of the environment's container.
 //!
 //! An HTTP-based environment is the user's own server, so Rayfine's server does not stand in front
 //! of its calls. It still must not outlive the program that started it, even one killed by

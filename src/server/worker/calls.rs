@@ -1,0 +1,194 @@
+//! Calls multiplexed over one worker process: each is tagged with an id, waits for the reply with
+//! that id, and is stopped when it overruns its timeout.
+//!
+//! Many handlers call at once and the worker answers in any order, so the replies have to be
+//! routed back. Calls are written straight from the handler that makes them; replies are routed
+//! to the waiting call by whoever reads them, the reader task or a handler polling for its own
+//! (see [`super::channel`]). A [`Session`] lasts as long as one worker process: when it ends, the
+//! calls still waiting on it fail.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tokio::sync::{oneshot, Notify};
+
+use super::channel::{Inbox, Outbox};
+use super::wire;
+use crate::protocol::{ErrorInfo, MethodInfo};
+
+/// Why a call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No such callable method.
+    #[error("no method named `{method}`; available: {available}")]
+    NotFound {
+        /// The requested name.
+        method: String,
+        /// Comma-separated available names.
+        available: String,
+    },
+    /// The arguments do not bind to the signature.
+    #[error("{0}")]
+    InvalidArguments(String),
+    /// The method raised.
+    #[error("{}: {}", .0.kind, .0.message)]
+    Raised(ErrorInfo),
+    /// The result could not be converted to JSON.
+    #[error("{0}")]
+    NotSerializable(String),
+    /// The call ran past its timeout.
+    #[error("call to `{method}` timed out after {seconds:.3} s; {action}")]
+    Timeout {
+        /// The method.
+        method: String,
+        /// The timeout.
+        seconds: f64,
+        /// What was done to stop it.
+        action: &'static str,
+    },
+    /// The worker is not serving (starting, restarting or failed to load).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The worker died or was restarted while the call was in flight.
+    #[error("{0}")]
+    WorkerLost(String),
+}
+
+/// A call's result as raw JSON, passed on to the client without being parsed, or why there is
+/// none.
+pub(super) type Outcome = Result<Box<RawValue>, CallError>;
+
+/// A method and how long its last call took, which decides whether the next one polls.
+struct MethodEntry {
+    info: MethodInfo,
+    /// Microseconds from sending the last call to its reply; 0 before the first.
+    last_micros: AtomicU64,
+}
+
+impl MethodEntry {
+    fn record(&self, started: Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+        self.last_micros.store(micros, Ordering::Relaxed);
+    }
+}
+
+/// One running worker process and its channel.
+pub(super) struct Session {
+    /// The write side of the channel to the worker.
+    outbox: Outbox,
+    /// The read side: the worker's replies.
+    inbox: Inbox,
+    /// Calls awaiting a reply, by id. A plain mutex: it is never held across an await.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Methods by name, as the worker described them.
+    methods: HashMap<String, MethodEntry>,
+    /// The methods in the worker's order, for `/methods`.
+    method_list: Vec<MethodInfo>,
+    /// How long a call alone in flight polls for its reply.
+    reply_poll: Duration,
+    /// Asks the restart loop to kill this worker (a sync call overran its timeout).
+    kill: Notify,
+}
+
+impl Session {
+    /// A session over a worker that has sent its handshake, listing `method_list`.
+    pub(super) fn new(outbox: Outbox, inbox: Inbox, method_list: Vec<MethodInfo>, reply_poll: Duration) -> Session {
+        let methods = method_list
+            .iter()
+            .map(|m| (m.name.clone(), MethodEntry { info: m.clone(), last_micros: AtomicU64::new(0) }))
+            .collect();
+        Session { outbox, inbox, pending: Mutex::new(HashMap::new()), methods, method_list, reply_poll, kill: Notify::new() }
+    }
+
+    /// The methods in the worker's order.
+    pub(super) fn method_list(&self) -> &[MethodInfo] {
+        &self.method_list
+    }
+
+    /// Calls `method` with raw JSON `args` and `kwargs`, tagged with the next id from `ids`.
+    pub(super) async fn call(&self, ids: &AtomicU64, method: &str, args: &str, kwargs: &str, timeout: Option<Duration>) -> Outcome {
+        let Some(entry) = self.methods.get(method) else {
+            let mut names: Vec<&str> = self.method_list.iter().map(|m| m.name.as_str()).collect();
+            names.sort_unstable();
+            return Err(CallError::NotFound { method: method.to_string(), available: names.join(", ") });
+        };
+        let started = Instant::now();
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = oneshot::channel();
+        let alone = {
+            let mut pending = self.pending.lock();
+            pending.insert(id, tx);
+            pending.len() == 1
+        };
+        let message = wire::encode_call(id, method, args, kwargs);
+        if self.outbox.send(&message).is_err() {
+            self.pending.lock().remove(&id);
+            return Err(CallError::WorkerLost("the worker stopped before the call was sent".into()));
+        }
+        let lost = || Err(CallError::WorkerLost("the worker stopped during the call".into()));
+        let poll = timeout.map_or(self.reply_poll, |limit| limit.min(self.reply_poll));
+        // Poll only for a call alone in flight (otherwise there is other work for this thread)
+        // to a method whose last call was short enough to have been caught by polling.
+        if alone && !poll.is_zero() && entry.last_micros.load(Ordering::Relaxed) <= poll.as_micros() as u64 {
+            let arrived = self.inbox.poll_for(poll, || !rx.is_empty(), |line| self.on_message(line));
+            if arrived {
+                entry.record(started);
+                return rx.try_recv().unwrap_or_else(|_| lost());
+            }
+        }
+        let received = match timeout {
+            Some(limit) => match tokio::time::timeout_at((started + limit).into(), rx).await {
+                Ok(received) => received,
+                Err(_) => return Err(self.on_timeout(id, &entry.info, limit)),
+            },
+            None => rx.await,
+        };
+        entry.record(started);
+        received.unwrap_or_else(|_| lost())
+    }
+
+    /// Stops an overrunning call: async calls are cancelled, sync ones kill the worker, since a
+    /// thread cannot be stopped from outside.
+    fn on_timeout(&self, id: u64, info: &MethodInfo, limit: Duration) -> CallError {
+        self.pending.lock().remove(&id);
+        let action = if info.is_async {
+            let _ = self.outbox.send(&wire::encode_cancel(id));
+            "the call was cancelled"
+        } else {
+            tracing::warn!(method = %info.name, "sync call timed out; restarting the worker to stop it");
+            self.kill.notify_one();
+            "the worker was restarted to stop it (its in-memory state is lost)"
+        };
+        CallError::Timeout { method: info.name.clone(), seconds: limit.as_secs_f64(), action }
+    }
+
+    /// The reader task: routes the worker's replies to their calls until it closes its stdout.
+    pub(super) async fn read_replies(&self) {
+        self.inbox.run(|line| self.on_message(line)).await
+    }
+
+    /// Completes when a call has asked for this worker to be killed.
+    pub(super) async fn kill_requested(&self) {
+        self.kill.notified().await
+    }
+
+    /// Fails every call still waiting, with `reason`: the worker is gone.
+    pub(super) fn fail_pending(&self, reason: &str) {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for (_, waiter) in pending {
+            let _ = waiter.send(Err(CallError::WorkerLost(reason.to_string())));
+        }
+    }
+
+    /// Routes one message from the worker to the call waiting for it.
+    fn on_message(&self, line: &[u8]) {
+        if let Some((id, outcome)) = wire::read_reply(line) {
+            if let Some(waiter) = self.pending.lock().remove(&id) {
+                let _ = waiter.send(outcome);
+            }
+        }
+    }
+}
