@@ -5,6 +5,7 @@
 //! from the caller, so tests can start it on any socket and stop it with anything.
 
 mod app;
+mod config;
 mod error;
 mod guarded_command;
 mod lease;
@@ -12,19 +13,19 @@ mod reaper;
 mod secrets;
 mod worker;
 
-use clap::builder::FalseyValueParser;
 use std::future::{Future, IntoFuture};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use app::{app, AppState};
+pub use config::{ServeError, ServerConfig, SUPERVISOR_LEASE_PORT};
 pub use error::ApiError;
 pub use lease::{Lease, LEASE_PATH};
 pub use guarded_command::supervise;
 pub use worker::{CallError, Phase, Worker, WorkerConfig, WorkerPriority, WORKER_SCRIPT};
+use worker::ScriptFile;
 
 use crate::protocol::{ServerEvent, TOKEN_ENV};
 
@@ -58,169 +59,6 @@ fn effective_spin(spin_us: u64) -> Duration {
     Duration::from_micros(spin_us.min(MAX_SPIN_US))
 }
 
-/// Settings of `rayfine serve` / `rayfine-server`, from flags or environment variables.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerConfig {
-    /// Address to listen on.
-    #[arg(long, env = "RAYFINE_HOST", default_value = "0.0.0.0")]
-    pub host: String,
-    /// Port to listen on; 0 picks a free one (announced on stdout).
-    #[arg(long, env = "RAYFINE_PORT", default_value_t = 8000)]
-    pub port: u16,
-    /// The environment: env.py or the folder holding it.
-    #[arg(long = "env-path", env = "RAYFINE_ENV_PATH", default_value = "/app/env.py")]
-    pub env_path: PathBuf,
-    /// Python interpreter that runs the worker.
-    #[arg(long, env = "RAYFINE_PYTHON", default_value = "python3")]
-    pub python: String,
-    /// Worker script to run instead of the embedded copy.
-    #[arg(long = "worker-script", env = "RAYFINE_WORKER_SCRIPT")]
-    pub worker_script: Option<PathBuf>,
-    /// Largest accepted request body, in bytes.
-    #[arg(long = "max-body-bytes", env = "RAYFINE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Timeout, in seconds, for calls whose request names none; unset means no limit.
-    #[arg(long = "call-timeout", env = "RAYFINE_CALL_TIMEOUT")]
-    pub call_timeout: Option<f64>,
-    /// How long in-flight calls may finish after SIGTERM or SIGINT, in seconds.
-    #[arg(long = "shutdown-grace", env = "RAYFINE_SHUTDOWN_GRACE", default_value_t = 5.0)]
-    pub shutdown_grace: f64,
-    /// Exit when stdin reaches end of file: a parent that dies, even by SIGKILL, takes us along.
-    #[arg(long = "exit-on-stdin-eof", env = "RAYFINE_EXIT_ON_STDIN_EOF", value_parser = FalseyValueParser::new())]
-    pub exit_on_stdin_eof: bool,
-    /// Stop when no lease renewal arrives for this many seconds once ready (`POST
-    /// /_rayfine/lease` or any authenticated request); unset or 0: no lease.
-    #[arg(long, env = "RAYFINE_LEASE")]
-    pub lease: Option<f64>,
-    /// How long a request body may take to arrive, in seconds.
-    #[arg(long = "body-timeout", env = "RAYFINE_BODY_TIMEOUT", default_value_t = 60.0)]
-    pub body_timeout: f64,
-    /// How long, in microseconds, the server polls for the reply of a call that is alone in
-    /// flight, and the worker for the next call, before they sleep. Polling saves the cost of a
-    /// wake-up (tens of microseconds on a VM) at the price of that much CPU time; 0 turns it off,
-    /// and so does running on a single core.
-    #[arg(long = "spin-us", env = "RAYFINE_SPIN_US", default_value_t = DEFAULT_SPIN_US)]
-    pub spin_us: u64,
-    /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
-    #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH", value_parser = FalseyValueParser::new())]
-    pub no_auth: bool,
-    /// The worker's CPU priority, inherited by all it starts: `idle` (SCHED_IDLE, nice 19) keeps
-    /// this server answering, timing calls out and killing what runs away even under a fork bomb.
-    /// Default: `idle` as PID 1 (in a container, where it only ranks the environment below this
-    /// server), else `normal`.
-    #[arg(long = "worker-priority", env = "RAYFINE_WORKER_PRIORITY", value_enum)]
-    pub worker_priority: Option<WorkerPriority>,
-    /// Serve nothing: wait until stdin ends and the process PID:START is gone, then remove the
-    /// containers it left (see `rayfine::watchdog`). Started by the client, not by hand.
-    #[arg(long = "watch-owner", value_name = "PID:START", hide = true)]
-    pub watch_owner: Option<crate::watchdog::Owner>,
-    /// A JSON file with the token and the environment's variables (the client copies it into the
-    /// container so that `docker inspect` shows neither).
-    #[arg(long = "secrets-file", env = crate::protocol::SECRETS_FILE_ENV)]
-    pub secrets_file: Option<PathBuf>,
-    /// With --supervise and a lease: the port on which lease renewals are taken (the supervised
-    /// server owns the container's other port).
-    #[arg(long = "lease-port", env = "RAYFINE_LEASE_PORT", default_value_t = SUPERVISOR_LEASE_PORT)]
-    pub lease_port: u16,
-    /// With --supervise and a lease: seconds after which the lease clock starts even if no
-    /// renewal came (the owner's start-up timeout; it renews as soon as it sees the server ready).
-    #[arg(long = "lease-start-grace", env = "RAYFINE_LEASE_START_GRACE", default_value_t = 120.0)]
-    pub lease_start_grace: f64,
-}
-
-/// Default of `--lease-port`: where a supervisor takes lease renewals, out of the way of the
-/// ports web servers usually take.
-pub const SUPERVISOR_LEASE_PORT: u16 = 48_771;
-
-/// Errors that stop the server from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A flag has a value the server cannot use.
-    #[error("invalid setting: {0}")]
-    Config(String),
-    /// The command to supervise could not be started.
-    #[error("cannot start `{program}`: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The embedded worker script could not be written to an in-memory file.
-    #[error("cannot write the worker script to {path}: {source}")]
-    WorkerScript {
-        /// Where.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Serving failed.
-    #[error("server error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The owner watchdog failed.
-    #[error(transparent)]
-    Watchdog(#[from] crate::watchdog::WatchdogError),
-}
-
-/// The worker script: a file given by the caller, or the embedded copy in an anonymous
-/// in-memory file (memfd). Nothing is written to disk, so a server killed by SIGKILL leaves no
-/// script behind in the temporary folder. The worker opens it as `/proc/self/fd/N`; the fd is
-/// close-on-exec here and made inheritable only in the worker's own fork.
-enum ScriptFile {
-    Given(PathBuf),
-    Memory(std::os::fd::OwnedFd),
-}
-
-impl ScriptFile {
-    fn prepare(configured: Option<&PathBuf>) -> Result<ScriptFile, ServeError> {
-        if let Some(path) = configured {
-            return Ok(ScriptFile::Given(path.clone()));
-        }
-        let failed = |source| ServeError::WorkerScript { path: PathBuf::from("memfd:rayfine-worker"), source };
-        // SAFETY: memfd_create takes a NUL-terminated name and flags; the fd it returns is ours.
-        let fd = unsafe { libc::memfd_create(c"rayfine-worker.py".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-        if fd < 0 {
-            return Err(failed(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let mut file = std::fs::File::from(fd);
-        file.write_all(WORKER_SCRIPT.as_bytes()).map_err(failed)?;
-        // Sealed: the environment runs with this descriptor and must not rewrite the script the
-        // next worker runs.
-        let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on a descriptor we own.
-        if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_ADD_SEALS, seals) } != 0 {
-            return Err(failed(std::io::Error::last_os_error()));
-        }
-        Ok(ScriptFile::Memory(file.into()))
-    }
-
-    /// The path the worker opens.
-    fn path(&self) -> PathBuf {
-        match self {
-            ScriptFile::Given(path) => path.clone(),
-            ScriptFile::Memory(fd) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))),
-        }
-    }
-
-    /// The descriptor the worker must inherit, if any.
-    fn inherited_fd(&self) -> Option<std::os::fd::RawFd> {
-        match self {
-            ScriptFile::Given(_) => None,
-            ScriptFile::Memory(fd) => Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
-        }
-    }
-}
-
 /// The accept queue's length (the kernel caps it at `net.core.somaxconn`). A training run may
 /// open thousands of connections at once; with tokio's default of 1,024, the SYNs of the rest
 /// would be dropped and retried a second later.
@@ -238,22 +76,6 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
         }
     }
     Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
-}
-
-impl ServerConfig {
-    /// `--lease` as a duration: `None` when unset or 0, an error when not a number of seconds.
-    pub fn lease_duration(&self) -> Result<Option<Duration>, ServeError> {
-        match self.lease {
-            None | Some(0.0) => Ok(None),
-            Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
-            Some(s) => Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {s}"))),
-        }
-    }
-
-    /// `--shutdown-grace` as a duration, bounded to an hour.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.shutdown_grace.clamp(0.0, 3600.0))
-    }
 }
 
 /// Runs the server from its configuration until SIGINT, SIGTERM or (if asked) stdin's end.

@@ -11,6 +11,7 @@
 mod calls;
 mod channel;
 mod process;
+mod script;
 mod wire;
 
 use std::sync::atomic::AtomicU64;
@@ -25,6 +26,7 @@ use calls::{Outcome, Session};
 
 pub use calls::CallError;
 pub use process::{WorkerConfig, WorkerPriority};
+pub(crate) use script::ScriptFile;
 
 /// The worker script (`worker.py` in this folder), embedded so the server needs no file beside
 /// it.

@@ -267,19 +267,13 @@ fn env_dir(env_path: &std::path::Path) -> Option<PathBuf> {
 /// How the worker ended. A SIGKILL is put down to the OOM killer only when the memory cgroup's
 /// count of OOM kills went up since the worker started (`oom_kills_before`).
 fn describe_status(status: Option<std::process::ExitStatus>, oom_kills_before: Option<u64>) -> String {
-    use std::os::unix::process::ExitStatusExt;
     match status {
-        Some(s) if s.code().is_some() => format!("exit code {}", s.code().unwrap_or_default()),
-        Some(s) => match s.signal() {
-            Some(libc::SIGKILL) => match (oom_kills_before, oom_kills()) {
-                (Some(before), Some(now)) if now > before => "killed by the kernel's OOM killer: out of memory".into(),
-                (Some(_), Some(_)) => "killed by SIGKILL from another process (not by the OOM killer)".into(),
-                _ => "killed by SIGKILL (out of memory, or by another process)".into(),
-            },
-            Some(libc::SIGSEGV) => "killed by SIGSEGV (segmentation fault)".into(),
-            Some(sig) => format!("killed by signal {sig}"),
-            None => "unknown status".into(),
+        Some(s) if crate::exit_status::is_sigkill(s) => match (oom_kills_before, oom_kills()) {
+            (Some(before), Some(now)) if now > before => "killed by the kernel's OOM killer: out of memory".into(),
+            (Some(_), Some(_)) => "killed by SIGKILL from another process (not by the OOM killer)".into(),
+            _ => "killed by SIGKILL (out of memory, or by another process)".into(),
         },
+        Some(s) => crate::exit_status::describe(s),
         None => "status unknown".into(),
     }
 }
