@@ -123,7 +123,7 @@ pub enum Error {
     /// A Docker operation failed; the message names it and quotes the daemon.
     /// Boxed: the engine's errors are large, and every `Result` of the crate carries this type.
     #[error(transparent)]
-    Engine(Box<crate::docker::EngineError>),
+    Engine(Box<crate::docker::engine::EngineError>),
     /// A container could not be removed: the engine kept refusing, or kept it, for `seconds`.
     #[error("container {id} is still there after {seconds} s of removal attempts{}", .refusal.as_ref().map(|r| format!(" (the engine's last refusal: {r})")).unwrap_or_default())]
     ContainerRemains {
@@ -133,7 +133,7 @@ pub enum Error {
         seconds: u64,
         /// The engine's last refusal, if it refused (it may also have accepted and not removed).
         #[source]
-        refusal: Option<Box<crate::docker::EngineError>>,
+        refusal: Option<Box<crate::docker::engine::EngineError>>,
     },
     /// An image build failed; `step` is the Dockerfile step that failed, when known.
     #[error("building {tag} failed{}: {message}", .step.as_deref().map(|s| format!(" at {s}")).unwrap_or_default())]
@@ -184,8 +184,8 @@ fn fmt_logs(logs: &[String]) -> String {
     }
 }
 
-impl From<crate::docker::EngineError> for Error {
-    fn from(err: crate::docker::EngineError) -> Error {
+impl From<crate::docker::engine::EngineError> for Error {
+    fn from(err: crate::docker::engine::EngineError) -> Error {
         Error::Engine(Box::new(err))
     }
 }

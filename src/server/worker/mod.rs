@@ -10,6 +10,7 @@
 
 mod calls;
 mod channel;
+mod outcome;
 mod process;
 mod script;
 mod wire;
@@ -22,9 +23,10 @@ use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
-use calls::{Outcome, Session};
+use calls::Session;
+use outcome::Outcome;
 
-pub use calls::CallError;
+pub use outcome::CallError;
 pub use process::{WorkerConfig, WorkerPriority};
 pub(crate) use script::ScriptFile;
 

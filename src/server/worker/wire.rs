@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
 
-use super::calls::{CallError, Outcome};
+use super::outcome::{CallError, Outcome};
 use super::channel::{Inbox, Outbox};
 pub(super) use crate::protocol::worker::{encode_call, encode_cancel};
 use crate::protocol::worker::{CallFailure, FailureKind, WorkerMessage};
