@@ -129,17 +129,37 @@ impl Drop for CleanupGuard {
     }
 }
 
-/// Installs, once per process, a Ctrl-C/SIGTERM handler and a panic hook that end every
-/// environment before the process goes. A program that already set its own SIGINT handler keeps
-/// it; its children still end when it exits (see the process backend).
+/// Whether [`install_handlers`] takes SIGINT and SIGTERM (see [`leave_signals_to_the_host`]).
+static TAKE_SIGNALS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Leaves SIGINT and SIGTERM to the embedding program: `load_env` then installs no signal handler
+/// of its own. For hosts with their own signal handling, such as a Python interpreter, whose
+/// Ctrl-C must stay a `KeyboardInterrupt`; the host calls [`end_all_environments_now`] on its
+/// way out. Call it before the first `load_env`.
+pub fn leave_signals_to_the_host() {
+    TAKE_SIGNALS.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Ends every environment of this process that is not kept, at once, without an async runtime:
+/// for an embedding program's exit path (an `atexit` hook, a signal handler of its own).
+pub fn end_all_environments_now() {
+    kill_all_now();
+}
+
+/// Installs, once per process, a Ctrl-C/SIGTERM handler (unless the host keeps the signals) and
+/// a panic hook that end every environment before the process goes. A program that already set
+/// its own SIGINT handler keeps it; its children still end when it exits (see the process
+/// backend).
 pub(crate) fn install_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if let Err(err) = ctrlc::set_handler(|| {
-            kill_all_now();
-            std::process::exit(130);
-        }) {
-            tracing::debug!("not installing a signal handler: {err}");
+        if TAKE_SIGNALS.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(err) = ctrlc::set_handler(|| {
+                kill_all_now();
+                std::process::exit(130);
+            }) {
+                tracing::debug!("not installing a signal handler: {err}");
+            }
         }
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {

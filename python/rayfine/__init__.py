@@ -1,0 +1,185 @@
+"""Rayfine from Python: run environments for agentic RL as isolated services, and call them like
+local objects, on Rayfine's Rust core.
+
+    import rayfine
+    env = rayfine.load_env("echo:latest", env_vars={"API_KEY": "..."})
+    print(env.evaluate(task_type="sat", num_samples=5))
+    env.cleanup()
+
+``rayfine.aio`` has the same surface with ``await``. Environments end when cleaned up, at
+interpreter exit, on SIGTERM, and (through their stdin and lease) when the interpreter is killed.
+"""
+
+import atexit as _atexit
+import os as _os
+import signal as _signal
+import threading as _threading
+
+from . import _rayfine
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+
+__all__ = [
+    "Environment",
+    "load_env",
+    "build_image_from_env",
+    "list_active_environments",
+    "get_environment",
+    "cleanup_all_environments",
+] + list(_errors_all)
+
+
+def _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit, startup_timeout, call_timeout, token, keep, lease, server_program):
+    """The keyword arguments of load_env as the Rust side reads them; only those given."""
+    if mode == "docker" and path is not None and image is None:
+        # A folder in Docker mode: build it first, as `rayfine run --mode docker` does.
+        tag = "rayfine-local/%s:latest" % _slug(name or _os.path.basename(_os.path.abspath(path)))
+        image, path = build_image_from_env(path, tag, quiet=True), None
+    options = {
+        "image": image, "path": path, "url": url, "mode": mode, "env_vars": env_vars, "name": name,
+        "env_type": env_type, "mem_limit": mem_limit, "cpu_limit": cpu_limit,
+        "startup_timeout": startup_timeout, "call_timeout": call_timeout, "token": token,
+        "keep": keep, "server_program": server_program,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if lease is not _DEFAULT:
+        options["lease"] = lease
+    return options
+
+
+def _slug(text):
+    slug = "".join(c if c.isalnum() or c == "-" else "-" for c in text.lower()).strip("-")
+    return slug or "env"
+
+
+_DEFAULT = object()
+
+
+class Environment:
+    """A loaded environment. ``env.evaluate(x=1)`` calls the remote method ``evaluate``;
+    ``env.call("evaluate", x=1)`` does the same by name. ``_timeout=`` (seconds) bounds one call.
+
+    Methods of the remote that share a name with this class's own (``call``, ``cleanup``,
+    ``list_methods``, ``is_ready``) are reached with ``env.call(name, ...)``.
+    """
+
+    __slots__ = ("_env", "_method_names")
+
+    def __init__(self, env):
+        self._env = env
+        self._method_names = None
+
+    def call(self, method, *args, _timeout=None, **kwargs):
+        """Calls ``method`` with these arguments and returns its result."""
+        return self._env.call(method, args, kwargs, _timeout)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        env = self._env
+
+        def remote(*args, _timeout=None, **kwargs):
+            return env.call(name, args, kwargs, _timeout)
+
+        remote.__name__ = remote.__qualname__ = name
+        remote.__doc__ = "Calls the environment's method `%s`." % name
+        return remote
+
+    def __dir__(self):
+        names = set(super().__dir__())
+        if self._method_names is None:
+            try:
+                self._method_names = [m["name"] for m in self._env.list_methods()]
+            except RayfineError:  # noqa: F405
+                self._method_names = []
+        return sorted(names.union(self._method_names))
+
+    def list_methods(self):
+        """The environment's methods: dicts with ``name``, ``signature``, ``doc``, ``is_async``."""
+        return self._env.list_methods()
+
+    def is_ready(self):
+        """Whether the environment answers its health check with ready."""
+        return self._env.is_ready()
+
+    def cleanup(self):
+        """Stops the environment (removes its container or process). Idempotent."""
+        self._env.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+        return False
+
+    id = property(lambda self: self._env.id, doc="Registry id, unique in this process.")
+    name = property(lambda self: self._env.name, doc="Name.")
+    mode = property(lambda self: self._env.mode, doc='"process", "docker" or "remote".')
+    url = property(lambda self: self._env.url, doc="Base URL of the server.")
+    env_type = property(lambda self: self._env.env_type, doc='"function" or "http".')
+    container_id = property(lambda self: self._env.container_id, doc="The container's id, in Docker mode.")
+    pid = property(lambda self: self._env.pid, doc="The server's process id, in process mode.")
+
+    def __repr__(self):
+        return "<rayfine.Environment %s mode=%s url=%s>" % (self.name, self.mode, self.url)
+
+
+def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=None, name=None, env_type=None,
+             mem_limit=None, cpu_limit=None, startup_timeout=None, call_timeout=None, token=None,
+             keep=False, lease=_DEFAULT, server_program=None):
+    """Starts an environment (or connects to one) and waits until it is ready.
+
+    - ``image``: a Docker image, run as a container (isolated);
+    - ``path=``: an environment folder, run as a local process (``mode="docker"`` builds it into
+      an image first);
+    - ``url=``: a server someone else runs.
+
+    ``env_vars`` reach the environment (never logged); ``mem_limit`` (bytes or ``"512m"``) and
+    ``cpu_limit`` bound a container; ``startup_timeout`` and ``call_timeout`` are in seconds
+    (defaults 120 and 600); ``lease`` (seconds, default 60; ``None`` for none) is how long the
+    environment outlives a frozen or killed interpreter; ``keep=True`` lets it outlive this one.
+    """
+    options = _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
+                            startup_timeout, call_timeout, token, keep, lease, server_program)
+    return Environment(_rayfine.load_env(options))
+
+
+def build_image_from_env(env_path, image_tag, nocache=False, quiet=False, buildargs=None, base_image=None, progress=None):
+    """Builds an environment folder into the image ``image_tag`` (two stages for function-based
+    environments) and returns the tag. ``progress(stage, line)`` receives the build output."""
+    return _rayfine.build_image_from_env(str(env_path), image_tag, nocache, quiet, buildargs, base_image, progress)
+
+
+def list_active_environments():
+    """Every environment this interpreter loaded and has not cleaned up."""
+    return [Environment(env) for env in _rayfine.list_active_environments()]
+
+
+def get_environment(id_or_name):
+    """The environment with this id, or else the only one with this name; ``None`` if none."""
+    env = _rayfine.get_environment(id_or_name)
+    return None if env is None else Environment(env)
+
+
+def cleanup_all_environments():
+    """Cleans up every environment, kept ones included; returns how many there were."""
+    return _rayfine.cleanup_all_environments()
+
+
+def _end_all():
+    _rayfine.end_all_now()
+
+
+def _on_sigterm(signum, frame):
+    # End the environments, then die of SIGTERM as the default action would.
+    _end_all()
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+    _os.kill(_os.getpid(), _signal.SIGTERM)
+
+
+_atexit.register(_end_all)
+# Only where SIGTERM still has its default action: a program with a handler of its own keeps it
+# (its environments still end at exit, or through their stdin and lease).
+if _threading.current_thread() is _threading.main_thread() and _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL:
+    _signal.signal(_signal.SIGTERM, _on_sigterm)

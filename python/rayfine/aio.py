@@ -1,0 +1,108 @@
+"""Rayfine with asyncio: the surface of :mod:`rayfine`, awaitable. Calls run on Rayfine's Rust
+runtime; the event loop only starts them and receives their results.
+
+    import rayfine.aio as rf
+    env = await rf.load_env("echo:latest")
+    result = await env.evaluate(task_type="sat")
+    await env.cleanup()
+
+Code written for affinetes switches by changing its import.
+"""
+
+import asyncio
+
+from . import _rayfine
+from . import _load_options, _DEFAULT, build_image_from_env as _build_sync
+from . import list_active_environments as _list_sync, get_environment as _get_sync
+from .errors import *  # noqa: F401,F403
+
+__all__ = ["AsyncEnvironment", "load_env", "build_image_from_env", "list_active_environments", "get_environment", "cleanup_all_environments"]
+
+
+class AsyncEnvironment:
+    """A loaded environment whose calls are awaited: ``await env.evaluate(x=1)``."""
+
+    __slots__ = ("_env",)
+
+    def __init__(self, env):
+        self._env = env
+
+    def call(self, method, *args, _timeout=None, **kwargs):
+        """Calls ``method``; returns an awaitable of its result."""
+        return self._env.call_async(method, args, kwargs, _timeout)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        env = self._env
+
+        def remote(*args, _timeout=None, **kwargs):
+            return env.call_async(name, args, kwargs, _timeout)
+
+        remote.__name__ = remote.__qualname__ = name
+        return remote
+
+    async def list_methods(self):
+        """The environment's methods."""
+        return await self._env.list_methods_async()
+
+    async def is_ready(self):
+        """Whether the environment answers its health check with ready."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._env.is_ready)
+
+    async def cleanup(self):
+        """Stops the environment. Idempotent."""
+        await self._env.cleanup_async()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.cleanup()
+        return False
+
+    id = property(lambda self: self._env.id)
+    name = property(lambda self: self._env.name)
+    mode = property(lambda self: self._env.mode)
+    url = property(lambda self: self._env.url)
+    env_type = property(lambda self: self._env.env_type)
+    container_id = property(lambda self: self._env.container_id)
+    pid = property(lambda self: self._env.pid)
+
+    def __repr__(self):
+        return "<rayfine.aio.AsyncEnvironment %s mode=%s url=%s>" % (self.name, self.mode, self.url)
+
+
+async def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=None, name=None, env_type=None,
+                   mem_limit=None, cpu_limit=None, startup_timeout=None, call_timeout=None, token=None,
+                   keep=False, lease=_DEFAULT, server_program=None):
+    """Awaitable :func:`rayfine.load_env`."""
+    if mode == "docker" and path is not None and image is None:
+        loop = asyncio.get_running_loop()
+        options = await loop.run_in_executor(None, lambda: _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
+                                                                         startup_timeout, call_timeout, token, keep, lease, server_program))
+    else:
+        options = _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
+                                startup_timeout, call_timeout, token, keep, lease, server_program)
+    return AsyncEnvironment(await _rayfine.load_env_async(options))
+
+
+async def build_image_from_env(env_path, image_tag, **options):
+    """Awaitable :func:`rayfine.build_image_from_env` (the build runs in a thread)."""
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: _build_sync(env_path, image_tag, **options))
+
+
+def list_active_environments():
+    """Every environment this interpreter loaded and has not cleaned up."""
+    return [AsyncEnvironment(env._env) for env in _list_sync()]
+
+
+def get_environment(id_or_name):
+    """The environment with this id or name, or ``None``."""
+    env = _get_sync(id_or_name)
+    return None if env is None else AsyncEnvironment(env._env)
+
+
+async def cleanup_all_environments():
+    """Cleans up every environment; returns how many there were."""
+    return await asyncio.get_running_loop().run_in_executor(None, _rayfine.cleanup_all_environments)

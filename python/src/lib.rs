@@ -1,0 +1,319 @@
+//! `rayfine._rayfine`: the Python face of Rayfine's Rust client.
+//!
+//! Thin on purpose: it converts arguments, results and errors, and releases the GIL while the
+//! Rust client works. Starting, calling, leases and cleanup are the library's; the pure-Python
+//! layer (`rayfine/__init__.py`, `rayfine/aio.py`) adds only what is idiomatic Python
+//! (`env.evaluate(...)` by `__getattr__`, `with` blocks).
+//!
+//! Sync calls block on the same tokio runtime the async ones run on, so both share the HTTP
+//! connection pools. A blocking wait wakes every 50 ms to let Python run its signal handlers, so
+//! a Ctrl-C during a long call raises `KeyboardInterrupt` at once, not when the call ends.
+
+mod convert;
+mod errors;
+mod options;
+
+use std::future::Future;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use rayfine::EnvironmentWrapper;
+use serde_json::Value;
+
+use convert::{to_json, Json};
+use errors::to_py_err;
+
+/// How often a blocking wait lets Python handle signals.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// Runs `future` on the runtime with the GIL released, checking for signals meanwhile.
+fn wait<T: Send>(py: Python<'_>, future: impl Future<Output = T> + Send) -> PyResult<T> {
+    let runtime = pyo3_async_runtimes::tokio::get_runtime();
+    let mut future = std::pin::pin!(future);
+    loop {
+        let slice = py.detach(|| runtime.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut future).await }));
+        match slice {
+            Ok(value) => return Ok(value),
+            // Raises KeyboardInterrupt (or whatever a handler raises); dropping the future
+            // abandons the call.
+            Err(_) => py.check_signals()?,
+        }
+    }
+}
+
+/// Converts a Rust result, taking the GIL for the error if there is one.
+fn py_result<T>(result: rayfine::Result<T>) -> PyResult<T> {
+    result.map_err(|err| Python::attach(|py| to_py_err(py, err)))
+}
+
+/// Positional and keyword arguments as JSON, each named in errors.
+fn arguments(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(Vec<Value>, Value)> {
+    let positional = args.iter().enumerate().map(|(i, arg)| to_json(&arg, &format!("positional argument {i}"))).collect::<PyResult<Vec<_>>>()?;
+    let mut named = serde_json::Map::new();
+    if let Some(kwargs) = kwargs {
+        for (key, value) in kwargs.iter() {
+            let key: String = key.extract()?;
+            let json = to_json(&value, &format!("argument '{key}'"))?;
+            named.insert(key, json);
+        }
+    }
+    Ok((positional, Value::Object(named)))
+}
+
+fn timeout_of(seconds: Option<f64>) -> PyResult<Option<Duration>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(pyo3::exceptions::PyValueError::new_err(format!("_timeout must be a positive number of seconds, not {s}"))),
+    }
+}
+
+/// A loaded environment (the Rust `EnvironmentWrapper`); `rayfine.Environment` wraps it.
+#[pyclass(frozen, module = "rayfine._rayfine", name = "Env")]
+struct Env {
+    inner: EnvironmentWrapper,
+}
+
+#[pymethods]
+impl Env {
+    /// Registry id, unique in this process.
+    #[getter]
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    /// Name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// `"process"`, `"docker"` or `"remote"`.
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.inner.mode()
+    }
+
+    /// Base URL of the server.
+    #[getter]
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+
+    /// `"function"` or `"http"`.
+    #[getter]
+    fn env_type(&self) -> &'static str {
+        self.inner.env_type().as_str()
+    }
+
+    /// The engine's container id, in Docker mode.
+    #[getter]
+    fn container_id(&self) -> Option<&str> {
+        self.inner.container_id()
+    }
+
+    /// Process id of the local server, in process mode.
+    #[getter]
+    fn pid(&self) -> Option<u32> {
+        self.inner.pid()
+    }
+
+    /// The bearer token (a secret: never logged, never in `repr`).
+    #[getter]
+    fn token(&self) -> Option<&str> {
+        self.inner.token()
+    }
+
+    /// Calls `method` and waits for its result.
+    #[pyo3(signature = (method, args, kwargs=None, timeout=None))]
+    fn call<'py>(&self, py: Python<'py>, method: &str, args: &Bound<'py, PyTuple>, kwargs: Option<&Bound<'py, PyDict>>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let (positional, named) = arguments(args, kwargs)?;
+        let timeout = timeout_of(timeout)?;
+        let env = self.inner.clone();
+        let result = wait(py, async move { env.call_with(method, &positional, named, timeout).await })?;
+        let value = result.map_err(|err| to_py_err(py, err))?;
+        convert::to_python(py, &value)
+    }
+
+    /// Calls `method`; returns an awaitable of its result.
+    #[pyo3(signature = (method, args, kwargs=None, timeout=None))]
+    fn call_async<'py>(&self, py: Python<'py>, method: String, args: &Bound<'py, PyTuple>, kwargs: Option<&Bound<'py, PyDict>>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let (positional, named) = arguments(args, kwargs)?;
+        let timeout = timeout_of(timeout)?;
+        let env = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { py_result(env.call_with(&method, &positional, named, timeout).await).map(Json) })
+    }
+
+    /// The environment's methods: dicts with name, signature, doc, is_async.
+    fn list_methods<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let env = self.inner.clone();
+        let methods = wait(py, async move { env.list_methods().await })?.map_err(|err| to_py_err(py, err))?;
+        convert::to_python(py, &serde_json::to_value(methods).unwrap_or_default())
+    }
+
+    /// Awaitable [`Env::list_methods`].
+    fn list_methods_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let env = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let methods = py_result(env.list_methods().await)?;
+            Ok(Json(serde_json::to_value(methods).unwrap_or_default()))
+        })
+    }
+
+    /// Whether the environment answers `/health` with ready.
+    fn is_ready(&self, py: Python<'_>) -> PyResult<bool> {
+        let env = self.inner.clone();
+        wait(py, async move { env.is_ready().await })
+    }
+
+    /// Stops the environment and removes it from the registry. Idempotent.
+    fn cleanup(&self, py: Python<'_>) -> PyResult<()> {
+        let env = self.inner.clone();
+        wait(py, async move { env.cleanup().await })?.map_err(|err| to_py_err(py, err))
+    }
+
+    /// Awaitable [`Env::cleanup`].
+    fn cleanup_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let env = self.inner.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { py_result(env.cleanup().await) })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Env {} mode={} url={}>", self.inner.name(), self.inner.mode(), self.inner.url())
+    }
+}
+
+/// Starts (or connects to) an environment and waits until it is ready.
+#[pyfunction]
+#[pyo3(signature = (options))]
+fn load_env(py: Python<'_>, options: &Bound<'_, PyDict>) -> PyResult<Env> {
+    let options = options::load_options(options)?;
+    let env = wait(py, async move { rayfine::load_env(options).await })?.map_err(|err| to_py_err(py, err))?;
+    Ok(Env { inner: env })
+}
+
+/// Awaitable [`load_env`].
+#[pyfunction]
+#[pyo3(signature = (options))]
+fn load_env_async<'py>(py: Python<'py>, options: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+    let options = options::load_options(options)?;
+    pyo3_async_runtimes::tokio::future_into_py(py, async move { py_result(rayfine::load_env(options).await).map(|inner| Env { inner }) })
+}
+
+/// Builds an environment folder into an image; returns the tag.
+#[pyfunction]
+#[pyo3(signature = (env_path, image_tag, nocache=false, quiet=false, buildargs=None, base_image=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn build_image_from_env(
+    py: Python<'_>,
+    env_path: std::path::PathBuf,
+    image_tag: String,
+    nocache: bool,
+    quiet: bool,
+    buildargs: Option<std::collections::BTreeMap<String, String>>,
+    base_image: Option<String>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    let mut builder = rayfine::ImageBuilder::new().no_cache(nocache).quiet(quiet);
+    for (key, value) in buildargs.unwrap_or_default() {
+        builder = builder.build_arg(key, value);
+    }
+    if let Some(base) = base_image {
+        builder = builder.base_image(base);
+    }
+    if let Some(progress) = progress {
+        builder = builder.on_progress(move |line: &rayfine::build::BuildProgress| {
+            Python::attach(|py| {
+                let stage = match line.stage {
+                    rayfine::build::BuildStage::Environment => "environment",
+                    rayfine::build::BuildStage::Server => "server",
+                };
+                if let Err(err) = progress.call1(py, (stage, line.line.as_str())) {
+                    err.print(py);
+                }
+            })
+        });
+    }
+    let built = wait(py, async move { builder.build(env_path, &image_tag).await })?.map_err(|err| to_py_err(py, err))?;
+    Ok(built.tag)
+}
+
+/// Every environment this process loaded and has not cleaned up.
+#[pyfunction]
+fn list_active_environments() -> Vec<Env> {
+    rayfine::list_active_environments().into_iter().map(|inner| Env { inner }).collect()
+}
+
+/// The environment with this id, or else the only one with this name.
+#[pyfunction]
+fn get_environment(id_or_name: &str) -> Option<Env> {
+    rayfine::get_environment(id_or_name).map(|inner| Env { inner })
+}
+
+/// Cleans up every environment, kept ones included; returns how many there were.
+#[pyfunction]
+fn cleanup_all_environments(py: Python<'_>) -> PyResult<usize> {
+    wait(py, rayfine::cleanup_all_environments())
+}
+
+/// Ends every environment that is not kept, at once: for `atexit` and signal handlers.
+#[pyfunction]
+fn end_all_now(py: Python<'_>) {
+    py.detach(rayfine::end_all_environments_now);
+}
+
+#[pymodule]
+fn _rayfine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Python keeps SIGINT (KeyboardInterrupt) and SIGTERM; `rayfine/__init__.py` ends the
+    // environments at exit and on SIGTERM.
+    rayfine::leave_signals_to_the_host();
+    install_embedded_server().map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's server program in the cache folder: {err}")))?;
+    m.add_class::<Env>()?;
+    m.add_function(wrap_pyfunction!(load_env, m)?)?;
+    m.add_function(wrap_pyfunction!(load_env_async, m)?)?;
+    m.add_function(wrap_pyfunction!(build_image_from_env, m)?)?;
+    m.add_function(wrap_pyfunction!(list_active_environments, m)?)?;
+    m.add_function(wrap_pyfunction!(get_environment, m)?)?;
+    m.add_function(wrap_pyfunction!(cleanup_all_environments, m)?)?;
+    m.add_function(wrap_pyfunction!(end_all_now, m)?)?;
+    Ok(())
+}
+
+/// The static server, carried inside the extension (see `build.rs`).
+static EMBEDDED_SERVER: &[u8] = include_bytes!(env!("RAYFINE_EMBEDDED_SERVER"));
+
+/// Writes the embedded server to the user's cache folder (once per version) and points
+/// `RAYFINE_SERVER_BIN` at it, unless the user already set one.
+fn install_embedded_server() -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("RAYFINE_SERVER_BIN").is_some() {
+        return Ok(());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("rayfine");
+    std::fs::create_dir_all(&cache)?;
+    let path = cache.join(format!("rayfine-server-{}-{:x}", env!("CARGO_PKG_VERSION"), fingerprint(EMBEDDED_SERVER)));
+    if !path.is_file() {
+        // Written under a temporary name and renamed, so a concurrent interpreter never runs a
+        // half-written file.
+        let partial = cache.join(format!(".rayfine-server-{}.partial", std::process::id()));
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(EMBEDDED_SERVER)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        drop(file);
+        std::fs::rename(&partial, &path)?;
+    }
+    // SAFETY: set while the module is imported, before any thread of ours reads the environment.
+    unsafe { std::env::set_var("RAYFINE_SERVER_BIN", &path) };
+    Ok(())
+}
+
+/// FNV-1a of the binary, so a rebuilt server gets a new file name.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
+}

@@ -1,0 +1,75 @@
+"""The package in Docker mode: build an image, load it with env_vars, call sync and async, and
+leave no container however the interpreter ends."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import rayfine
+import rayfine.aio
+from conftest import BASE_IMAGE, COUNTER, container_exists, docker_ok, run_python
+
+pytestmark = pytest.mark.skipif(os.environ.get("CI") != "true" and not docker_ok(), reason="no Docker engine with the offline base image (bash .ci/setup)")
+
+
+@pytest.fixture(scope="module")
+def counter_image():
+    tag = "rayfine-pytest/counter:%d" % os.getpid()
+    lines = []
+    built = rayfine.build_image_from_env(COUNTER, tag, base_image=BASE_IMAGE, progress=lambda stage, line: lines.append((stage, line)))
+    assert built == tag and any(stage == "server" for stage, _ in lines)
+    yield tag
+    # The image before its base: an image in use by another is only untagged.
+    for image in (tag, tag + "-base"):
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def test_an_image_is_loaded_with_env_vars_and_called_sync_and_async(counter_image):
+    env = rayfine.load_env(counter_image, env_vars={"COUNTER_NAME": "docker"}, mem_limit="256m")
+    container = env.container_id
+    assert env.mode == "docker" and container_exists(container)
+    assert env.increment(times=3) == 3
+    assert env.get()["name"] == "docker"
+
+    async def more():
+        aenv = rayfine.aio.get_environment(env.id)
+        values = await asyncio.gather(*(aenv.increment() for _ in range(50)))
+        return sorted(values)
+
+    assert asyncio.run(more()) == list(range(4, 54))
+    env.cleanup()
+    assert not container_exists(container)
+
+
+def test_a_failing_constructor_in_a_container_is_start_failed(counter_image):
+    with pytest.raises(rayfine.StartFailed) as failed:
+        rayfine.load_env(counter_image)
+    assert "COUNTER_NAME" in str(failed.value)
+
+
+@pytest.mark.parametrize("ending", ["normal", "sigkill"])
+def test_no_container_is_left_however_the_interpreter_ends(counter_image, ending):
+    code = """
+import sys, time, rayfine
+env = rayfine.load_env(%r, env_vars={"COUNTER_NAME": "x"})
+print(env.container_id, flush=True)
+if %r == "sigkill":
+    time.sleep(60)
+""" % (counter_image, ending)
+    if ending == "normal":
+        done = run_python(code)
+        assert done.returncode == 0, done.stderr
+        container = done.stdout.split()[0]
+    else:
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        container = child.stdout.readline().split()[0]
+        child.kill()
+        child.communicate(timeout=20)
+    deadline = time.monotonic() + 30
+    while container_exists(container) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not container_exists(container)

@@ -1,0 +1,74 @@
+"""However an interpreter ends (normally, by an exception, Ctrl-C during a call, SIGTERM, or
+SIGKILL) its environments end too."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import ECHO, pid_alive, run_python
+
+LOAD = """
+import sys, time, rayfine
+env = rayfine.load_env(path=%r)
+print(env.pid, flush=True)
+""" % ECHO
+
+
+def wait_gone(pid, seconds=15):
+    deadline = time.monotonic() + seconds
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def test_a_normal_exit_ends_the_environment():
+    done = run_python(LOAD + "env.echo(text='x')\n")
+    assert done.returncode == 0, done.stderr
+    assert wait_gone(int(done.stdout.split()[0]))
+
+
+def test_an_uncaught_exception_ends_the_environment():
+    done = run_python(LOAD + "raise RuntimeError('training loop crashed')\n")
+    assert done.returncode == 1 and "training loop crashed" in done.stderr
+    assert wait_gone(int(done.stdout.split()[0]))
+
+
+def start(code):
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = int(child.stdout.readline().split()[0])
+    return child, pid
+
+
+def test_ctrl_c_during_a_call_is_a_keyboard_interrupt_and_ends_the_environment():
+    child, pid = start(LOAD + """
+try:
+    env.slow_echo(text='x', delay=30)
+except KeyboardInterrupt:
+    print('interrupted', flush=True)
+    raise
+""")
+    time.sleep(1.0)
+    began = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=20)
+    assert "interrupted" in out and "KeyboardInterrupt" in err, err
+    assert time.monotonic() - began < 10, "the interrupt waited for the call"
+    assert wait_gone(pid)
+
+
+def test_sigterm_ends_the_environment_and_the_interpreter():
+    child, pid = start(LOAD + "time.sleep(60)\n")
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=20)
+    assert child.returncode == -signal.SIGTERM
+    assert wait_gone(pid)
+
+
+def test_sigkill_of_the_interpreter_still_ends_the_environment():
+    child, pid = start(LOAD + "time.sleep(60)\n")
+    child.kill()
+    child.communicate(timeout=20)
+    # The server reads end of file on its stdin when its owner dies, whatever the way.
+    assert wait_gone(pid)

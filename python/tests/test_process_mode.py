@@ -1,0 +1,138 @@
+"""The package against real servers in process mode: calls by name, sync and async, threads,
+every exception class, and cleanup."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import rayfine
+import rayfine.aio
+from conftest import COUNTER, ECHO, pid_alive
+
+
+def test_a_method_is_called_by_its_name_with_keyword_and_positional_arguments():
+    with rayfine.load_env(path=ECHO) as env:
+        assert env.echo(text="hi") == "hi"
+        assert env.add(2, 3) == 5
+        assert env.call("add", 1, b=2) == 3
+        assert env.echo(text={"nested": [1, 2.5, None, True]}) == {"nested": [1, 2.5, None, True]}
+        assert {"echo", "add", "slow_echo"} <= set(dir(env))
+        assert env.is_ready()
+        assert env.mode == "process" and env.url.startswith("http://127.0.0.1:")
+        assert "token" not in repr(env).lower() and env.url in repr(env)
+
+
+def test_env_vars_reach_the_environment_and_cleanup_ends_its_process():
+    env = rayfine.load_env(path=COUNTER, env_vars={"COUNTER_NAME": "py", "COUNTER_STEP": "5"})
+    pid = env.pid
+    assert env.increment(times=2) == 10
+    assert env.get() == {"name": "py", "value": 10}
+    assert rayfine.get_environment(env.id).id == env.id
+    env.cleanup()
+    env.cleanup()  # idempotent
+    assert not pid_alive(pid)
+    assert all(e.id != env.id for e in rayfine.list_active_environments())
+    with pytest.raises(rayfine.EnvironmentStopped):
+        env.get()
+
+
+def test_a_failing_constructor_is_start_failed_with_its_log_lines():
+    with pytest.raises(rayfine.StartFailed) as failed:
+        rayfine.load_env(path=COUNTER)  # no COUNTER_NAME: the constructor raises KeyError
+    assert "COUNTER_NAME" in str(failed.value)
+    assert isinstance(failed.value, rayfine.RayfineError)
+
+
+def test_every_call_error_is_its_own_exception_class(make_env):
+    folder = make_env(
+        """
+        import time
+
+        def boom():
+            raise ValueError("bad move")
+
+        def nap(seconds):
+            time.sleep(seconds)
+            return seconds
+
+        def odd():
+            return object()
+        """
+    )
+    with rayfine.load_env(path=folder) as env:
+        with pytest.raises(rayfine.RemoteError) as raised:
+            env.boom()
+        assert raised.value.remote_type == "ValueError" and raised.value.remote_message == "bad move"
+        assert "bad move" in raised.value.remote_traceback and "remote traceback" in str(raised.value)
+        with pytest.raises(rayfine.MethodNotFound) as missing:
+            env.no_such_method()
+        assert "boom" in str(missing.value) and "nap" in str(missing.value)
+        with pytest.raises(rayfine.InvalidArguments):
+            env.nap(1, 2, 3)
+        with pytest.raises(rayfine.ResultNotSerializable):
+            env.odd()
+        with pytest.raises(TypeError, match="argument 'seconds'.*set"):
+            env.nap(seconds={1})
+        # A sync call past its timeout: the server restarts the worker to stop it.
+        with pytest.raises(rayfine.CallTimeout) as late:
+            env.nap(seconds=5, _timeout=0.5)
+        assert isinstance(late.value, TimeoutError)
+        # NotReady while the new worker loads: the error to retry on.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert env.nap(seconds=0) == 0, "the environment serves again after all that"
+                break
+            except rayfine.NotReady:
+                assert time.monotonic() < deadline, "the worker did not come back"
+                time.sleep(0.05)
+
+
+def test_a_server_that_is_not_there_is_a_connection_error():
+    with pytest.raises(rayfine.ConnectionError) as refused:
+        rayfine.load_env(url="http://127.0.0.1:9", startup_timeout=1)
+    assert isinstance(refused.value, ConnectionError)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="one of image, path= and url="):
+        rayfine.load_env("img:v1", path=ECHO)
+    with pytest.raises(ValueError, match="startup_timeout"):
+        rayfine.load_env(path=ECHO, startup_timeout=-1)
+    with pytest.raises(rayfine.InvalidInput):
+        rayfine.load_env(path="/no/such/folder")
+
+
+def test_64_threads_call_at_once():
+    with rayfine.load_env(path=ECHO) as env:
+        results, errors = [], []
+
+        def work(i):
+            try:
+                for j in range(20):
+                    results.append(env.add(i, j) == i + j)
+            except Exception as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(results) == 64 * 20 and all(results)
+
+
+def test_500_concurrent_async_calls_from_one_loop():
+    async def main():
+        async with await rayfine.aio.load_env(path=ECHO) as env:
+            texts = await asyncio.gather(*(env.slow_echo(text=str(i), delay=0.2) for i in range(500)))
+            assert texts == [str(i) for i in range(500)]
+            assert await env.call("add", 1, 2) == 3
+            with pytest.raises(rayfine.MethodNotFound):
+                await env.nope()
+            return env.pid
+
+    pid = asyncio.run(main())
+    assert not pid_alive(pid)
