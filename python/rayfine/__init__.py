@@ -14,6 +14,7 @@ import atexit as _atexit
 import os as _os
 import signal as _signal
 import threading as _threading
+import zlib as _zlib
 
 from . import _rayfine
 from .errors import *  # noqa: F401,F403
@@ -33,7 +34,9 @@ def _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, c
     """The keyword arguments of load_env as the Rust side reads them; only those given."""
     if mode == "docker" and path is not None and image is None:
         # A folder in Docker mode: build it first, as `rayfine run --mode docker` does.
-        tag = "rayfine-local/%s:latest" % _slug(name or _os.path.basename(_os.path.abspath(path)))
+        # One tag per folder: two folders of the same name never share (and retag) an image.
+        folder = _os.path.abspath(path)
+        tag = "rayfine-local/%s-%08x:latest" % (_slug(name or _os.path.basename(folder)), _zlib.crc32(folder.encode()))
         image, path = build_image_from_env(path, tag, quiet=True), None
     options = {
         "image": image, "path": path, "url": url, "mode": mode, "env_vars": env_vars, "name": name,
@@ -48,7 +51,7 @@ def _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, c
 
 
 def _slug(text):
-    slug = "".join(c if c.isalnum() or c == "-" else "-" for c in text.lower()).strip("-")
+    slug = "".join(c if (c.isascii() and c.isalnum()) or c == "-" else "-" for c in text.lower()).strip("-")
     return slug or "env"
 
 
@@ -167,8 +170,14 @@ def cleanup_all_environments():
     return _rayfine.cleanup_all_environments()
 
 
+_OWNER_PID = _os.getpid()
+
+
 def _end_all():
-    _rayfine.end_all_now()
+    # A forked child that exits normally runs the parent's atexit hooks: its parent's
+    # environments are not its to end.
+    if _os.getpid() == _OWNER_PID:
+        _rayfine.end_all_now()
 
 
 def _on_sigterm(signum, frame):

@@ -291,12 +291,21 @@ fn install_embedded_server() -> std::io::Result<()> {
     if std::env::var_os("RAYFINE_SERVER_BIN").is_some() {
         return Ok(());
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    let user_cache = std::env::var_os("XDG_CACHE_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("rayfine");
-    std::fs::create_dir_all(&cache)?;
+        .map(|dir| dir.join("rayfine"));
+    // A read-only or missing home (a container running as `nobody`) falls back to the
+    // temporary folder rather than failing the import.
+    // SAFETY: getuid cannot fail and touches no memory of ours.
+    let temporary = std::env::temp_dir().join(format!("rayfine-{}", unsafe { libc::getuid() }));
+    let cache = match user_cache.filter(|dir| std::fs::create_dir_all(dir).is_ok()) {
+        Some(dir) => dir,
+        None => {
+            std::fs::create_dir_all(&temporary)?;
+            temporary
+        }
+    };
     let path = cache.join(format!("rayfine-server-{}-{:x}", env!("CARGO_PKG_VERSION"), fingerprint(EMBEDDED_SERVER)));
     if !path.is_file() {
         // Written under a temporary name and renamed, so a concurrent interpreter never runs a

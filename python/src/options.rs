@@ -89,7 +89,11 @@ pub fn load_options(given: &Bound<'_, PyDict>) -> PyResult<LoadOptions> {
         Some(v) if v.is_none() => options = options.no_lease(),
         Some(v) => {
             let s: f64 = v.extract().map_err(|_| wrong("lease", "a number of seconds, or None"))?;
-            options = if s == 0.0 { options.no_lease() } else { options.lease(Duration::from_secs_f64(s.clamp(0.0, 1e9))) };
+            options = match s {
+                0.0 => options.no_lease(),
+                s if s.is_finite() && s > 0.0 && s < 1e9 => options.lease(Duration::from_secs_f64(s)),
+                s => return Err(PyValueError::new_err(format!("lease must be a positive number of seconds, 0 or None, not {s}"))),
+            };
         }
     }
     if let Some(program) = text("server_program")? {

@@ -101,6 +101,8 @@ def test_bad_options_are_named():
         rayfine.load_env("img:v1", path=ECHO)
     with pytest.raises(ValueError, match="startup_timeout"):
         rayfine.load_env(path=ECHO, startup_timeout=-1)
+    with pytest.raises(ValueError, match="lease"):
+        rayfine.load_env(path=ECHO, lease=float("nan"))
     with pytest.raises(rayfine.InvalidInput):
         rayfine.load_env(path="/no/such/folder")
 

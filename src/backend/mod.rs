@@ -57,6 +57,9 @@ pub(crate) struct StartSpec<'a> {
     pub lease: Option<Duration>,
     /// When the whole start, every step included, must be over.
     pub deadline: Instant,
+    /// The start-up timeout the deadline was made from: a supervisor allows that long for the
+    /// first lease renewal, counted from its own start.
+    pub startup_timeout: Duration,
 }
 
 /// Starts an environment on one backend.

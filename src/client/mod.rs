@@ -47,6 +47,7 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
         lease: options.effective_lease(),
         // One deadline for the whole start, every step of every backend included.
         deadline: Instant::now() + options.startup_timeout,
+        startup_timeout: options.startup_timeout,
     };
     let (backend, endpoint) = match &options.source {
         Source::Url(url) => RemoteLaunch { url, token: options.token.as_deref() }.start(&spec).await?,

@@ -8,6 +8,7 @@
 //! [`EnvironmentWrapper`]: super::EnvironmentWrapper
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::lease;
@@ -50,12 +51,20 @@ impl Running {
 
     /// Ends it and waits until its backend says it is gone. Idempotent; a failure leaves it open,
     /// so that a later call tries again and says so again.
-    pub async fn stop(&self) -> Result<()> {
+    ///
+    /// The stop runs as a task of its own: a caller that stops waiting (a Ctrl-C in Python, a
+    /// cancelled asyncio task, a dropped future) does not leave it half done and marked closed.
+    pub async fn stop(self: &Arc<Self>) -> Result<()> {
         lease::release(&self.id);
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        if let Err(err) = self.backend.stop().await {
+        let me = self.clone();
+        let stopped = match tokio::spawn(async move { me.backend.stop().await }).await {
+            Ok(stopped) => stopped,
+            Err(join) => Err(crate::Error::InvalidInput(format!("stopping environment `{}` failed: {join}", self.name))),
+        };
+        if let Err(err) = stopped {
             self.closed.store(false, Ordering::SeqCst);
             return Err(err);
         }

@@ -39,6 +39,10 @@ use crate::docker::{describe_exit, remove_and_wait};
 use crate::error::{Error, Result};
 use shape::Shape;
 
+/// How long the removal after a failed start may take; what is not gone by then stays tracked,
+/// for the exit path to remove.
+const FAILED_START_CLEANUP: Duration = Duration::from_secs(15);
+
 /// Seconds `docker stop` waits after SIGTERM before SIGKILL. The server shuts down in
 /// milliseconds; this only bounds an environment that ignores the signal.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -85,7 +89,8 @@ impl Launch for DockerLaunch<'_> {
         let exited = Arc::new(AtomicBool::new(false));
         let mut server: Option<DockerServer> = None;
         let mut env_type = EnvType::Function;
-        let steps = self.run_steps(spec, &mut server, &mut env_type, &logs, &exited);
+        let mut create_sent = false;
+        let steps = self.run_steps(spec, &mut server, &mut env_type, &mut create_sent, &logs, &exited);
         let outcome = match tokio::time::timeout_at(spec.deadline.into(), steps).await {
             Ok(outcome) => outcome,
             Err(_) => Err(not_ready(spec, format!("not ready after {:.0} s", began.elapsed().as_secs_f64()))),
@@ -114,8 +119,11 @@ impl Launch for DockerLaunch<'_> {
                 // Give the output pump a moment to read the container's last words.
                 server.wait_exited(Duration::from_millis(300)).await;
                 let logs = server.logs.last(LOG_LINES_IN_ERRORS);
-                if let Err(err) = server.remove().await {
-                    tracing::warn!("{err:#}");
+                match tokio::time::timeout(FAILED_START_CLEANUP, server.remove()).await {
+                    Ok(Ok(())) => {}
+                    // Still tracked: the exit path removes it.
+                    Ok(Err(err)) => tracing::warn!("{err:#}"),
+                    Err(_) => tracing::warn!("container {} of a failed start is not removed yet; it will be at exit", short(&server.id)),
                 }
                 let reason = match err {
                     Error::StartFailed { reason, .. } => reason,
@@ -125,13 +133,21 @@ impl Launch for DockerLaunch<'_> {
             }
             (Err(err), None) => {
                 // Out of time while the engine was creating it: the container may exist under
-                // its name, without our having learnt its id.
-                if let Ok(engine) = Engine::connect().await {
-                    if let Err(err) = remove_and_wait(&engine, &container_name).await {
-                        tracing::warn!("{err:#}");
+                // its name, without our having learnt its id. The name stays tracked unless it
+                // is surely gone, so an engine that finishes the create late is still cleaned up
+                // at exit.
+                if create_sent {
+                    let removed = tokio::time::timeout(FAILED_START_CLEANUP, async {
+                        let engine = Engine::connect().await?;
+                        remove_and_wait(&engine, &container_name).await
+                    })
+                    .await;
+                    match removed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::warn!("{err:#}"),
+                        Err(_) => tracing::warn!("container {container_name} of a failed start is not removed yet; it will be at exit"),
                     }
                 }
-                cleanup::untrack_container(&container_name);
                 Err(match err {
                     Error::StartFailed { name, reason, logs } => Error::StartFailed { name, reason: format!("{reason}: the engine had not created the container yet"), logs },
                     other => other,
@@ -150,6 +166,7 @@ impl DockerLaunch<'_> {
         spec: &StartSpec<'_>,
         server: &mut Option<DockerServer>,
         env_type: &mut EnvType,
+        create_sent: &mut bool,
         logs: &Arc<LogRing>,
         exited: &Arc<AtomicBool>,
     ) -> Result<Ports> {
@@ -174,12 +191,18 @@ impl DockerLaunch<'_> {
         // Tracked by name before it exists, so a Ctrl-C while the engine creates it removes it.
         let name = container_spec.name.clone();
         cleanup::track_container(&name);
+        *create_sent = true;
         let created = engine.create_container(container_spec).await;
-        if let Ok(id) = &created {
-            cleanup::track_container(id);
-        }
+        let id = match created {
+            Ok(id) => id,
+            Err(err) => {
+                // Refused by the engine: nothing was made under the name.
+                cleanup::untrack_container(&name);
+                return Err(err.into());
+            }
+        };
+        cleanup::track_container(&id);
         cleanup::untrack_container(&name);
-        let id = created?;
         let server = server.insert(DockerServer { id: id.clone(), stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() });
 
         if let Some(archive) = files {

@@ -110,8 +110,7 @@ impl Shape {
         }
         if let Some(lease_port) = self.lease_port {
             env.push(format!("RAYFINE_LEASE_PORT={lease_port}"));
-            let grace = spec.deadline.saturating_duration_since(std::time::Instant::now());
-            env.push(format!("RAYFINE_LEASE_START_GRACE={}", grace.as_secs_f64()));
+            env.push(format!("RAYFINE_LEASE_START_GRACE={}", spec.startup_timeout.as_secs_f64()));
         }
         if env_type == EnvType::Function {
             env.push(format!("RUST_LOG={}", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into())));
