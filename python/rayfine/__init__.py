@@ -58,6 +58,18 @@ def _slug(text):
 _DEFAULT = object()
 
 
+def _remote_method(call, name):
+    """The function ``env.<name>`` returns: calls the remote method ``name`` through ``call``
+    (the extension's sync ``call`` or its ``call_async``), ``_timeout=`` in seconds."""
+
+    def remote(*args, _timeout=None, **kwargs):
+        return call(name, args, kwargs, _timeout)
+
+    remote.__name__ = remote.__qualname__ = name
+    remote.__doc__ = "Calls the environment's method `%s`." % name
+    return remote
+
+
 class Environment:
     """A loaded environment. ``env.evaluate(x=1)`` calls the remote method ``evaluate``;
     ``env.call("evaluate", x=1)`` does the same by name. ``_timeout=`` (seconds) bounds one call.
@@ -79,14 +91,7 @@ class Environment:
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
-        env = self._env
-
-        def remote(*args, _timeout=None, **kwargs):
-            return env.call(name, args, kwargs, _timeout)
-
-        remote.__name__ = remote.__qualname__ = name
-        remote.__doc__ = "Calls the environment's method `%s`." % name
-        return remote
+        return _remote_method(self._env.call, name)
 
     def __dir__(self):
         names = set(super().__dir__())

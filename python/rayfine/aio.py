@@ -12,7 +12,7 @@ Code written for affinetes switches by changing its import.
 import asyncio
 
 from . import _rayfine
-from . import _load_options, _DEFAULT, build_image_from_env as _build_sync
+from . import _load_options, _remote_method, _DEFAULT, build_image_from_env as _build_sync
 from . import list_active_environments as _list_sync, get_environment as _get_sync
 from .errors import *  # noqa: F401,F403
 
@@ -34,13 +34,7 @@ class AsyncEnvironment:
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
-        env = self._env
-
-        def remote(*args, _timeout=None, **kwargs):
-            return env.call_async(name, args, kwargs, _timeout)
-
-        remote.__name__ = remote.__qualname__ = name
-        return remote
+        return _remote_method(self._env.call_async, name)
 
     async def list_methods(self):
         """The environment's methods."""

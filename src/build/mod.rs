@@ -190,14 +190,14 @@ impl ImageBuilder {
             let mut image_labels = own_labels.clone();
             image_labels.insert(labels::ENV_TYPE.into(), EnvType::Http.as_str().into());
             image_labels.insert(labels::HTTP_PORT.into(), detection.http_port.unwrap_or(DEFAULT_HTTP_PORT).to_string());
-            let image_id = self.run_build(&engine, BuildStage::Environment, tag, folder, &build_args, &image_labels).await?;
+            let image_id = self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag, folder, build_args: &build_args, image_labels: &image_labels }).await?;
             return Ok(BuiltImage { tag: tag.into(), base_tag: None, env_type: EnvType::Http, reason: detection.reason, image_id });
         };
 
         let base_tag = format!("{tag}-base");
         let mut base_labels = own_labels.clone();
         base_labels.insert(labels::STAGE.into(), "base".into());
-        self.run_build(&engine, BuildStage::Environment, &base_tag, folder, &build_args, &base_labels).await?;
+        self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag: &base_tag, folder, build_args: &build_args, image_labels: &base_labels }).await?;
         self.report(BuildStage::Server, tag, "checking env.py with the image's python3");
         syntax_check::check_env_syntax(&engine, &base_tag, tag).await?;
 
@@ -232,19 +232,12 @@ impl ImageBuilder {
     /// removed at the same moment, the engine prunes an intermediate this build has just picked,
     /// and the build fails with "unknown parent image ID". Nothing is wrong with the folder, so
     /// the build is run again (the cache no longer offers the pruned layer).
-    async fn run_build(
-        &self,
-        engine: &Engine,
-        stage: BuildStage,
-        tag: &str,
-        folder: &Path,
-        build_args: &BTreeMap<String, String>,
-        image_labels: &BTreeMap<String, String>,
-    ) -> Result<String> {
+    async fn run_build(&self, engine: &Engine, step: &BuildStep<'_>) -> Result<String> {
+        let BuildStep { stage, tag, .. } = *step;
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
         loop {
-            match self.run_build_once(engine, stage, tag, folder, build_args, image_labels).await {
+            match self.run_build_once(engine, step).await {
                 Err(Error::Build { message, .. }) if attempt < ATTEMPTS && is_cache_race(&message) => {
                     self.report(stage, tag, &format!("an image in the layer cache was removed during the build ({}); building again", first_line(&message)));
                     attempt += 1;
@@ -254,15 +247,8 @@ impl ImageBuilder {
         }
     }
 
-    async fn run_build_once(
-        &self,
-        engine: &Engine,
-        stage: BuildStage,
-        tag: &str,
-        folder: &Path,
-        build_args: &BTreeMap<String, String>,
-        image_labels: &BTreeMap<String, String>,
-    ) -> Result<String> {
+    async fn run_build_once(&self, engine: &Engine, step: &BuildStep<'_>) -> Result<String> {
+        let BuildStep { stage, tag, folder, build_args, image_labels } = *step;
         let request = BuildRequest {
             tag,
             context: user_context(folder, image_labels)?,
@@ -296,6 +282,16 @@ impl ImageBuilder {
         Ok(engine.inspect_image(tag).await?.id)
     }
 }
+/// One Dockerfile build: which stage, the tag it makes, from which folder, with what.
+#[derive(Clone, Copy)]
+struct BuildStep<'a> {
+    stage: BuildStage,
+    tag: &'a str,
+    folder: &'a Path,
+    build_args: &'a BTreeMap<String, String>,
+    image_labels: &'a BTreeMap<String, String>,
+}
+
 /// Builds `folder` as `tag` with the default options (see [`ImageBuilder`]).
 pub async fn build_image_from_env(folder: impl AsRef<Path>, tag: &str) -> Result<BuiltImage> {
     ImageBuilder::new().build(folder, tag).await
