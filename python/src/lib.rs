@@ -268,6 +268,19 @@ fn _rayfine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Python keeps SIGINT (KeyboardInterrupt) and SIGTERM; `rayfine/__init__.py` ends the
     // environments at exit and on SIGTERM.
     rayfine::leave_signals_to_the_host();
+    // The runtime's threads never take SIGINT or SIGTERM: the kernel delivers them to Python's
+    // threads, so a main thread in `time.sleep` is interrupted and runs its handler at once.
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if RUNTIME.get().is_none() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("rayfine-tokio")
+            .on_thread_start(rayfine::block_termination_signals)
+            .build()
+            .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start Rayfine's runtime: {err}")))?;
+        let runtime = RUNTIME.get_or_init(|| runtime);
+        let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime);
+    }
     install_embedded_server().map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's server program in the cache folder: {err}")))?;
     m.add_class::<Env>()?;
     m.add_function(wrap_pyfunction!(load_env, m)?)?;

@@ -39,10 +39,28 @@ static KEEPER: Lazy<Arc<Keeper>> = Lazy::new(|| {
     let worker = keeper.clone();
     std::thread::Builder::new()
         .name("rayfine-lease".into())
-        .spawn(move || worker.run())
+        .spawn(move || {
+            block_termination_signals();
+            worker.run()
+        })
         .expect("spawning a thread succeeds");
     keeper
 });
+
+/// Blocks SIGINT and SIGTERM in the calling thread, so the kernel delivers them to a thread of the
+/// program's own. A host such as Python runs its handlers on its main thread and only notices a
+/// signal promptly if that thread is the one interrupted: delivered to this thread, a SIGTERM
+/// waited until the main thread's `time.sleep` was over.
+pub fn block_termination_signals() {
+    // SAFETY: plain libc calls on a signal set that lives on this stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
 
 /// Starts renewing the lease of environment `id`, served at `addr`.
 pub(crate) fn hold(id: &str, addr: SocketAddr, token: Option<&str>, lease: Duration) {
