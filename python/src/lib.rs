@@ -319,7 +319,7 @@ fn install_embedded_server() -> std::io::Result<()> {
             temporary
         }
     };
-    let path = cache.join(format!("rayfine-server-{}-{:x}", env!("CARGO_PKG_VERSION"), fingerprint(EMBEDDED_SERVER)));
+    let path = cache.join(format!("rayfine-server-{}-{}", env!("CARGO_PKG_VERSION"), env!("RAYFINE_EMBEDDED_SERVER_KEY")));
     if !path.is_file() {
         // Written under a temporary name and renamed, so a concurrent interpreter never runs a
         // half-written file.
@@ -333,9 +333,4 @@ fn install_embedded_server() -> std::io::Result<()> {
     // SAFETY: set while the module is imported, before any thread of ours reads the environment.
     unsafe { std::env::set_var("RAYFINE_SERVER_BIN", &path) };
     Ok(())
-}
-
-/// FNV-1a of the binary, so a rebuilt server gets a new file name.
-fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }

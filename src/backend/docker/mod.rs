@@ -95,7 +95,7 @@ impl Launch for DockerLaunch<'_> {
             Ok(outcome) => outcome,
             Err(_) => Err(not_ready(spec, format!("not ready after {:.0} s", began.elapsed().as_secs_f64()))),
         };
-        let container_name = format!("rayfine-{}", spec.env_id);
+        let container_name = shape::container_name(spec.env_id);
         match (outcome, server) {
             (Ok(ports), Some(server)) => {
                 let url = format!("http://127.0.0.1:{}", ports.server);

@@ -19,6 +19,12 @@ pub(super) const SERVER_PORT: u16 = 8000;
 /// Where the supervisor is copied to in an HTTP-based environment's container.
 const SUPERVISOR_PATH: &str = "/rayfine/rayfine-server";
 
+/// The name of environment `env_id`'s container: what a start removes by when it never
+/// learnt the id.
+pub(super) fn container_name(env_id: &str) -> String {
+    format!("rayfine-{env_id}")
+}
+
 /// How a container is made.
 pub(super) struct Shape {
     /// How the environment is served.
@@ -126,7 +132,7 @@ impl Shape {
         ]);
         let limits = launch.limits;
         ContainerSpec {
-            name: format!("rayfine-{}", spec.env_id),
+            name: container_name(spec.env_id),
             image: launch.image.to_string(),
             env,
             labels: container_labels,
