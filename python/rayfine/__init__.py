@@ -70,7 +70,24 @@ def _remote_method(call, name):
     return remote
 
 
-class Environment:
+class _Handle:
+    """What the sync and the async environment share: the extension's handle and what it tells."""
+
+    __slots__ = ("_env",)
+
+    def __init__(self, env):
+        self._env = env
+
+    id = property(lambda self: self._env.id, doc="Registry id, unique in this process.")
+    name = property(lambda self: self._env.name, doc="Name.")
+    mode = property(lambda self: self._env.mode, doc='"process", "docker" or "remote".')
+    url = property(lambda self: self._env.url, doc="Base URL of the server.")
+    env_type = property(lambda self: self._env.env_type, doc='"function" or "http".')
+    container_id = property(lambda self: self._env.container_id, doc="The container's id, in Docker mode.")
+    pid = property(lambda self: self._env.pid, doc="The server's process id, in process mode.")
+
+
+class Environment(_Handle):
     """A loaded environment. ``env.evaluate(x=1)`` calls the remote method ``evaluate``;
     ``env.call("evaluate", x=1)`` does the same by name. ``_timeout=`` (seconds) bounds one call.
 
@@ -78,10 +95,10 @@ class Environment:
     ``list_methods``, ``is_ready``) are reached with ``env.call(name, ...)``.
     """
 
-    __slots__ = ("_env", "_method_names")
+    __slots__ = ("_method_names",)
 
     def __init__(self, env):
-        self._env = env
+        super().__init__(env)
         self._method_names = None
 
     def call(self, method, *args, _timeout=None, **kwargs):
@@ -121,13 +138,6 @@ class Environment:
         self.cleanup()
         return False
 
-    id = property(lambda self: self._env.id, doc="Registry id, unique in this process.")
-    name = property(lambda self: self._env.name, doc="Name.")
-    mode = property(lambda self: self._env.mode, doc='"process", "docker" or "remote".')
-    url = property(lambda self: self._env.url, doc="Base URL of the server.")
-    env_type = property(lambda self: self._env.env_type, doc='"function" or "http".')
-    container_id = property(lambda self: self._env.container_id, doc="The container's id, in Docker mode.")
-    pid = property(lambda self: self._env.pid, doc="The server's process id, in process mode.")
 
     def __repr__(self):
         return "<rayfine.Environment %s mode=%s url=%s>" % (self.name, self.mode, self.url)

@@ -12,20 +12,17 @@ Code written for affinetes switches by changing its import.
 import asyncio
 
 from . import _rayfine
-from . import _load_options, _remote_method, _DEFAULT, build_image_from_env as _build_sync
+from . import _Handle, _load_options, _remote_method, _DEFAULT, build_image_from_env as _build_sync
 from . import list_active_environments as _list_sync, get_environment as _get_sync
 from .errors import *  # noqa: F401,F403
 
 __all__ = ["AsyncEnvironment", "load_env", "build_image_from_env", "list_active_environments", "get_environment", "cleanup_all_environments"]
 
 
-class AsyncEnvironment:
+class AsyncEnvironment(_Handle):
     """A loaded environment whose calls are awaited: ``await env.evaluate(x=1)``."""
 
-    __slots__ = ("_env",)
-
-    def __init__(self, env):
-        self._env = env
+    __slots__ = ()
 
     def call(self, method, *args, _timeout=None, **kwargs):
         """Calls ``method``; returns an awaitable of its result."""
@@ -55,14 +52,6 @@ class AsyncEnvironment:
         await self.cleanup()
         return False
 
-    id = property(lambda self: self._env.id)
-    name = property(lambda self: self._env.name)
-    mode = property(lambda self: self._env.mode)
-    url = property(lambda self: self._env.url)
-    env_type = property(lambda self: self._env.env_type)
-    container_id = property(lambda self: self._env.container_id)
-    pid = property(lambda self: self._env.pid)
-
     def __repr__(self):
         return "<rayfine.aio.AsyncEnvironment %s mode=%s url=%s>" % (self.name, self.mode, self.url)
 
@@ -71,13 +60,15 @@ async def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=Non
                    mem_limit=None, cpu_limit=None, startup_timeout=None, call_timeout=None, token=None,
                    keep=False, lease=_DEFAULT, server_program=None):
     """Awaitable :func:`rayfine.load_env`."""
+    def make_options():
+        return _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
+                             startup_timeout, call_timeout, token, keep, lease, server_program)
+
     if mode == "docker" and path is not None and image is None:
-        loop = asyncio.get_running_loop()
-        options = await loop.run_in_executor(None, lambda: _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
-                                                                         startup_timeout, call_timeout, token, keep, lease, server_program))
+        # The options of a folder in Docker mode include its build: run that off the loop.
+        options = await asyncio.get_running_loop().run_in_executor(None, make_options)
     else:
-        options = _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
-                                startup_timeout, call_timeout, token, keep, lease, server_program)
+        options = make_options()
     return AsyncEnvironment(await _rayfine.load_env_async(options))
 
 
