@@ -61,13 +61,13 @@ pub enum Error {
         detail: String,
     },
     /// The environment could not be reached at all.
-    #[error("cannot reach the environment at {url}: {}", root_cause(.source))]
+    #[error("cannot reach the environment at {url}: {}", root_cause(.source.as_ref()))]
     Connection {
         /// Where.
         url: String,
         /// The transport error.
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The token was refused.
     #[error("the environment at {url} refused our token (HTTP 401)")]
@@ -101,6 +101,10 @@ pub enum Error {
     /// The environment was cleaned up; no further calls are possible.
     #[error("environment `{0}` has been cleaned up")]
     Closed(String),
+    /// A blocking call was abandoned because its caller asked (a signal arrived); the call may
+    /// still run in the environment.
+    #[error("call to `{0}` interrupted")]
+    Interrupted(String),
     /// The server answered something that is not the protocol.
     #[error("unexpected answer from {url} (HTTP {status}): {detail}")]
     Protocol {
@@ -194,7 +198,7 @@ impl Error {
     /// A transport error talking to the server at `url` (the URL is said once, not again inside
     /// the transport error's text).
     pub(crate) fn connection(url: &str, source: reqwest::Error) -> Error {
-        Error::Connection { url: url.to_string(), source: source.without_url() }
+        Error::Connection { url: url.to_string(), source: Box::new(source.without_url()) }
     }
 
     /// Whether the error is one of not reaching the server at all (refused, reset, closed).

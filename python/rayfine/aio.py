@@ -10,6 +10,7 @@ Code written for affinetes switches by changing its import.
 """
 
 import asyncio
+import weakref
 
 from . import _rayfine
 from . import _Handle, _load_options, _remote_method, _DEFAULT, build_image_from_env as _build_sync
@@ -19,6 +20,31 @@ from .errors import *  # noqa: F401,F403
 __all__ = ["AsyncEnvironment", "load_env", "build_image_from_env", "list_active_environments", "get_environment", "cleanup_all_environments"]
 
 
+# One completer per event loop: it completes the loop's call futures in batches, so that under
+# load one wake-up of the loop serves many finished calls (see python/src/completions.rs).
+_completers = weakref.WeakKeyDictionary()
+
+
+def _completer():
+    loop = asyncio.get_running_loop()
+    completer = _completers.get(loop)
+    if completer is None:
+        completer = _rayfine.Completer(loop)
+        try:
+            _completers[loop] = completer
+        except TypeError:  # a loop type without weak references: one completer per call
+            pass
+    return completer
+
+
+def _call_async(env):
+    """The extension's `call_async` of `env`, on the running loop's completer."""
+    def call(method, args, kwargs, timeout):
+        return env.call_async(_completer(), method, args, kwargs, timeout)
+
+    return call
+
+
 class AsyncEnvironment(_Handle):
     """A loaded environment whose calls are awaited: ``await env.evaluate(x=1)``."""
 
@@ -26,12 +52,12 @@ class AsyncEnvironment(_Handle):
 
     def call(self, method, *args, _timeout=None, **kwargs):
         """Calls ``method``; returns an awaitable of its result."""
-        return self._env.call_async(method, args, kwargs, _timeout)
+        return self._env.call_async(_completer(), method, args, kwargs, _timeout)
 
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
-        return _remote_method(self._env.call_async, name)
+        return _remote_method(_call_async(self._env), name)
 
     async def list_methods(self):
         """The environment's methods."""

@@ -5,10 +5,12 @@
 //! layer (`rayfine/__init__.py`, `rayfine/aio.py`) adds only what is idiomatic Python
 //! (`env.evaluate(...)` by `__getattr__`, `with` blocks).
 //!
-//! Sync calls block on the same tokio runtime the async ones run on, so both share the HTTP
-//! connection pools. A blocking wait wakes every 50 ms to let Python run its signal handlers, so
-//! a Ctrl-C during a long call raises `KeyboardInterrupt` at once, not when the call ends.
+//! Sync calls are made by the calling thread itself (`EnvironmentWrapper::call_blocking`), async
+//! ones on Rayfine's tokio runtime, completed on the event loop in batches ([`completions`]). A
+//! blocking wait wakes every 50 ms to let Python run its signal handlers, so a Ctrl-C during a
+//! long call raises `KeyboardInterrupt` at once, not when the call ends.
 
+mod completions;
 mod convert;
 mod errors;
 mod options;
@@ -130,19 +132,43 @@ impl Env {
     fn call<'py>(&self, py: Python<'py>, method: &str, args: &Bound<'py, PyTuple>, kwargs: Option<&Bound<'py, PyDict>>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         let (positional, named) = arguments(args, kwargs)?;
         let timeout = timeout_of(timeout)?;
-        let env = self.inner.clone();
-        let result = wait(py, async move { env.call_with(method, &positional, named, timeout).await })?;
+        // The calling thread makes the call itself, without the GIL (see
+        // `EnvironmentWrapper::call_blocking`); every 50 ms of waiting it takes the GIL to let
+        // Python run its signal handlers, and a handler's exception (KeyboardInterrupt) ends the
+        // wait.
+        let mut raised: Option<PyErr> = None;
+        let result = py.detach(|| {
+            self.inner.call_blocking(method, &positional, named, timeout, &mut || match Python::attach(|py| py.check_signals()) {
+                Ok(()) => false,
+                Err(err) => {
+                    raised = Some(err);
+                    true
+                }
+            })
+        });
+        if let Some(err) = raised {
+            return Err(err);
+        }
         let value = result.map_err(|err| to_py_err(py, err))?;
         convert::to_python(py, &value)
     }
 
-    /// Calls `method`; returns an awaitable of its result.
-    #[pyo3(signature = (method, args, kwargs=None, timeout=None))]
-    fn call_async<'py>(&self, py: Python<'py>, method: String, args: &Bound<'py, PyTuple>, kwargs: Option<&Bound<'py, PyDict>>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    /// Calls `method`; returns an asyncio future of its result, completed through `completer`
+    /// (the running loop's).
+    #[pyo3(signature = (completer, method, args, kwargs=None, timeout=None))]
+    fn call_async<'py>(
+        &self,
+        py: Python<'py>,
+        completer: &Bound<'py, completions::Completer>,
+        method: String,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (positional, named) = arguments(args, kwargs)?;
         let timeout = timeout_of(timeout)?;
         let env = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { py_result(env.call_with(&method, &positional, named, timeout).await).map(Json) })
+        completions::spawn(py, completer, async move { env.call_with(&method, &positional, named, timeout).await })
     }
 
     /// The environment's methods: dicts with name, signature, doc, is_async.
@@ -283,6 +309,7 @@ fn _rayfine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     install_embedded_server().map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's server program in the cache folder: {err}")))?;
     m.add_class::<Env>()?;
+    m.add_class::<completions::Completer>()?;
     m.add_function(wrap_pyfunction!(load_env, m)?)?;
     m.add_function(wrap_pyfunction!(load_env_async, m)?)?;
     m.add_function(wrap_pyfunction!(build_image_from_env, m)?)?;

@@ -138,3 +138,41 @@ def test_500_concurrent_async_calls_from_one_loop():
 
     pid = asyncio.run(main())
     assert not pid_alive(pid)
+
+
+def test_a_sync_call_to_a_killed_server_says_it_stopped():
+    import os
+    import signal
+
+    env = rayfine.load_env(path=ECHO)
+    try:
+        assert env.ping() == "pong"  # a kept-alive connection to reuse
+        os.kill(env.pid, signal.SIGKILL)
+        with pytest.raises(rayfine.EnvironmentStopped) as stopped:
+            env.ping()
+        assert "SIGKILL" in str(stopped.value) or "signal 9" in str(stopped.value), str(stopped.value)
+    finally:
+        env.cleanup()
+
+
+def test_an_async_call_is_cancelled_by_wait_for_and_each_loop_gets_its_results():
+    async def first_loop(env):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(env.slow_echo(text="late", delay=5), timeout=0.2)
+        # The environment still answers, on this loop, at once.
+        started = time.monotonic()
+        assert await env.slow_echo(text="on time", delay=0) == "on time"
+        assert time.monotonic() - started < 2
+
+    async def second_loop(env):
+        return await asyncio.gather(*(env.add(i, 1) for i in range(64)))
+
+    async def load():
+        return await rayfine.aio.load_env(path=ECHO)
+
+    env = asyncio.run(load())
+    try:
+        asyncio.run(first_loop(env))
+        assert asyncio.run(second_loop(env)) == [i + 1 for i in range(64)]
+    finally:
+        asyncio.run(env.cleanup())

@@ -1,5 +1,6 @@
 //! Blocking facade for synchronous callers: the async client plus a runtime of its own, one
-//! `block_on` per method.
+//! `block_on` per method; calls are made on the calling thread itself
+//! ([`EnvironmentWrapper::call_blocking`]).
 //!
 //! ```no_run
 //! use rayfine::blocking;
@@ -24,10 +25,30 @@ static RUNTIME: Lazy<tokio::runtime::Runtime> = Lazy::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("rayfine-blocking")
+        // Signals are for the host program's threads (a Python host's main thread, say).
+        .on_thread_start(super::lease::block_termination_signals)
         .enable_all()
         .build()
         .expect("the blocking client's runtime starts")
 });
+
+/// Runs `future` to completion on this facade's runtime, from a thread outside any runtime.
+pub(super) fn run<F: std::future::Future>(future: F) -> F::Output {
+    RUNTIME.block_on(future)
+}
+
+/// Runs `future` on this facade's runtime, asking `interrupted` every 50 ms whether to give up:
+/// `None` if it did.
+pub(super) fn run_interruptible<F: std::future::Future>(future: F, interrupted: &mut dyn FnMut() -> bool) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    loop {
+        match RUNTIME.block_on(tokio::time::timeout(Duration::from_millis(50), &mut future)) {
+            Ok(output) => return Some(output),
+            Err(_) if interrupted() => return None,
+            Err(_) => {}
+        }
+    }
+}
 
 /// A loaded environment with blocking methods. Must not be used from inside an async runtime.
 #[derive(Clone, Debug)]
@@ -58,17 +79,18 @@ impl Environment {
 
     /// See [`EnvironmentWrapper::call`].
     pub fn call(&self, method: &str, kwargs: Value) -> Result<Value> {
-        RUNTIME.block_on(self.inner.call(method, kwargs))
+        self.call_with(method, &[], kwargs, None)
     }
 
     /// See [`EnvironmentWrapper::call_with`].
     pub fn call_with(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>) -> Result<Value> {
-        RUNTIME.block_on(self.inner.call_with(method, args, kwargs, timeout))
+        self.inner.call_blocking(method, args, kwargs, timeout, &mut || false)
     }
 
     /// See [`EnvironmentWrapper::call_as`].
     pub fn call_as<T: DeserializeOwned>(&self, method: &str, kwargs: Value) -> Result<T> {
-        RUNTIME.block_on(self.inner.call_as(method, kwargs))
+        let value = self.call(method, kwargs)?;
+        serde_json::from_value(value).map_err(|source| crate::Error::Decode { method: method.to_string(), source })
     }
 
     /// See [`EnvironmentWrapper::list_methods`].

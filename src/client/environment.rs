@@ -108,6 +108,37 @@ impl EnvironmentWrapper {
         }
     }
 
+    /// [`call_with`](Self::call_with) for a thread outside any async runtime, which blocks until
+    /// the answer: the request is written and the answer read by the calling thread itself, one
+    /// wake-up cheaper than waiting on a runtime. `interrupted` runs every 50 ms while waiting;
+    /// returning true abandons the call ([`Error::Interrupted`]). Environments it cannot serve
+    /// this way (HTTP-based ones, HTTPS URLs) are called through the async client.
+    ///
+    /// Called from inside an async runtime it refuses with [`Error::InvalidInput`] rather than
+    /// stall that runtime's thread.
+    pub fn call_blocking(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::InvalidInput("call_blocking was called from inside an async runtime: use call_with".into()));
+        }
+        if self.env_type() != EnvType::Function || !self.inner.client.can_block() {
+            return super::blocking::run_interruptible(self.call_with(method, args, kwargs, timeout), interrupted)
+                .unwrap_or_else(|| Err(Error::Interrupted(method.to_string())));
+        }
+        if self.inner.is_closed() {
+            return Err(Error::Closed(self.inner.name.clone()));
+        }
+        let timeout = timeout.unwrap_or(self.inner.call_timeout);
+        if timeout.is_zero() {
+            return Err(Error::InvalidInput("a call timeout must be longer than zero".into()));
+        }
+        let kwargs = if kwargs.is_null() { Value::Object(Default::default()) } else { kwargs };
+        match self.inner.client.call_blocking(method, args, &kwargs, timeout, interrupted) {
+            Ok(value) => Ok(value),
+            Err(err) if err.is_connection() => Err(super::blocking::run(self.explain(err))),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Calls `method` and decodes the result into `T`.
     pub async fn call_as<T: DeserializeOwned>(&self, method: &str, kwargs: Value) -> Result<T> {
         let value = self.call(method, kwargs).await?;

@@ -1,10 +1,15 @@
-//! HTTP client for a `/call` server, whichever backend started it.
+//! HTTP client for a `/call` server, whichever backend started it: async (reqwest), and
+//! [`blocking`] for a thread that waits on its own call.
 
-use std::time::Duration;
+mod blocking;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use blocking::{BlockingError, BlockingTransport, Request};
 use crate::protocol::{CallRequestBody, CallSuccess, Health, MethodInfo, MethodList};
 
 /// Extra time the client waits beyond a call's timeout, so the server's own 504 (which says what
@@ -16,6 +21,8 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct ServerClient {
     http: reqwest::Client,
+    /// For blocking calls; `None` for a base URL it cannot serve (HTTPS).
+    blocking: Option<Arc<BlockingTransport>>,
     base: String,
     token: Option<String>,
 }
@@ -36,7 +43,9 @@ impl ServerClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|source| Error::connection(base, source))?;
-        Ok(ServerClient { http, base: base.trim_end_matches('/').to_string(), token })
+        let base = base.trim_end_matches('/').to_string();
+        let blocking = BlockingTransport::for_base(&base).map(Arc::new);
+        Ok(ServerClient { http, blocking, base, token })
     }
 
     /// The server's base URL.
@@ -67,24 +76,48 @@ impl ServerClient {
         let response = request.send().await.map_err(|source| self.transport_error(method, timeout, source))?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|source| self.transport_error(method, timeout, source))?;
-        if status == 200 {
-            let success: CallSuccess<Value> = serde_json::from_slice(&bytes).map_err(|err| Error::Protocol {
-                url: url.clone(),
-                status,
-                detail: format!("the body is not {{\"status\", \"result\"}}: {err}"),
-            })?;
-            return Ok(success.result);
+        decode_call_answer(method, &url, status, &bytes)
+    }
+
+    /// Whether [`call_blocking`](Self::call_blocking) can reach this server.
+    pub fn can_block(&self) -> bool {
+        self.blocking.is_some()
+    }
+
+    /// `POST /call` on the calling thread, which blocks until the answer (see [`blocking`] for
+    /// why). `interrupted` runs every 50 ms while waiting; returning true abandons the call with
+    /// [`Error::Interrupted`]. For a server [`can_block`](Self::can_block) refuses, an
+    /// [`Error::InvalidInput`].
+    pub fn call_blocking(&self, method: &str, args: &[Value], kwargs: &Value, timeout: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
+        let Some(transport) = &self.blocking else {
+            return Err(Error::InvalidInput(format!("{} cannot be called from a blocking thread (only http:// URLs can)", self.base)));
+        };
+        if !kwargs.is_object() {
+            return Err(Error::InvalidArguments { method: method.into(), detail: "kwargs must be a JSON object".into() });
         }
-        Err(Error::from_answer(method, &url, status, &bytes))
+        let body = serde_json::to_vec(&CallRequestBody { method, args, kwargs, timeout: Some(timeout.as_secs_f64()) })
+            .map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
+        let request = Request { method: "POST", path: "/call", token: self.token.as_deref(), body: Some(&body), deadline: Instant::now() + timeout + TIMEOUT_GRACE };
+        let url = format!("{}/call", self.base);
+        let (status, bytes) = transport.send(&request, interrupted).map_err(|err| match err {
+            BlockingError::Timeout => self.no_answer(method, timeout),
+            BlockingError::Interrupted => Error::Interrupted(method.to_string()),
+            BlockingError::Transport(source) => Error::Connection { url: self.base.clone(), source: Box::new(source) },
+        })?;
+        decode_call_answer(method, &url, status, &bytes)
+    }
+
+    fn no_answer(&self, method: &str, timeout: Duration) -> Error {
+        let waited = (timeout + TIMEOUT_GRACE).as_secs_f64();
+        Error::Timeout {
+            method: method.to_string(),
+            detail: super::error::timeout_detail(method, format!("no answer within {waited:.1} s (the server did not answer either)")),
+        }
     }
 
     fn transport_error(&self, method: &str, timeout: Duration, source: reqwest::Error) -> Error {
         if source.is_timeout() {
-            let waited = (timeout + TIMEOUT_GRACE).as_secs_f64();
-            return Error::Timeout {
-                method: method.to_string(),
-                detail: super::error::timeout_detail(method, format!("no answer within {waited:.1} s (the server did not answer either)")),
-            };
+            return self.no_answer(method, timeout);
         }
         Error::connection(&self.base, source)
     }
@@ -172,6 +205,19 @@ impl ServerClient {
 
 /// One method per `POST` path without path parameters; the signature lists the request body's
 /// properties when its schema is inline or a `$ref` to a component.
+/// The result of a `/call` answer, or the error it carries.
+fn decode_call_answer(method: &str, url: &str, status: u16, bytes: &[u8]) -> Result<Value> {
+    if status == 200 {
+        let success: CallSuccess<Value> = serde_json::from_slice(bytes).map_err(|err| Error::Protocol {
+            url: url.to_string(),
+            status,
+            detail: format!("the body is not {{\"status\", \"result\"}}: {err}"),
+        })?;
+        return Ok(success.result);
+    }
+    Err(Error::from_answer(method, url, status, bytes))
+}
+
 fn methods_from_openapi(spec: &Value) -> Vec<MethodInfo> {
     let resolve = |schema: &Value| -> Value {
         match schema.get("$ref").and_then(Value::as_str) {
