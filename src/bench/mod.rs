@@ -2,12 +2,14 @@
 //! measured in the same run, printed as Markdown and saved as JSON.
 //!
 //! Sections run in an order where one does not disturb the next: memory and cold starts first
-//! (nothing else running), then the wrk loads on one process-mode environment, then Docker.
+//! (nothing else running), then the wrk loads on one process-mode environment, then the Python
+//! clients, then Docker.
 
 mod build;
 mod calls;
 mod floor;
 mod memory;
+mod python;
 mod report;
 mod startup;
 mod wrk;
@@ -53,6 +55,7 @@ pub enum Section {
     CallCost,
     Throughput,
     Scale,
+    Python,
     Build,
     FanOut,
 }
@@ -198,6 +201,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if wants(Section::CallCost) || wants(Section::Throughput) || wants(Section::Scale) {
         let outcome = wrk_sections(&args, &settings, static_server.as_deref(), open_files, &mut report).await;
         record(&mut report, "wrk sections", outcome);
+    }
+    if wants(Section::Python) {
+        let outcome = python::python_clients(&settings, &mut report).await;
+        record(&mut report, "Python client", outcome);
     }
 
     let docker_sections = [Section::Build, Section::ColdStart, Section::FanOut].into_iter().any(wants);
