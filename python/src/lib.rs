@@ -16,6 +16,7 @@ mod errors;
 mod options;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -248,7 +249,12 @@ fn build_image_from_env(
     if let Some(base) = base_image {
         builder = builder.base_image(base);
     }
+    // An exception in the progress callback (KeyboardInterrupt from a Ctrl-C that arrived while
+    // it ran, or its own bug) stops the build and is raised, as it would be from a Python loop.
+    let raised: Arc<parking_lot::Mutex<Option<PyErr>>> = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
     if let Some(progress) = progress {
+        let (raised, stop) = (raised.clone(), stop.clone());
         builder = builder.on_progress(move |line: &rayfine::build::BuildProgress| {
             Python::attach(|py| {
                 let stage = match line.stage {
@@ -256,13 +262,25 @@ fn build_image_from_env(
                     rayfine::build::BuildStage::Server => "server",
                 };
                 if let Err(err) = progress.call1(py, (stage, line.line.as_str())) {
-                    err.print(py);
+                    raised.lock().get_or_insert(err);
+                    stop.notify_one();
                 }
             })
         });
     }
-    let built = wait(py, async move { builder.build(env_path, &image_tag).await })?.map_err(|err| to_py_err(py, err))?;
-    Ok(built.tag)
+    let built = wait(py, async move {
+        tokio::select! {
+            built = builder.build(env_path, &image_tag) => Some(built),
+            () = stop.notified() => None,
+        }
+    })?;
+    if let Some(err) = raised.lock().take() {
+        return Err(err);
+    }
+    match built {
+        Some(built) => Ok(built.map_err(|err| to_py_err(py, err))?.tag),
+        None => Err(pyo3::exceptions::PyRuntimeError::new_err("the build was stopped by its progress callback")),
+    }
 }
 
 /// Every environment this process loaded and has not cleaned up.

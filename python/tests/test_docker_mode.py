@@ -73,3 +73,25 @@ if %r == "sigkill":
     while container_exists(container) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not container_exists(container)
+
+
+def test_an_exception_in_the_progress_callback_stops_the_build_and_is_raised():
+    tag = "rayfine-pytest/stopped:%d" % os.getpid()
+
+    class Enough(Exception):
+        pass
+
+    def progress(stage, line):
+        raise Enough(line)
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(Enough):
+            rayfine.build_image_from_env(COUNTER, tag, base_image=BASE_IMAGE, progress=progress)
+        assert time.monotonic() - started < 60
+        inspect = subprocess.run(["docker", "image", "inspect", tag], capture_output=True)
+        assert inspect.returncode != 0, "the build went on to tag the image"
+    finally:
+        time.sleep(1)  # the engine ends the build when its client goes
+        for image in (tag, tag + "-base"):
+            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)

@@ -58,15 +58,7 @@ pub fn call_cost(settings: &Settings, env: &Target<'_>, floor: &FloorServer, rep
 pub async fn library_call_cost(settings: &Settings, env: &EnvironmentWrapper, floor: &FloorServer, report: &mut Report) -> anyhow::Result<()> {
     let calls = settings.library_calls;
     report.settings.push(format!("library call: {calls} sequential `EnvironmentWrapper::call(\"ping\")`s after 100 warm-up calls"));
-    for _ in 0..100 {
-        env.call("ping", serde_json::json!({})).await?;
-    }
-    let mut took = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
-        env.call("ping", serde_json::json!({})).await?;
-        took.push(started.elapsed().as_secs_f64() * 1e6);
-    }
+    let took = sequential_pings(env, 100, calls).await?;
     let client = reqwest::Client::new();
     let echo_url = floor.url("/echo");
     let mut floor_took = Vec::with_capacity(calls);
@@ -83,6 +75,20 @@ pub async fn library_call_cost(settings: &Settings, env: &EnvironmentWrapper, fl
             .floor("reqwest POST to the echo", Figure::micros(median(&floor_took)), Some(Figure::micros(percentile(&floor_took, 99.0)))),
     );
     Ok(())
+}
+
+/// Microseconds of each of `calls` sequential `ping`s through `env`, after `warmup` untimed ones.
+pub async fn sequential_pings(env: &EnvironmentWrapper, warmup: usize, calls: usize) -> rayfine::Result<Vec<f64>> {
+    for _ in 0..warmup {
+        env.call("ping", serde_json::json!({})).await?;
+    }
+    let mut took = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        env.call("ping", serde_json::json!({})).await?;
+        took.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(took)
 }
 
 /// Calls per second of the trivial sync call at 1, 16, 64 and 256 connections.

@@ -134,19 +134,7 @@ fn missing(python: &Path) -> Option<String> {
 /// The Rust client's sequential `ping`s against `url`: microseconds each.
 async fn rust_client_calls(url: &str, calls: usize) -> anyhow::Result<Vec<f64>> {
     let env = load_env(LoadOptions::url(url)).await?;
-    let outcome = async {
-        for _ in 0..200 {
-            env.call("ping", serde_json::json!({})).await?;
-        }
-        let mut took = Vec::with_capacity(calls);
-        for _ in 0..calls {
-            let started = Instant::now();
-            env.call("ping", serde_json::json!({})).await?;
-            took.push(started.elapsed().as_secs_f64() * 1e6);
-        }
-        Ok::<_, rayfine::Error>(took)
-    }
-    .await;
+    let outcome = super::calls::sequential_pings(&env, 200, calls).await;
     env.cleanup().await?;
     Ok(outcome?)
 }

@@ -87,14 +87,7 @@ impl EnvironmentWrapper {
 
     /// Calls `method` with positional and keyword arguments and an optional timeout of its own.
     pub async fn call_with(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>) -> Result<Value> {
-        if self.inner.is_closed() {
-            return Err(Error::Closed(self.inner.name.clone()));
-        }
-        let timeout = timeout.unwrap_or(self.inner.call_timeout);
-        if timeout.is_zero() {
-            return Err(Error::InvalidInput("a call timeout must be longer than zero".into()));
-        }
-        let kwargs = if kwargs.is_null() { Value::Object(Default::default()) } else { kwargs };
+        let (timeout, kwargs) = self.prepare_call(timeout, kwargs)?;
         let result = match self.env_type() {
             EnvType::Function => self.inner.client.call(method, args, &kwargs, timeout).await,
             EnvType::Http if !args.is_empty() => {
@@ -124,6 +117,17 @@ impl EnvironmentWrapper {
             return super::blocking::run_interruptible(self.call_with(method, args, kwargs, timeout), interrupted)
                 .unwrap_or_else(|| Err(Error::Interrupted(method.to_string())));
         }
+        let (timeout, kwargs) = self.prepare_call(timeout, kwargs)?;
+        match self.inner.client.call_blocking(method, args, &kwargs, timeout, interrupted) {
+            Ok(value) => Ok(value),
+            Err(err) if err.is_connection() => Err(super::blocking::run(self.explain(err))),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// What every call checks first: the environment is not cleaned up, the timeout (this
+    /// call's or the default) is above zero; and `null` kwargs are no kwargs.
+    fn prepare_call(&self, timeout: Option<Duration>, kwargs: Value) -> Result<(Duration, Value)> {
         if self.inner.is_closed() {
             return Err(Error::Closed(self.inner.name.clone()));
         }
@@ -132,11 +136,7 @@ impl EnvironmentWrapper {
             return Err(Error::InvalidInput("a call timeout must be longer than zero".into()));
         }
         let kwargs = if kwargs.is_null() { Value::Object(Default::default()) } else { kwargs };
-        match self.inner.client.call_blocking(method, args, &kwargs, timeout, interrupted) {
-            Ok(value) => Ok(value),
-            Err(err) if err.is_connection() => Err(super::blocking::run(self.explain(err))),
-            Err(err) => Err(err),
-        }
+        Ok((timeout, kwargs))
     }
 
     /// Calls `method` and decodes the result into `T`.
