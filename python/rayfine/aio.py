@@ -27,13 +27,12 @@ _completers = weakref.WeakKeyDictionary()
 
 def _completer():
     loop = asyncio.get_running_loop()
-    completer = _completers.get(loop)
-    if completer is None:
+    try:
+        completer = _completers.get(loop)
+        if completer is None:
+            completer = _completers[loop] = _rayfine.Completer(loop)
+    except TypeError:  # a loop type without weak references: one completer per call
         completer = _rayfine.Completer(loop)
-        try:
-            _completers[loop] = completer
-        except TypeError:  # a loop type without weak references: one completer per call
-            pass
     return completer
 
 

@@ -9,7 +9,7 @@
 //! Python objects on the thread that uses them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -21,15 +21,47 @@ use crate::errors::to_py_err;
 /// What a finished call left for the loop: its future and outcome.
 type Finished = (Py<PyAny>, rayfine::Result<Value>);
 
-/// Shared between the loop side and the runtime's tasks.
+/// Shared between the loop side and the runtime's tasks. It holds the loop only weakly, so a
+/// loop that is done with is freed (the completer lives in a `WeakKeyDictionary` keyed by it).
 struct Queue {
     /// The asyncio loop the futures belong to.
-    event_loop: Py<PyAny>,
-    /// `Completer.drain`, bound; set on first use (a pyclass cannot name itself when built).
-    drain: OnceLock<Py<PyAny>>,
+    event_loop: LoopRef,
     finished: Mutex<Vec<Finished>>,
     /// True from the moment a drain is scheduled until it starts.
     scheduled: AtomicBool,
+}
+
+/// A weak reference to the loop; a strong one for a loop type that has no weak references (then
+/// `rayfine.aio` makes a completer per call, so it does not outlive the call).
+enum LoopRef {
+    Weak(Py<PyAny>),
+    Strong(Py<PyAny>),
+}
+
+impl Queue {
+    /// Sets the result or exception of every finished call's future (skipping cancelled ones).
+    /// Runs on the loop's thread. A future that cannot be completed (its loop closed under it)
+    /// is reported as unraisable and the others are still completed.
+    fn drain(&self, py: Python<'_>) {
+        self.scheduled.store(false, Ordering::SeqCst);
+        let finished = std::mem::take(&mut *self.finished.lock());
+        for (future, outcome) in finished {
+            let future = future.bind(py);
+            let completed = (|| -> PyResult<()> {
+                if future.call_method0("done")?.is_truthy()? {
+                    return Ok(()); // cancelled while the call ran
+                }
+                match outcome.map_err(|err| to_py_err(py, err)).and_then(|value| convert::to_python(py, &value)) {
+                    Ok(value) => future.call_method1("set_result", (value,))?,
+                    Err(err) => future.call_method1("set_exception", (err.into_value(py),))?,
+                };
+                Ok(())
+            })();
+            if let Err(err) = completed {
+                err.write_unraisable(py, Some(future));
+            }
+        }
+    }
 }
 
 /// Completes the futures of one asyncio loop's calls. Made by `rayfine.aio`, one per loop.
@@ -41,26 +73,24 @@ pub struct Completer {
 #[pymethods]
 impl Completer {
     #[new]
-    fn new(event_loop: Py<PyAny>) -> Completer {
-        Completer { queue: Arc::new(Queue { event_loop, drain: OnceLock::new(), finished: Mutex::new(Vec::new()), scheduled: AtomicBool::new(false) }) }
+    fn new(event_loop: &Bound<'_, PyAny>) -> Completer {
+        let event_loop = match pyo3::types::PyWeakrefReference::new(event_loop) {
+            Ok(weak) => LoopRef::Weak(weak.into_any().unbind()),
+            Err(_) => LoopRef::Strong(event_loop.clone().unbind()),
+        };
+        Completer { queue: Arc::new(Queue { event_loop, finished: Mutex::new(Vec::new()), scheduled: AtomicBool::new(false) }) }
     }
+}
 
-    /// Sets the result or exception of every finished call's future (skipping cancelled ones).
-    /// Runs on the loop's thread.
-    fn drain(&self, py: Python<'_>) -> PyResult<()> {
-        self.queue.scheduled.store(false, Ordering::SeqCst);
-        let finished = std::mem::take(&mut *self.queue.finished.lock());
-        for (future, outcome) in finished {
-            let future = future.bind(py);
-            if future.call_method0("done")?.is_truthy()? {
-                continue; // cancelled while the call ran
-            }
-            match outcome.map_err(|err| to_py_err(py, err)).and_then(|value| convert::to_python(py, &value)) {
-                Ok(value) => future.call_method1("set_result", (value,))?,
-                Err(err) => future.call_method1("set_exception", (err.into_value(py),))?,
-            };
-        }
-        Ok(())
+/// The callback a drain is scheduled with; holds the queue, not the completer, so nothing makes
+/// a reference cycle through Rust that Python's collector cannot see.
+#[pyclass(module = "rayfine._rayfine", frozen)]
+struct Drain(Arc<Queue>);
+
+#[pymethods]
+impl Drain {
+    fn __call__(&self, py: Python<'_>) {
+        self.0.drain(py);
     }
 }
 
@@ -78,6 +108,17 @@ impl AbortOnCancel {
     }
 }
 
+/// The loop a queue's weak reference points to, if it is still alive.
+fn live_loop<'py>(py: Python<'py>, queue: &Queue) -> Option<Bound<'py, PyAny>> {
+    match &queue.event_loop {
+        LoopRef::Strong(event_loop) => Some(event_loop.bind(py).clone()),
+        LoopRef::Weak(weak) => {
+            let target = weak.bind(py).call0().ok()?;
+            (!target.is_none()).then_some(target)
+        }
+    }
+}
+
 /// Runs `call` on the runtime and returns an asyncio future of its result, completed through
 /// `completer`.
 pub fn spawn<'py, F>(py: Python<'py>, completer: &Bound<'py, Completer>, call: F) -> PyResult<Bound<'py, PyAny>>
@@ -85,19 +126,20 @@ where
     F: std::future::Future<Output = rayfine::Result<Value>> + Send + 'static,
 {
     let queue = completer.get().queue.clone();
-    if queue.drain.get().is_none() {
-        let _ = queue.drain.set(completer.getattr("drain")?.unbind());
-    }
-    let future = queue.event_loop.bind(py).call_method0("create_future")?;
+    let event_loop = live_loop(py, &queue).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("the completer's event loop is gone"))?;
+    let future = event_loop.call_method0("create_future")?;
     let handle = future.clone().unbind();
     let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
         let outcome = call.await;
         queue.finished.lock().push((handle, outcome));
         if !queue.scheduled.swap(true, Ordering::SeqCst) {
             Python::attach(|py| {
-                let drain = queue.drain.get().expect("set before the first call");
-                if queue.event_loop.bind(py).call_method1("call_soon_threadsafe", (drain,)).is_err() {
-                    // The loop is closed: nobody awaits these futures any more.
+                let scheduled = live_loop(py, &queue).and_then(|event_loop| {
+                    let drain = Bound::new(py, Drain(queue.clone())).ok()?;
+                    event_loop.call_method1("call_soon_threadsafe", (drain,)).ok()
+                });
+                if scheduled.is_none() {
+                    // The loop is closed or gone: nobody awaits these futures any more.
                     queue.scheduled.store(false, Ordering::SeqCst);
                     queue.finished.lock().clear();
                 }

@@ -137,13 +137,21 @@ impl Env {
         // `EnvironmentWrapper::call_blocking`); every 50 ms of waiting it takes the GIL to let
         // Python run its signal handlers, and a handler's exception (KeyboardInterrupt) ends the
         // wait.
+        // Only the main thread runs signal handlers: other threads wait without taking the GIL.
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let on_main_thread = std::process::id() == unsafe { libc::gettid() } as u32;
         let mut raised: Option<PyErr> = None;
         let result = py.detach(|| {
-            self.inner.call_blocking(method, &positional, named, timeout, &mut || match Python::attach(|py| py.check_signals()) {
-                Ok(()) => false,
-                Err(err) => {
-                    raised = Some(err);
-                    true
+            self.inner.call_blocking(method, &positional, named, timeout, &mut || {
+                if !on_main_thread {
+                    return false;
+                }
+                match Python::attach(|py| py.check_signals()) {
+                    Ok(()) => false,
+                    Err(err) => {
+                        raised = Some(err);
+                        true
+                    }
                 }
             })
         });
@@ -256,6 +264,9 @@ fn build_image_from_env(
     if let Some(progress) = progress {
         let (raised, stop) = (raised.clone(), stop.clone());
         builder = builder.on_progress(move |line: &rayfine::build::BuildProgress| {
+            if raised.lock().is_some() {
+                return; // the build is stopping; the callback raised once already
+            }
             Python::attach(|py| {
                 let stage = match line.stage {
                     rayfine::build::BuildStage::Environment => "environment",

@@ -176,3 +176,24 @@ def test_an_async_call_is_cancelled_by_wait_for_and_each_loop_gets_its_results()
         assert asyncio.run(second_loop(env)) == [i + 1 for i in range(64)]
     finally:
         asyncio.run(env.cleanup())
+
+
+def test_event_loops_that_made_calls_are_freed():
+    import gc
+    import weakref
+
+    env = rayfine.load_env(path=ECHO)
+    aenv = rayfine.aio.get_environment(env.id)
+    loops = []
+
+    async def one_loop():
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        assert await aenv.ping() == "pong"
+
+    try:
+        for _ in range(3):
+            asyncio.run(one_loop())
+        gc.collect()
+        assert [ref() for ref in loops] == [None, None, None]
+    finally:
+        env.cleanup()

@@ -32,17 +32,28 @@ static RUNTIME: Lazy<tokio::runtime::Runtime> = Lazy::new(|| {
         .expect("the blocking client's runtime starts")
 });
 
-/// Runs `future` to completion on this facade's runtime, from a thread outside any runtime.
-pub(super) fn run<F: std::future::Future>(future: F) -> F::Output {
+/// Runs `future` to completion on this facade's runtime. From a thread that is inside a runtime's
+/// context (a `spawn_blocking` task), where `block_on` is refused, it runs on a scoped thread.
+pub(super) fn run<F: std::future::Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return std::thread::scope(|scope| scope.spawn(|| RUNTIME.block_on(future)).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+    }
     RUNTIME.block_on(future)
 }
 
-/// Runs `future` on this facade's runtime, asking `interrupted` every 50 ms whether to give up:
-/// `None` if it did.
-pub(super) fn run_interruptible<F: std::future::Future>(future: F, interrupted: &mut dyn FnMut() -> bool) -> Option<F::Output> {
+/// Runs `future` as [`run`] does, asking `interrupted` every 50 ms whether to give up: `None` if
+/// it did.
+pub(super) fn run_interruptible<F: std::future::Future + Send>(future: F, interrupted: &mut dyn FnMut() -> bool) -> Option<F::Output>
+where
+    F::Output: Send,
+{
     let mut future = std::pin::pin!(future);
     loop {
-        match RUNTIME.block_on(tokio::time::timeout(Duration::from_millis(50), &mut future)) {
+        // The timer is made inside the runtime: tokio's timers need one when created.
+        match run(async { tokio::time::timeout(Duration::from_millis(50), &mut future).await }) {
             Ok(output) => return Some(output),
             Err(_) if interrupted() => return None,
             Err(_) => {}

@@ -107,12 +107,9 @@ impl EnvironmentWrapper {
     /// returning true abandons the call ([`Error::Interrupted`]). Environments it cannot serve
     /// this way (HTTP-based ones, HTTPS URLs) are called through the async client.
     ///
-    /// Called from inside an async runtime it refuses with [`Error::InvalidInput`] rather than
-    /// stall that runtime's thread.
+    /// Like any blocking call it must not run on an async task's thread, which it would stall;
+    /// a `spawn_blocking` thread is fine.
     pub fn call_blocking(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Error::InvalidInput("call_blocking was called from inside an async runtime: use call_with".into()));
-        }
         if self.env_type() != EnvType::Function || !self.inner.client.can_block() {
             return super::blocking::run_interruptible(self.call_with(method, args, kwargs, timeout), interrupted)
                 .unwrap_or_else(|| Err(Error::Interrupted(method.to_string())));

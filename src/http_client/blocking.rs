@@ -24,6 +24,10 @@ const SLICE: Duration = Duration::from_millis(50);
 /// Largest header block accepted from a server.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// Largest answer body accepted: far above any call's result, far below what would exhaust
+/// memory if a broken server announced an absurd size.
+const MAX_BODY: usize = 1 << 34;
+
 /// Idle connections kept per server: as many threads as call at once, within reason.
 const MAX_IDLE: usize = 256;
 
@@ -85,7 +89,12 @@ impl BlockingTransport {
         if authority.is_empty() || authority.contains('@') || prefix.contains(['?', '#']) {
             return None;
         }
-        let authority = if has_port(authority) { authority.to_string() } else { format!("{authority}:80") };
+        let authority = match authority.strip_suffix(':') {
+            Some(bare) if !bare.ends_with(']') && bare.contains(':') => return None,
+            Some(bare) => format!("{bare}:80"),
+            None if has_port(authority) => authority.to_string(),
+            None => format!("{authority}:80"),
+        };
         Some(BlockingTransport { authority, prefix: prefix.to_string(), addrs: Mutex::new(Vec::new()), idle: Mutex::new(Vec::new()) })
     }
 
@@ -142,45 +151,83 @@ impl BlockingTransport {
     }
 
     fn connect(&self, deadline: Instant, interrupted: &mut dyn FnMut() -> bool) -> Result<TcpStream, BlockingError> {
-        let addrs = {
-            let mut addrs = self.addrs.lock();
-            if addrs.is_empty() {
-                *addrs = self.authority.to_socket_addrs().map_err(BlockingError::Transport)?.collect();
-            }
-            addrs.clone()
-        };
+        let addrs = self.resolve()?;
         let mut last = std::io::Error::new(ErrorKind::NotFound, format!("{} resolves to no address", self.authority));
-        for addr in addrs {
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(BlockingError::Timeout);
+        let count = addrs.len();
+        for (i, addr) in addrs.into_iter().enumerate() {
+            // Each address gets an even share of what is left, the last one all of it, so one
+            // that drops packets does not keep the others from being tried.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let budget = if i + 1 == count { left } else { left / (count - i) as u32 };
+            match connect_one(addr, Instant::now() + budget, interrupted) {
+                Ok(stream) => return Ok(stream),
+                Err(BlockingError::Transport(err)) => last = err,
+                Err(BlockingError::Timeout) if i + 1 < count => {
+                    last = std::io::Error::new(ErrorKind::TimedOut, format!("connecting to {addr} timed out"));
                 }
-                match TcpStream::connect_timeout(&addr, left.min(SLICE)) {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        return Ok(stream);
-                    }
-                    Err(err) if err.kind() == ErrorKind::TimedOut || err.kind() == ErrorKind::Interrupted => {
-                        if interrupted() {
-                            return Err(BlockingError::Interrupted);
-                        }
-                    }
-                    Err(err) => {
-                        last = err;
-                        break;
-                    }
-                }
+                Err(other) => return Err(other),
             }
         }
+        // The name may point elsewhere by the next call.
+        self.addrs.lock().clear();
         Err(BlockingError::Transport(last))
     }
+
+    /// The authority's addresses, looked up once and kept until a connection fails.
+    fn resolve(&self) -> Result<Vec<SocketAddr>, BlockingError> {
+        let mut addrs = self.addrs.lock();
+        if addrs.is_empty() {
+            *addrs = self.authority.to_socket_addrs().map_err(BlockingError::Transport)?.collect();
+        }
+        Ok(addrs.clone())
+    }
+}
+
+/// One connection attempt to `addr`, kept going until `deadline`: a non-blocking connect whose
+/// completion is awaited in slices, so the caller's check runs and the attempt is never restarted.
+fn connect_one(addr: SocketAddr, deadline: Instant, interrupted: &mut dyn FnMut() -> bool) -> Result<TcpStream, BlockingError> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(BlockingError::Transport)?;
+    socket.set_nonblocking(true).map_err(BlockingError::Transport)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) || err.kind() == ErrorKind::WouldBlock => loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BlockingError::Timeout);
+            }
+            let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&socket), events: libc::POLLOUT, revents: 0 };
+            let millis = left.min(SLICE).as_millis().max(1) as libc::c_int;
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+            if ready > 0 {
+                if let Some(err) = socket.take_error().map_err(BlockingError::Transport)? {
+                    return Err(BlockingError::Transport(err));
+                }
+                break;
+            }
+            if ready < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+                return Err(BlockingError::Transport(std::io::Error::last_os_error()));
+            }
+            if interrupted() {
+                return Err(BlockingError::Interrupted);
+            }
+        },
+        Err(err) => return Err(BlockingError::Transport(err)),
+    }
+    socket.set_nonblocking(false).map_err(BlockingError::Transport)?;
+    let stream: TcpStream = socket.into();
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// Whether `authority` ends in `:port` (and is not a bare IPv6 address).
 fn has_port(authority: &str) -> bool {
     match authority.rfind(':') {
-        Some(colon) => !authority[colon..].contains(']') && authority[colon + 1..].bytes().all(|b| b.is_ascii_digit()),
+        Some(colon) => {
+            let port = &authority[colon + 1..];
+            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+        }
         None => false,
     }
 }
@@ -326,10 +373,16 @@ fn read_answer(stream: &mut TcpStream, head_only: bool, deadline: Instant, inter
         }
         reader.buffer.drain(..head_len);
         let body = if head_only || status == 204 || status == 304 {
+            keep_alive &= reader.buffer.is_empty();
             Vec::new()
         } else if chunked {
-            read_chunked(&mut reader)?
+            let body = read_chunked(&mut reader)?;
+            keep_alive &= reader.buffer.is_empty();
+            body
         } else if let Some(length) = length {
+            if length > MAX_BODY {
+                return Err(malformed("Content-Length is larger than any answer can be"));
+            }
             reader.fill_to(length)?;
             keep_alive &= reader.buffer.len() == length;
             reader.buffer.truncate(length);
@@ -353,6 +406,9 @@ fn read_chunked(reader: &mut Reader<'_, '_>) -> Result<Vec<u8>, BlockingError> {
         let line = std::str::from_utf8(&reader.buffer[at..end]).map_err(|_| malformed("a chunk size is not text"))?;
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| malformed("a chunk size is not hexadecimal"))?;
+        if size > MAX_BODY || body.len() + size > MAX_BODY {
+            return Err(malformed("the chunked body is larger than any answer can be"));
+        }
         at = end + 2;
         if size == 0 {
             // Trailer lines, then an empty line.
@@ -361,6 +417,7 @@ fn read_chunked(reader: &mut Reader<'_, '_>) -> Result<Vec<u8>, BlockingError> {
                 let empty = end == at;
                 at = end + 2;
                 if empty {
+                    reader.buffer.drain(..at);
                     return Ok(body);
                 }
             }
@@ -473,6 +530,52 @@ mod tests {
     }
 
     #[test]
+    fn an_absurd_chunk_size_or_length_is_an_error_not_a_panic() {
+        for answer in [
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\nab".to_vec(),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999\r\n\r\nab".to_vec(),
+        ] {
+            let (base, server) = serve(vec![answer]);
+            let transport = BlockingTransport::for_base(&base).unwrap();
+            let result = transport.send(&request(b"{}"), &mut || false);
+            assert!(matches!(&result, Err(BlockingError::Transport(err)) if err.kind() == ErrorKind::InvalidData), "{result:?}");
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_connection_with_bytes_past_its_answer_is_not_reused() {
+        // Two answers in one write: the second would be taken for the next request's.
+        let answers = vec![b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale".to_vec()];
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).unwrap();
+            stream.write_all(&answers[0]).unwrap();
+            // A second connection gets a fresh answer.
+            let (mut stream, _) = listener.accept().unwrap();
+            let _ = stream.read(&mut buffer).unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh").unwrap();
+        });
+        let transport = BlockingTransport::for_base(&base).unwrap();
+        assert_eq!(transport.send(&request(b"{}"), &mut || false).unwrap().0, 204);
+        assert_eq!(transport.send(&request(b"{}"), &mut || false).unwrap(), (200, b"fresh".to_vec()));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_refused_connection_is_a_transport_error_at_once() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let transport = BlockingTransport::for_base(&format!("http://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let result = transport.send(&request(b"{}"), &mut || false);
+        assert!(matches!(&result, Err(BlockingError::Transport(err)) if err.kind() == ErrorKind::ConnectionRefused), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
     fn only_plain_http_urls_get_a_transport() {
         assert!(BlockingTransport::for_base("https://example.test").is_none());
         assert!(BlockingTransport::for_base("http://user@h:1").is_none());
@@ -480,5 +583,6 @@ mod tests {
         assert_eq!((t.authority.as_str(), t.prefix.as_str()), ("h:8000", "/base"));
         assert_eq!(BlockingTransport::for_base("http://h").unwrap().authority, "h:80");
         assert_eq!(BlockingTransport::for_base("http://[::1]").unwrap().authority, "[::1]:80");
+        assert_eq!(BlockingTransport::for_base("http://h:").unwrap().authority, "h:80");
     }
 }

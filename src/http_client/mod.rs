@@ -95,6 +95,9 @@ impl ServerClient {
         if !kwargs.is_object() {
             return Err(Error::InvalidArguments { method: method.into(), detail: "kwargs must be a JSON object".into() });
         }
+        if self.token.as_deref().is_some_and(|token| token.bytes().any(|b| b.is_ascii_control())) {
+            return Err(Error::InvalidInput("the token contains control characters, which no HTTP header can carry".into()));
+        }
         let body = serde_json::to_vec(&CallRequestBody { method, args, kwargs, timeout: Some(timeout.as_secs_f64()) })
             .map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
         let request = Request { method: "POST", path: "/call", token: self.token.as_deref(), body: Some(&body), deadline: Instant::now() + timeout + TIMEOUT_GRACE };

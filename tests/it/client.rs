@@ -178,6 +178,11 @@ fn blocking_facade_loads_calls_and_cleans_up() {
     let id = first["episode_id"].as_str().unwrap().to_string();
     let step = env.call("step", json!({"episode_id": id, "action": "right"})).unwrap();
     assert_eq!(step["observation"]["position"], json!([1, 0]));
+    // From a runtime's spawn_blocking thread, as from any other.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let inner = env.clone();
+    let state = runtime.block_on(tokio::task::spawn_blocking(move || inner.call("step", json!({"episode_id": id, "action": "down"})))).unwrap();
+    assert_eq!(state.unwrap()["observation"]["position"], json!([1, 1]));
     env.cleanup().unwrap();
     dir.assert_no_process_left();
 }
