@@ -104,18 +104,26 @@ impl EnvironmentWrapper {
     /// [`call_with`](Self::call_with) for a thread outside any async runtime, which blocks until
     /// the answer: the request is written and the answer read by the calling thread itself, one
     /// wake-up cheaper than waiting on a runtime. `interrupted` runs every 50 ms while waiting;
-    /// returning true abandons the call ([`Error::Interrupted`]). Environments it cannot serve
-    /// this way (HTTP-based ones, HTTPS URLs) are called through the async client.
+    /// returning true abandons the call ([`Error::Interrupted`]). An HTTPS URL, which this way
+    /// cannot serve, is called through the async client.
     ///
     /// Like any blocking call it must not run on an async task's thread, which it would stall;
     /// a `spawn_blocking` thread is fine.
     pub fn call_blocking(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
-        if self.env_type() != EnvType::Function || !self.inner.client.can_block() {
+        if !self.inner.client.can_block() {
             return super::blocking::run_interruptible(self.call_with(method, args, kwargs, timeout), interrupted)
                 .unwrap_or_else(|| Err(Error::Interrupted(method.to_string())));
         }
         let (timeout, kwargs) = self.prepare_call(timeout, kwargs)?;
-        match self.inner.client.call_blocking(method, args, &kwargs, timeout, interrupted) {
+        let client = &self.inner.client;
+        let result = match self.env_type() {
+            EnvType::Function => client.call_blocking(method, args, &kwargs, timeout, interrupted),
+            EnvType::Http if !args.is_empty() => {
+                return Err(Error::InvalidInput(format!("`{method}`: an HTTP-based environment takes keyword arguments only")))
+            }
+            EnvType::Http => client.call_http_blocking(method, &kwargs, timeout, interrupted),
+        };
+        match result {
             Ok(value) => Ok(value),
             Err(err) if err.is_connection() => Err(super::blocking::run(self.explain(err))),
             Err(err) => Err(err),

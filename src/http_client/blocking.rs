@@ -546,14 +546,14 @@ mod tests {
     #[test]
     fn a_connection_with_bytes_past_its_answer_is_not_reused() {
         // Two answers in one write: the second would be taken for the next request's.
-        let answers = vec![b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale".to_vec()];
+        let two_answers: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale";
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
             let mut buffer = [0u8; 4096];
             let _ = stream.read(&mut buffer).unwrap();
-            stream.write_all(&answers[0]).unwrap();
+            stream.write_all(two_answers).unwrap();
             // A second connection gets a fresh answer.
             let (mut stream, _) = listener.accept().unwrap();
             let _ = stream.read(&mut buffer).unwrap();

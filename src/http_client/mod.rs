@@ -89,25 +89,40 @@ impl ServerClient {
     /// [`Error::Interrupted`]. For a server [`can_block`](Self::can_block) refuses, an
     /// [`Error::InvalidInput`].
     pub fn call_blocking(&self, method: &str, args: &[Value], kwargs: &Value, timeout: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
-        let Some(transport) = &self.blocking else {
-            return Err(Error::InvalidInput(format!("{} cannot be called from a blocking thread (only http:// URLs can)", self.base)));
-        };
         if !kwargs.is_object() {
             return Err(Error::InvalidArguments { method: method.into(), detail: "kwargs must be a JSON object".into() });
         }
+        let body = serde_json::to_vec(&CallRequestBody { method, args, kwargs, timeout: Some(timeout.as_secs_f64()) })
+            .map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
+        // The server answers by the call's own timeout; the grace lets its 504 arrive first.
+        let (url, status, bytes) = self.post_blocking(method, "/call", &body, timeout, timeout + TIMEOUT_GRACE, interrupted)?;
+        decode_call_answer(method, &url, status, &bytes)
+    }
+
+    /// `POST /{method}` of an HTTP-based environment on the calling thread, as
+    /// [`call_blocking`](Self::call_blocking) does `/call`.
+    pub fn call_http_blocking(&self, method: &str, kwargs: &Value, timeout: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
+        check_route_name(method)?;
+        let body = serde_json::to_vec(kwargs).map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
+        let (url, status, bytes) = self.post_blocking(method, &format!("/{}", percent_encode_path(method)), &body, timeout, timeout, interrupted)?;
+        decode_http_answer(method, &url, status, &bytes)
+    }
+
+    /// A blocking JSON `POST` of `body` to `path`, within `wait`: the URL, status and body.
+    fn post_blocking(&self, method: &str, path: &str, body: &[u8], timeout: Duration, wait: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<(String, u16, Vec<u8>)> {
+        let Some(transport) = &self.blocking else {
+            return Err(Error::InvalidInput(format!("{} cannot be called from a blocking thread (only http:// URLs can)", self.base)));
+        };
         if self.token.as_deref().is_some_and(|token| token.bytes().any(|b| b.is_ascii_control())) {
             return Err(Error::InvalidInput("the token contains control characters, which no HTTP header can carry".into()));
         }
-        let body = serde_json::to_vec(&CallRequestBody { method, args, kwargs, timeout: Some(timeout.as_secs_f64()) })
-            .map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
-        let request = Request { method: "POST", path: "/call", token: self.token.as_deref(), body: Some(&body), deadline: Instant::now() + timeout + TIMEOUT_GRACE };
-        let url = format!("{}/call", self.base);
+        let request = Request { method: "POST", path, token: self.token.as_deref(), body: Some(body), deadline: Instant::now() + wait };
         let (status, bytes) = transport.send(&request, interrupted).map_err(|err| match err {
             BlockingError::Timeout => self.no_answer(method, timeout),
             BlockingError::Interrupted => Error::Interrupted(method.to_string()),
             BlockingError::Transport(source) => Error::Connection { url: self.base.clone(), source: Box::new(source) },
         })?;
-        decode_call_answer(method, &url, status, &bytes)
+        Ok((format!("{}{path}", self.base), status, bytes))
     }
 
     fn no_answer(&self, method: &str, timeout: Duration) -> Error {
@@ -153,21 +168,13 @@ impl ServerClient {
     /// `POST /{method}` with the kwargs as the JSON body: how an HTTP-based environment is
     /// called. A 2xx answer's JSON body is the result (an empty body is `null`, text a string).
     pub async fn call_http(&self, method: &str, kwargs: &Value, timeout: Duration) -> Result<Value> {
-        if method.is_empty() || method.starts_with('/') || method.contains("..") || method.contains(['?', '#']) {
-            return Err(Error::InvalidInput(format!("`{method}` is not a method name")));
-        }
+        check_route_name(method)?;
         let url = format!("{}/{method}", self.base);
         let request = self.authorized(self.http.post(&url).json(kwargs)).timeout(timeout);
         let response = request.send().await.map_err(|source| self.transport_error(method, timeout, source))?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|source| self.transport_error(method, timeout, source))?;
-        if !(200..300).contains(&status) {
-            return Err(Error::from_http_answer(method, &url, status, &bytes));
-        }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        Ok(serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
+        decode_http_answer(method, &url, status, &bytes)
     }
 
     /// The POST operations an HTTP-based environment's `/openapi.json` describes, as methods.
@@ -208,6 +215,39 @@ impl ServerClient {
 
 /// One method per `POST` path without path parameters; the signature lists the request body's
 /// properties when its schema is inline or a `$ref` to a component.
+/// Refuses a method name that would not stay one route of an HTTP-based environment.
+fn check_route_name(method: &str) -> Result<()> {
+    if method.is_empty() || method.starts_with('/') || method.contains("..") || method.contains(['?', '#']) {
+        return Err(Error::InvalidInput(format!("`{method}` is not a method name")));
+    }
+    Ok(())
+}
+
+/// `method` as a path: bytes other than unreserved characters and `/` percent-encoded, as a URL
+/// parser would.
+fn percent_encode_path(method: &str) -> String {
+    let mut path = String::with_capacity(method.len());
+    for byte in method.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            path.push(byte as char);
+        } else {
+            path.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    path
+}
+
+/// The result of an HTTP-based environment's answer (JSON, or its text), or the error it carries.
+fn decode_http_answer(method: &str, url: &str, status: u16, bytes: &[u8]) -> Result<Value> {
+    if !(200..300).contains(&status) {
+        return Err(Error::from_http_answer(method, url, status, bytes));
+    }
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())))
+}
+
 /// The result of a `/call` answer, or the error it carries.
 fn decode_call_answer(method: &str, url: &str, status: u16, bytes: &[u8]) -> Result<Value> {
     if status == 200 {
@@ -260,6 +300,13 @@ fn methods_from_openapi(spec: &Value) -> Vec<MethodInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_name_becomes_a_path_a_url_parser_would_accept() {
+        assert_eq!(percent_encode_path("evaluate"), "evaluate");
+        assert_eq!(percent_encode_path("v1/score it?"), "v1/score%20it%3F");
+        assert!(check_route_name("../admin").is_err() && check_route_name("").is_err());
+    }
 
     #[test]
     fn openapi_post_operations_become_methods() {

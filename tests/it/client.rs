@@ -181,7 +181,8 @@ fn blocking_facade_loads_calls_and_cleans_up() {
     // From a runtime's spawn_blocking thread, as from any other.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let inner = env.clone();
-    let state = runtime.block_on(tokio::task::spawn_blocking(move || inner.call("step", json!({"episode_id": id, "action": "down"})))).unwrap();
+    let step = runtime.spawn_blocking(move || inner.call("step", json!({"episode_id": id, "action": "down"})));
+    let state = runtime.block_on(step).unwrap();
     assert_eq!(state.unwrap()["observation"]["position"], json!([1, 1]));
     env.cleanup().unwrap();
     dir.assert_no_process_left();

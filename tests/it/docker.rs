@@ -85,8 +85,8 @@ async fn http_env_on_fastapi_is_called_by_post_and_listed_from_openapi() {
     assert!(matches!(env.call("evaluate", json!({"answer": 1})).await.unwrap_err(), Error::InvalidArguments { .. }));
     assert!(matches!(env.call("missing", json!({})).await.unwrap_err(), Error::MethodNotFound { .. }));
     assert!(matches!(env.call("fail", json!({})).await.unwrap_err(), Error::Raised { .. }));
-    // A blocking call of an HTTP-based environment goes through the async client, from a
-    // spawn_blocking thread too (inside the runtime's context, where block_on is refused).
+    // A blocking call of an HTTP-based environment, from a spawn_blocking thread (inside the
+    // runtime's context, where block_on is refused).
     let blocking = env.clone();
     let result = tokio::task::spawn_blocking(move || blocking.call_blocking("evaluate", &[], json!({"task_id": 7, "answer": "7"}), None, &mut || false))
         .await
