@@ -134,16 +134,14 @@ impl Env {
         let (positional, named) = arguments(args, kwargs)?;
         let timeout = timeout_of(timeout)?;
         // The calling thread makes the call itself, without the GIL (see
-        // `EnvironmentWrapper::call_blocking`); every 50 ms of waiting it takes the GIL to let
-        // Python run its signal handlers, and a handler's exception (KeyboardInterrupt) ends the
-        // wait.
-        // Only the main thread runs signal handlers: other threads wait without taking the GIL.
-        // SAFETY: gettid has no preconditions and cannot fail.
-        let on_main_thread = std::process::id() == unsafe { libc::gettid() } as u32;
+        // `EnvironmentWrapper::call_blocking`); every 50 ms of waiting, the main thread (the one
+        // that runs signal handlers) takes the GIL to let Python run them, and a handler's
+        // exception (KeyboardInterrupt) ends the wait. Other threads wait without the GIL.
         let mut raised: Option<PyErr> = None;
         let result = py.detach(|| {
             self.inner.call_blocking(method, &positional, named, timeout, &mut || {
-                if !on_main_thread {
+                // SAFETY: gettid has no preconditions and cannot fail.
+                if std::process::id() != unsafe { libc::gettid() } as u32 {
                     return false;
                 }
                 match Python::attach(|py| py.check_signals()) {

@@ -87,12 +87,9 @@ impl EnvironmentWrapper {
 
     /// Calls `method` with positional and keyword arguments and an optional timeout of its own.
     pub async fn call_with(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>) -> Result<Value> {
-        let (timeout, kwargs) = self.prepare_call(timeout, kwargs)?;
+        let (timeout, kwargs) = self.prepare_call(method, args, timeout, kwargs)?;
         let result = match self.env_type() {
             EnvType::Function => self.inner.client.call(method, args, &kwargs, timeout).await,
-            EnvType::Http if !args.is_empty() => {
-                return Err(Error::InvalidInput(format!("`{method}`: an HTTP-based environment takes keyword arguments only")))
-            }
             EnvType::Http => self.inner.client.call_http(method, &kwargs, timeout).await,
         };
         match result {
@@ -114,13 +111,10 @@ impl EnvironmentWrapper {
             return super::blocking::run_interruptible(self.call_with(method, args, kwargs, timeout), interrupted)
                 .unwrap_or_else(|| Err(Error::Interrupted(method.to_string())));
         }
-        let (timeout, kwargs) = self.prepare_call(timeout, kwargs)?;
+        let (timeout, kwargs) = self.prepare_call(method, args, timeout, kwargs)?;
         let client = &self.inner.client;
         let result = match self.env_type() {
             EnvType::Function => client.call_blocking(method, args, &kwargs, timeout, interrupted),
-            EnvType::Http if !args.is_empty() => {
-                return Err(Error::InvalidInput(format!("`{method}`: an HTTP-based environment takes keyword arguments only")))
-            }
             EnvType::Http => client.call_http_blocking(method, &kwargs, timeout, interrupted),
         };
         match result {
@@ -130,11 +124,15 @@ impl EnvironmentWrapper {
         }
     }
 
-    /// What every call checks first: the environment is not cleaned up, the timeout (this
-    /// call's or the default) is above zero; and `null` kwargs are no kwargs.
-    fn prepare_call(&self, timeout: Option<Duration>, kwargs: Value) -> Result<(Duration, Value)> {
+    /// What every call checks first: the environment is not cleaned up, an HTTP-based one gets
+    /// no positional arguments, the timeout (this call's or the default) is above zero; and
+    /// `null` kwargs are no kwargs.
+    fn prepare_call(&self, method: &str, args: &[Value], timeout: Option<Duration>, kwargs: Value) -> Result<(Duration, Value)> {
         if self.inner.is_closed() {
             return Err(Error::Closed(self.inner.name.clone()));
+        }
+        if self.env_type() == EnvType::Http && !args.is_empty() {
+            return Err(Error::InvalidInput(format!("`{method}`: an HTTP-based environment takes keyword arguments only")));
         }
         let timeout = timeout.unwrap_or(self.inner.call_timeout);
         if timeout.is_zero() {

@@ -67,9 +67,7 @@ impl ServerClient {
 
     /// `POST /call`.
     pub async fn call(&self, method: &str, args: &[Value], kwargs: &Value, timeout: Duration) -> Result<Value> {
-        if !kwargs.is_object() {
-            return Err(Error::InvalidArguments { method: method.into(), detail: "kwargs must be a JSON object".into() });
-        }
+        require_object_kwargs(method, kwargs)?;
         let url = format!("{}/call", self.base);
         let body = CallRequestBody { method, args, kwargs, timeout: Some(timeout.as_secs_f64()) };
         let request = self.authorized(self.http.post(&url).json(&body)).timeout(timeout + TIMEOUT_GRACE);
@@ -89,9 +87,7 @@ impl ServerClient {
     /// [`Error::Interrupted`]. For a server [`can_block`](Self::can_block) refuses, an
     /// [`Error::InvalidInput`].
     pub fn call_blocking(&self, method: &str, args: &[Value], kwargs: &Value, timeout: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
-        if !kwargs.is_object() {
-            return Err(Error::InvalidArguments { method: method.into(), detail: "kwargs must be a JSON object".into() });
-        }
+        require_object_kwargs(method, kwargs)?;
         let body = serde_json::to_vec(&CallRequestBody { method, args, kwargs, timeout: Some(timeout.as_secs_f64()) })
             .map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
         // The server answers by the call's own timeout; the grace lets its 504 arrive first.
@@ -213,8 +209,14 @@ impl ServerClient {
     }
 }
 
-/// One method per `POST` path without path parameters; the signature lists the request body's
-/// properties when its schema is inline or a `$ref` to a component.
+/// Refuses kwargs that are not a JSON object: `/call` passes them on as `**kwargs`.
+fn require_object_kwargs(method: &str, kwargs: &Value) -> Result<()> {
+    if !kwargs.is_object() {
+        return Err(Error::InvalidArguments { method: method.into(), detail: "kwargs must be a JSON object".into() });
+    }
+    Ok(())
+}
+
 /// Refuses a method name that would not stay one route of an HTTP-based environment.
 fn check_route_name(method: &str) -> Result<()> {
     if method.is_empty() || method.starts_with('/') || method.contains("..") || method.contains(['?', '#']) {
@@ -261,6 +263,8 @@ fn decode_call_answer(method: &str, url: &str, status: u16, bytes: &[u8]) -> Res
     Err(Error::from_answer(method, url, status, bytes))
 }
 
+/// One method per `POST` path without path parameters; the signature lists the request body's
+/// properties when its schema is inline or a `$ref` to a component.
 fn methods_from_openapi(spec: &Value) -> Vec<MethodInfo> {
     let resolve = |schema: &Value| -> Value {
         match schema.get("$ref").and_then(Value::as_str) {
