@@ -295,6 +295,7 @@ fn methods_from_openapi(spec: &Value) -> Vec<MethodInfo> {
             endpoint: path.clone(),
             doc: doc.to_string(),
             is_async: false,
+            input_schema: (!schema.is_null()).then(|| schema.clone()),
         });
     }
     methods.sort_by(|a, b| a.name.cmp(&b.name));

@@ -104,6 +104,9 @@ pub mod error_type {
     pub const UNAUTHORIZED: &str = "Unauthorized";
     /// The environment failed to load (e.g. the `Actor` constructor raised).
     pub const LOAD_FAILED: &str = "LoadFailed";
+    /// A session's instance is gone: the session was closed, reaped, or lost with a restarted
+    /// worker.
+    pub const SESSION_LOST: &str = "SessionLost";
 }
 
 /// One entry of `GET /methods`.
@@ -126,6 +129,10 @@ pub struct MethodInfo {
     /// Whether the method is a coroutine function.
     #[serde(default)]
     pub is_async: bool,
+    /// JSON Schema of its keyword arguments, from the signature and type hints; what MCP's
+    /// `tools/list` and OpenEnv's `/schema` give. Absent from servers older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
 }
 
 /// Body of `GET /methods`.

@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! server -> worker   {"id": N, "method": "...", "args": [...], "kwargs": {...}}   a call; the id first
+//!                        optional after those: "instance": K (run on session instance K, not the
+//!                        default instance 0), "lenient": true (drop kwargs the signature does not
+//!                        take), "action": <json> (OpenEnv's step action: passed as `action=` when
+//!                        the method has that parameter, else its members merged into the kwargs)
+//!                    {"id": N, "open": K}                           create session instance K (`Actor()`)
+//!                    {"id": N, "close": K}                          drop instance K, calling its `close()`
 //!                    {"cancel": N}                                              cancel an async call
-//! worker -> server   {"ready": true, "methods": [MethodInfo...]}   once, after env.py loaded
+//! worker -> server   {"ready": true, "methods": [MethodInfo...], "env": EnvInfo}   once, after env.py loaded
 //!                    {"fatal": ErrorInfo}                          loading failed; the worker exits
 //!                    {"id": N, "result": <json>}                   a call returned
 //!                    {"id": N, "error": {"kind", "type", "message", "traceback"}}   a call failed
@@ -14,7 +20,7 @@
 //! whose arguments it cannot decode (a number no float holds): it reads the id from the
 //! `{"id":N,` prefix.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ErrorInfo, MethodInfo};
@@ -30,6 +36,49 @@ pub fn encode_call(id: u64, method: &str, args: &str, kwargs: &str) -> Vec<u8> {
     line.extend_from_slice(kwargs.as_bytes());
     line.extend_from_slice(b"}\n");
     line
+}
+
+/// The optional parts of a call line, for calls made on behalf of an OpenEnv session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions<'a> {
+    /// The session instance to run on; `None` is the default instance 0.
+    pub instance: Option<u64>,
+    /// Drop keyword arguments the method's signature does not take (OpenEnv passes a request's
+    /// extra fields only to methods that accept them).
+    pub lenient: bool,
+    /// OpenEnv's step action, raw JSON.
+    pub action: Option<&'a str>,
+}
+
+/// A call line with [`CallOptions`]: the id still first, the options after the standard fields.
+pub fn encode_call_with(id: u64, method: &str, args: &str, kwargs: &str, options: &CallOptions<'_>) -> Vec<u8> {
+    let mut line = encode_call(id, method, args, kwargs);
+    if options.instance.is_none() && !options.lenient && options.action.is_none() {
+        return line;
+    }
+    line.truncate(line.len() - 2); // the closing brace and the newline
+    if let Some(instance) = options.instance {
+        line.extend_from_slice(format!(",\"instance\":{instance}").as_bytes());
+    }
+    if options.lenient {
+        line.extend_from_slice(b",\"lenient\":true");
+    }
+    if let Some(action) = options.action {
+        line.extend_from_slice(b",\"action\":");
+        line.extend_from_slice(action.as_bytes());
+    }
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// An open line: `{"id":N,"open":K}`, asking for session instance K.
+pub fn encode_open(id: u64, instance: u64) -> Vec<u8> {
+    format!("{{\"id\":{id},\"open\":{instance}}}\n").into_bytes()
+}
+
+/// A close line: `{"id":N,"close":K}`, dropping session instance K.
+pub fn encode_close(id: u64, instance: u64) -> Vec<u8> {
+    format!("{{\"id\":{id},\"close\":{instance}}}\n").into_bytes()
 }
 
 /// A cancel line: `{"cancel":N}` and a newline.
@@ -54,9 +103,26 @@ pub struct WorkerMessage<'a> {
     /// With `ready`: the callable methods.
     #[serde(default)]
     pub methods: Option<Vec<MethodInfo>>,
+    /// With `ready`: what the environment says of itself.
+    #[serde(default)]
+    pub env: Option<EnvInfo>,
     /// Loading env.py failed.
     #[serde(default)]
     pub fatal: Option<ErrorInfo>,
+}
+
+/// What the worker's handshake says of the environment as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvInfo {
+    /// Its name: the Actor's `name`, the module's `NAME`, or the folder's name.
+    #[serde(default)]
+    pub name: String,
+    /// The module's docstring, or the Actor's.
+    #[serde(default)]
+    pub doc: String,
+    /// Whether env.py has an `Actor` class, so that each session can get an instance of its own.
+    #[serde(default)]
+    pub factory: bool,
 }
 
 /// Why a call failed, as the worker says it.
@@ -88,6 +154,9 @@ pub enum FailureKind {
     BadRequest,
     /// The method raised.
     Raised,
+    /// The call named a session instance the worker does not hold (closed, or lost with a
+    /// previous worker process).
+    NoInstance,
     /// A kind this server does not know (a newer worker): treated as `raised`.
     #[serde(other)]
     Unknown,
@@ -104,6 +173,22 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(value, serde_json::json!({"id": 42, "method": "say \"hi\"", "args": [1], "kwargs": {"b": 2}}));
         assert_eq!(encode_cancel(7), b"{\"cancel\":7}\n");
+        assert_eq!(encode_open(3, 9), b"{\"id\":3,\"open\":9}\n");
+        assert_eq!(encode_close(4, 9), b"{\"id\":4,\"close\":9}\n");
+    }
+
+    #[test]
+    fn call_options_follow_the_standard_fields_and_plain_calls_are_unchanged() {
+        let plain = encode_call_with(1, "m", "[]", "{}", &CallOptions::default());
+        assert_eq!(plain, encode_call(1, "m", "[]", "{}"));
+        let options = CallOptions { instance: Some(5), lenient: true, action: Some(r#"{"message":"hi"}"#) };
+        let line = encode_call_with(2, "step", "[]", r#"{"a":1}"#, &options);
+        assert!(line.starts_with(b"{\"id\":2,") && line.ends_with(b"}\n"));
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"id": 2, "method": "step", "args": [], "kwargs": {"a": 1}, "instance": 5, "lenient": true, "action": {"message": "hi"}})
+        );
     }
 
     #[test]

@@ -1,16 +1,25 @@
-"""Unit tests of the worker's pure parts: argument binding, result conversion, method discovery,
-the call-id rule, and the sync pool when no thread can be started. Standard library only; run by
-`cargo test` (tests/it/python_worker.rs) as `python3 -m unittest discover -s tests/python`."""
+"""Unit tests of the worker's parts: argument binding and its options (lenient, action), result
+conversion, method discovery, parameter schemas, the handshake's env block, the call-id rule, the
+sync pool when no thread can be started, and session instances (open, close, calls on them); and
+end-to-end tests that run worker.py as the server does. Standard library only; run by `cargo test`
+(tests/it/python_worker.rs) as `python3 -m unittest discover -s tests/python`."""
 
+import asyncio
 import dataclasses
 import enum
 import importlib.util
 import json
 import os
+import select
+import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
+import time
 import types
 import unittest
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
 WORKER_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "src", "server", "worker", "worker.py")
 
@@ -139,7 +148,7 @@ class SyncPoolTest(unittest.TestCase):
     def test_with_no_thread_at_all_the_pool_refuses_so_the_caller_runs_it(self):
         pool = worker.SyncPool()
         self.refuse_threads()
-        self.assertFalse(pool.submit(1, self.method, [], {}))
+        self.assertFalse(pool.submit(1, self.method, self.method.func, [], {}))
         self.assertEqual(pool.busy(), 0)
 
     def test_with_a_busy_thread_the_call_waits_for_it(self):
@@ -148,9 +157,9 @@ class SyncPoolTest(unittest.TestCase):
         blocking = env_module("import threading\nEVENT = None\ndef wait():\n    EVENT.wait(5)\n    return 'waited'\n")
         blocking.EVENT = release
         wait = worker.discover_methods(blocking)["wait"]
-        self.assertTrue(pool.submit(1, wait, [], {}))
+        self.assertTrue(pool.submit(1, wait, wait.func, [], {}))
         self.refuse_threads()
-        self.assertTrue(pool.submit(2, self.method, [], {}))
+        self.assertTrue(pool.submit(2, self.method, self.method.func, [], {}))
         self.assertEqual(pool.busy(), 2)
         release.set()
         deadline = 50
@@ -159,6 +168,436 @@ class SyncPoolTest(unittest.TestCase):
             deadline -= 1
         ids = sorted(json.loads(message)["id"] for message in self.sent)
         self.assertEqual(ids, [1, 2], "both calls answered by the one thread")
+
+
+class Harness:
+    """A Worker on a real event loop, with `send` stubbed: each message is dispatched on the loop's
+    thread while the loop runs, as in the worker, and the replies are collected by id."""
+
+    def __init__(self, test, source):
+        self.module = env_module(source)
+        self.loop = asyncio.new_event_loop()
+        self.replies = {}
+        self.order = []
+        original_send = worker.send
+
+        def collect(data):
+            for line in bytes(data).splitlines():
+                reply = json.loads(line)
+                self.order.append(reply["id"])
+                self.replies[reply["id"]] = reply
+
+        worker.send = collect
+        test.addCleanup(self.loop.close)
+        test.addCleanup(setattr, worker, "send", original_send)
+        self.worker = worker.Worker(self.loop, worker.Environment(self.module))
+
+    def send(self, *messages, wait=()):
+        """Dispatches the messages, then runs the loop until the ids in `wait` are answered."""
+
+        async def run():
+            for message in messages:
+                self.worker.dispatch(json.dumps(message).encode())
+            deadline = time.monotonic() + 10
+            while not all(i in self.replies for i in wait) and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+
+        self.loop.run_until_complete(run())
+        return [self.replies.get(i) for i in wait]
+
+    def call(self, call_id, method, args=(), kwargs=None, **options):
+        message = {"id": call_id}
+        message.update(options)
+        message.update({"method": method, "args": list(args), "kwargs": kwargs or {}})
+        return self.send(message, wait=[call_id])[0]
+
+
+COUNTER_ENV = """
+import threading
+CLOSED = []
+SLEPT = []
+GATE = None
+class Actor:
+    def __init__(self):
+        if GATE is not None:
+            GATE.wait(5)
+        self.n = 0
+        self.made_on = threading.current_thread().name
+    def step(self, by=1):
+        self.n += by
+        return self.n
+    def made_on_thread(self):
+        return self.made_on
+    async def slow(self):
+        import asyncio
+        SLEPT.append(self.n)
+        await asyncio.sleep(30)
+    def close(self):
+        CLOSED.append(self.n)
+        return "not this"
+"""
+
+
+class InstanceTest(unittest.TestCase):
+    """Factory mode: one Actor per client session, opened and closed by the server."""
+
+    def setUp(self):
+        self.h = Harness(self, COUNTER_ENV)
+
+    def test_opened_instances_keep_their_own_state_and_instance_0_is_the_default(self):
+        self.assertEqual(self.h.send({"id": 1, "open": 1}, {"id": 2, "open": 2}, wait=[1, 2]),
+                         [{"id": 1, "result": None}, {"id": 2, "result": None}])
+        self.assertEqual(self.h.call(3, "step", instance=1)["result"], 1)
+        self.assertEqual(self.h.call(4, "step", kwargs={"by": 5}, instance=1)["result"], 6)
+        self.assertEqual(self.h.call(5, "step", instance=2)["result"], 1)
+        self.assertEqual(self.h.call(6, "step")["result"], 1, "a call without instance uses instance 0")
+        self.assertEqual(self.h.call(7, "step", instance=0)["result"], 2)
+
+    def test_the_constructor_runs_on_a_pool_thread_not_the_loop(self):
+        self.h.send({"id": 1, "open": 4}, wait=[1])
+        self.assertEqual(self.h.call(2, "made_on_thread", instance=4)["result"], "rayfine-sync")
+
+    def test_opening_an_open_instance_is_a_bad_request(self):
+        self.h.send({"id": 1, "open": 3}, wait=[1])
+        reply = self.h.send({"id": 2, "open": 3}, wait=[2])[0]
+        self.assertEqual(reply["error"]["kind"], "bad_request")
+        self.assertEqual(self.h.send({"id": 3, "open": 0}, wait=[3])[0]["error"]["kind"], "bad_request")
+
+    def test_a_constructor_that_raises_is_reported_and_makes_no_instance(self):
+        self.h.module.GATE = None
+        self.h.module.Actor.__init__ = lambda actor: 1 / 0
+        reply = self.h.send({"id": 1, "open": 5}, wait=[1])[0]
+        self.assertEqual(reply["error"]["kind"], "raised")
+        self.assertEqual(reply["error"]["type"], "ZeroDivisionError")
+        self.assertEqual(self.h.call(2, "step", instance=5)["error"]["kind"], "no_instance")
+
+    def test_close_forgets_the_instance_then_calls_the_actors_close_and_answers_null(self):
+        self.h.send({"id": 1, "open": 1}, wait=[1])
+        self.h.call(2, "step", kwargs={"by": 7}, instance=1)
+        self.assertEqual(self.h.send({"id": 3, "close": 1}, wait=[3])[0], {"id": 3, "result": None})
+        self.assertEqual(self.h.module.CLOSED, [7], "close() ran on that instance")
+        reply = self.h.call(4, "step", instance=1)
+        self.assertEqual(reply["error"]["kind"], "no_instance")
+        self.assertEqual(self.h.send({"id": 5, "close": 1}, {"id": 6, "close": 0}, {"id": 7, "close": 99},
+                                     wait=[5, 6, 7]),
+                         [{"id": 5, "result": None}, {"id": 6, "result": None}, {"id": 7, "result": None}])
+        self.assertEqual(self.h.module.CLOSED, [7], "instance 0 and unknown instances are never closed")
+        self.assertEqual(self.h.call(8, "step")["result"], 1, "instance 0 lives on")
+
+    def test_a_close_that_raises_is_reported_and_the_instance_is_gone_anyway(self):
+        def close(actor):
+            raise RuntimeError("cannot close")
+
+        self.h.module.Actor.close = close
+        self.h.send({"id": 1, "open": 1}, wait=[1])
+        reply = self.h.send({"id": 2, "close": 1}, wait=[2])[0]
+        self.assertEqual((reply["error"]["kind"], reply["error"]["type"]), ("raised", "RuntimeError"))
+        self.assertEqual(self.h.call(3, "step", instance=1)["error"]["kind"], "no_instance")
+
+    def test_a_close_that_comes_while_the_constructor_runs_waits_for_it(self):
+        gate = threading.Event()
+        self.h.module.GATE = gate
+        self.h.loop.call_later(0.05, gate.set)
+        replies = self.h.send({"id": 1, "open": 2}, {"id": 2, "close": 2}, wait=[1, 2])
+        self.assertEqual(replies, [{"id": 1, "result": None}, {"id": 2, "result": None}])
+        self.assertEqual(self.h.order, [1, 2])
+        self.assertEqual(self.h.module.CLOSED, [0])
+
+    def test_a_call_on_an_unknown_instance_says_so(self):
+        reply = self.h.call(1, "step", instance=7)
+        self.assertEqual(reply["error"]["kind"], "no_instance")
+        self.assertEqual(reply["error"]["type"], "InstanceNotFound")
+        self.assertIn("no session instance 7", reply["error"]["message"])
+
+    def test_an_async_call_on_an_instance_can_be_cancelled(self):
+        self.h.send({"id": 1, "open": 1}, wait=[1])
+        self.h.call(2, "step", kwargs={"by": 3}, instance=1)
+        self.h.call(4, "step", kwargs={"by": 10})
+        self.h.send({"id": 3, "instance": 1, "method": "slow", "args": [], "kwargs": {}})
+        self.assertIn(3, self.h.worker.tasks)
+        self.h.send(wait=[])
+        self.assertEqual(self.h.module.SLEPT, [3], "it runs on instance 1")
+        self.h.send({"cancel": 3})
+        self.h.send(wait=[])
+        self.assertNotIn(3, self.h.worker.tasks)
+        self.assertNotIn(3, self.h.replies)
+
+    def test_an_async_close_is_awaited(self):
+        source = COUNTER_ENV.replace("    def close(self):", "    async def close(self):")
+        h = Harness(self, source)
+        h.send({"id": 1, "open": 1}, wait=[1])
+        self.assertEqual(h.send({"id": 2, "close": 1}, wait=[2])[0], {"id": 2, "result": None})
+        self.assertEqual(h.module.CLOSED, [0])
+
+
+class ModuleEnvInstanceTest(unittest.TestCase):
+    def test_instances_of_a_module_env_are_its_functions_and_close_calls_nothing(self):
+        h = Harness(self, "CALLS = []\ndef ping():\n    return 'pong'\ndef close():\n    CALLS.append(1)\n")
+        self.assertEqual(h.send({"id": 1, "open": 3}, wait=[1])[0], {"id": 1, "result": None})
+        self.assertEqual(h.call(2, "ping", instance=3)["result"], "pong")
+        self.assertEqual(h.send({"id": 3, "close": 3}, wait=[3])[0], {"id": 3, "result": None})
+        self.assertEqual(h.module.CALLS, [], "a module's close is no session's to call")
+        self.assertEqual(h.call(4, "ping", instance=3)["error"]["kind"], "no_instance")
+
+
+@dataclasses.dataclass
+class Move:
+    x: int
+    y: int = 0
+
+
+class BindingOptionsTest(unittest.TestCase):
+    """`lenient` and `action`, the call options OpenEnv's requests need."""
+
+    def setUp(self):
+        self.h = Harness(self, textwrap.dedent("""
+            def add(a, b=1):
+                return a + b
+            def anything(**kw):
+                return sorted(kw)
+            def step(action, timeout_s=None):
+                return {"action": action, "timeout_s": timeout_s}
+            def typed_step(action: "Move"):
+                return [type(action).__name__, action.x, action.y]
+        """))
+        self.h.module.Move = Move
+        self.h.worker.methods["typed_step"] = worker.Method("typed_step", self.h.module.typed_step, "module")
+
+    def test_lenient_drops_the_keywords_the_signature_cannot_take(self):
+        self.assertEqual(self.h.call(1, "add", [1], {"b": 2, "request_id": "r"}, lenient=True)["result"], 3)
+        self.assertEqual(self.h.call(2, "add", [1], {"request_id": "r"})["error"]["kind"], "args",
+                         "without lenient an unknown keyword is an error, as before")
+        self.assertEqual(self.h.call(3, "anything", [], {"z": 1}, lenient=True)["result"], ["z"],
+                         "**kwargs takes every keyword")
+        self.assertEqual(self.h.call(4, "add", [1, 2, 3], {}, lenient=True)["error"]["kind"], "args",
+                         "positional arguments are not dropped")
+
+    def test_an_action_goes_in_as_the_action_parameter(self):
+        reply = self.h.call(1, "step", [], {"timeout_s": 5, "junk": 1}, lenient=True, action={"m": 1})
+        self.assertEqual(reply["result"], {"action": {"m": 1}, "timeout_s": 5})
+
+    def test_an_action_annotated_with_a_dataclass_is_converted(self):
+        self.assertEqual(self.h.call(1, "typed_step", action={"x": 3})["result"], ["Move", 3, 0])
+        reply = self.h.call(2, "typed_step", action={"x": 3, "z": 1})
+        self.assertEqual((reply["error"]["kind"], reply["error"]["type"]), ("args", "InvalidArguments"))
+        self.assertIn("z", reply["error"]["message"])
+        reply = self.h.call(3, "typed_step", action=[1])
+        self.assertEqual(reply["error"]["kind"], "args")
+
+    def test_an_action_annotated_with_a_pydantic_model_is_validated(self):
+        try:
+            import pydantic
+        except ImportError:
+            self.skipTest("pydantic is not installed")
+
+        class Echo(pydantic.BaseModel):
+            message: str = pydantic.Field(min_length=1)
+
+        def step(action: Echo):
+            return [type(action).__name__, action.message]
+
+        self.h.worker.methods["step"] = worker.Method("step", step, "module")
+        self.assertEqual(self.h.call(1, "step", action={"message": "hi"})["result"], ["Echo", "hi"])
+        reply = self.h.call(2, "step", action={"message": ""})
+        self.assertEqual(reply["error"]["kind"], "args")
+        self.assertIn("at least 1 character", reply["error"]["message"])
+
+    def test_without_an_action_parameter_the_action_is_keyword_arguments(self):
+        reply = self.h.call(1, "add", [], {"b": 5, "x": 0}, lenient=True, action={"a": 1, "b": 2})
+        self.assertEqual(reply["result"], 3, "the action wins a clash; lenient drops x")
+        reply = self.h.call(2, "add", [], {}, lenient=True, action={"a": 1, "nope": 2})
+        self.assertEqual(reply["error"]["kind"], "args", "an action's members are never dropped")
+
+    def test_an_action_that_is_no_object_cannot_be_keyword_arguments(self):
+        reply = self.h.call(1, "add", [], {}, action=[1, 2])
+        self.assertEqual((reply["error"]["kind"], reply["error"]["type"]), ("args", "InvalidArguments"))
+        self.assertIn("takes no `action` parameter", reply["error"]["message"])
+        self.assertIn("JSON object", reply["error"]["message"])
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class SchemaTest(unittest.TestCase):
+    def test_a_signature_becomes_the_json_schema_of_its_keyword_arguments(self):
+        class Actor:
+            def step(self, action: Move, count: int, ratio: float = 0.5, name: str = "n", on: bool = False,
+                     tags: List[str] = (), weights: Optional[Dict[str, float]] = None, pair: Tuple[int, str] = (1, "a"),
+                     maybe: Optional[int] = None, either: Union[int, str] = 1, mode: Literal["a", "b"] = "a",
+                     colour: Colour = Colour.RED, free=object(), *rest, **extra):
+                pass
+
+        # As the handshake carries it: a tuple default is a JSON array.
+        schema = json.loads(json.dumps(worker.Method("step", Actor().step, "Actor").describe()["input_schema"]))
+        self.assertEqual(schema["type"], "object")
+        self.assertEqual(schema["required"], ["action", "count"])
+        self.assertIs(schema["additionalProperties"], True, "**extra takes any keyword")
+        properties = schema["properties"]
+        self.assertEqual(list(properties), ["action", "count", "ratio", "name", "on", "tags", "weights", "pair",
+                                            "maybe", "either", "mode", "colour", "free"])
+        self.assertEqual(properties["action"], {
+            "type": "object", "title": "Move", "properties": {"x": {"type": "integer"}, "y": {"type": "integer", "default": 0}},
+            "required": ["x"], "additionalProperties": False})
+        self.assertEqual(properties["count"], {"type": "integer"})
+        self.assertEqual(properties["ratio"], {"type": "number", "default": 0.5})
+        self.assertEqual(properties["name"], {"type": "string", "default": "n"})
+        self.assertEqual(properties["on"], {"type": "boolean", "default": False})
+        self.assertEqual(properties["tags"], {"type": "array", "items": {"type": "string"}, "default": []})
+        self.assertEqual(properties["weights"], {
+            "anyOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "null"}], "default": None})
+        self.assertEqual(properties["pair"]["prefixItems"], [{"type": "integer"}, {"type": "string"}])
+        self.assertEqual(properties["maybe"], {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None})
+        self.assertEqual(properties["either"], {"anyOf": [{"type": "integer"}, {"type": "string"}], "default": 1})
+        self.assertEqual(properties["mode"], {"enum": ["a", "b"], "default": "a"})
+        self.assertEqual(properties["colour"], {"enum": ["red", "blue"], "default": "red"})
+        self.assertEqual(properties["free"], {}, "no annotation, and a default JSON cannot hold")
+
+    def test_without_kwargs_no_other_property_is_allowed_and_odd_annotations_are_anything(self):
+        def f(a: "NoSuchName", b: "int" = 1):
+            pass
+
+        schema = worker.Method("f", f, "module").describe()["input_schema"]
+        self.assertEqual(schema, {"type": "object", "properties": {"a": {}, "b": {"type": "integer", "default": 1}},
+                                  "required": ["a"], "additionalProperties": False})
+
+    def test_a_pydantic_model_gives_its_own_schema(self):
+        try:
+            import pydantic
+        except ImportError:
+            self.skipTest("pydantic is not installed")
+
+        class Inner(pydantic.BaseModel):
+            v: int
+
+        class Echo(pydantic.BaseModel):
+            message: str
+            inner: Optional[Inner] = None
+
+        def step(action: Echo):
+            pass
+
+        schema = worker.Method("step", step, "module").describe()["input_schema"]
+        self.assertEqual(schema["properties"]["action"]["title"], "Echo")
+        self.assertIn("Inner", schema["$defs"], "nested models' definitions are at the root their $ref names")
+
+
+class HandshakeEnvTest(unittest.TestCase):
+    def env(self, source, path="/srv/echo_env/env.py"):
+        module = env_module(source)
+        module.__file__ = path
+        return worker.Environment(module).describe()
+
+    def test_a_factory_env_is_named_by_its_actor_then_its_module_then_its_folder(self):
+        self.assertEqual(self.env('"""Echoes."""\nNAME = "mod"\nclass Actor:\n    NAME = "echo"\n'),
+                         {"name": "echo", "doc": "Echoes.", "factory": True})
+        self.assertEqual(self.env('NAME = "mod"\nclass Actor:\n    """The actor."""\n')["name"], "mod")
+        self.assertEqual(self.env('class Actor:\n    """The actor."""\n'),
+                         {"name": "echo_env", "doc": "The actor.", "factory": True})
+
+    def test_a_module_env_is_no_factory(self):
+        self.assertEqual(self.env("def ping():\n    return 1\n", "/app/env.py"),
+                         {"name": "app", "doc": "", "factory": False})
+
+
+class Driver:
+    """worker.py run as the server runs it: one JSON line each way over its stdin and stdout."""
+
+    def __init__(self, test, source, environ=None):
+        folder = tempfile.mkdtemp(prefix="rayfine-env-")
+        path = os.path.join(folder, "env.py")
+        with open(path, "w") as handle:
+            handle.write(source)
+        self.process = subprocess.Popen(
+            [sys.executable, WORKER_PATH, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=dict(os.environ, **(environ or {})))
+        test.addCleanup(self.stop)
+        self.pending = b""
+        self.folder = os.path.basename(folder)
+
+    def stop(self):
+        self.process.stdin.close()
+        self.process.wait(10)
+        self.process.stdout.close()
+
+    def write(self, *messages):
+        self.process.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+        self.process.stdin.flush()
+
+    def read(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.process.stdout], [], [], remaining)[0]:
+                raise AssertionError("no message from the worker in %ss" % timeout)
+            chunk = os.read(self.process.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise AssertionError("the worker closed the channel")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def ask(self, message):
+        self.write(message)
+        return self.read()
+
+
+class EndToEndTest(unittest.TestCase):
+    SOURCE = textwrap.dedent('''
+        """Counts, per session."""
+        import time
+        CLOSED = []
+        class Actor:
+            def __init__(self):
+                self.n = 0
+            def step(self, by: int = 1) -> int:
+                self.n += by
+                return self.n
+            def nap(self, seconds: float):
+                time.sleep(seconds)
+                return self.n
+            def close(self):
+                CLOSED.append(self.n)
+        def closed():
+            return CLOSED
+    ''')
+
+    def test_the_handshake_describes_the_env_and_its_parameters(self):
+        driver = Driver(self, self.SOURCE)
+        ready = driver.read()
+        self.assertTrue(ready["ready"])
+        self.assertEqual(ready["env"], {"name": driver.folder, "doc": "Counts, per session.", "factory": True})
+        step = next(m for m in ready["methods"] if m["name"] == "step")
+        self.assertEqual(step["input_schema"], {"type": "object", "properties": {"by": {"type": "integer", "default": 1}},
+                                                "required": [], "additionalProperties": False})
+
+    def test_sessions_open_call_and_close_over_the_channel(self):
+        driver = Driver(self, self.SOURCE)
+        driver.read()
+        self.assertEqual(driver.ask({"id": 1, "open": 1}), {"id": 1, "result": None})
+        self.assertEqual(driver.ask({"id": 2, "instance": 1, "method": "step", "args": [], "kwargs": {"by": 4}}),
+                         {"id": 2, "result": 4})
+        self.assertEqual(driver.ask({"id": 3, "method": "step", "args": [], "kwargs": {}}), {"id": 3, "result": 1})
+        self.assertEqual(driver.ask({"id": 4, "instance": 1, "method": "step", "args": [], "kwargs": {"x": 0},
+                                     "lenient": True, "action": {"by": 2}}), {"id": 4, "result": 6})
+        self.assertEqual(driver.ask({"id": 5, "close": 1}), {"id": 5, "result": None})
+        self.assertEqual(driver.ask({"id": 6, "method": "closed", "args": [], "kwargs": {}}), {"id": 6, "result": [6]})
+        reply = driver.ask({"id": 7, "instance": 1, "method": "step", "args": [], "kwargs": {}})
+        self.assertEqual(reply["error"]["kind"], "no_instance")
+
+    def test_many_sessions_each_sleeping_in_a_sync_call_run_at_once(self):
+        sessions = 300
+        driver = Driver(self, self.SOURCE, {"RAYFINE_MAX_SYNC_THREADS": str(sessions + 10)})
+        driver.read()
+        driver.write(*({"id": k, "open": k} for k in range(1, sessions + 1)))
+        self.assertTrue(all(driver.read()["result"] is None for _ in range(sessions)))
+        started = time.monotonic()
+        driver.write(*({"id": 1000 + k, "instance": k, "method": "nap", "args": [0.5], "kwargs": {}}
+                       for k in range(1, sessions + 1)))
+        replies = [driver.read() for _ in range(sessions)]
+        self.assertEqual(sorted(r["id"] for r in replies), list(range(1001, 1001 + sessions)))
+        self.assertLess(time.monotonic() - started, 0.5 * 4, "the sleeps overlap")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, Notify};
 use super::channel::{Inbox, Outbox};
 use super::outcome::{CallError, Outcome};
 use super::wire;
+use crate::protocol::worker::EnvInfo;
 use crate::protocol::MethodInfo;
 
 /// A method and how long its last call took, which decides whether the next one polls.
@@ -45,6 +46,8 @@ pub(super) struct Session {
     methods: HashMap<String, MethodEntry>,
     /// The methods in the worker's order, for `/methods`.
     method_list: Vec<MethodInfo>,
+    /// What the environment says of itself.
+    env: EnvInfo,
     /// How long a call alone in flight polls for its reply.
     reply_poll: Duration,
     /// Asks the restart loop to kill this worker (a sync call overran its timeout).
@@ -53,12 +56,12 @@ pub(super) struct Session {
 
 impl Session {
     /// A session over a worker that has sent its handshake, listing `method_list`.
-    pub(super) fn new(outbox: Outbox, inbox: Inbox, method_list: Vec<MethodInfo>, reply_poll: Duration) -> Session {
+    pub(super) fn new(outbox: Outbox, inbox: Inbox, method_list: Vec<MethodInfo>, env: EnvInfo, reply_poll: Duration) -> Session {
         let methods = method_list
             .iter()
             .map(|m| (m.name.clone(), MethodEntry { info: m.clone(), last_micros: AtomicU64::new(0) }))
             .collect();
-        Session { outbox, inbox, pending: Mutex::new(HashMap::new()), methods, method_list, reply_poll, kill: Notify::new() }
+        Session { outbox, inbox, pending: Mutex::new(HashMap::new()), methods, method_list, env, reply_poll, kill: Notify::new() }
     }
 
     /// The methods in the worker's order.
@@ -66,8 +69,40 @@ impl Session {
         &self.method_list
     }
 
+    /// What the environment says of itself.
+    pub(super) fn env(&self) -> &EnvInfo {
+        &self.env
+    }
+
+    /// Sends a control line (open or close an instance) made by `encode` from the next id, and
+    /// waits for its reply, at most `limit`.
+    pub(super) async fn control(&self, ids: &AtomicU64, encode: impl FnOnce(u64) -> Vec<u8>, limit: Duration) -> Outcome {
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        if self.outbox.send(&encode(id)).is_err() {
+            self.pending.lock().remove(&id);
+            return Err(CallError::WorkerLost("the worker stopped before the request was sent".into()));
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(received) => received.unwrap_or_else(|_| Err(CallError::WorkerLost("the worker stopped during the request".into()))),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(CallError::Timeout { method: "the session's set-up or tear-down".into(), seconds: limit.as_secs_f64(), action: "it is left to finish" })
+            }
+        }
+    }
+
     /// Calls `method` with raw JSON `args` and `kwargs`, tagged with the next id from `ids`.
-    pub(super) async fn call(&self, ids: &AtomicU64, method: &str, args: &str, kwargs: &str, timeout: Option<Duration>) -> Outcome {
+    pub(super) async fn call(
+        &self,
+        ids: &AtomicU64,
+        method: &str,
+        args: &str,
+        kwargs: &str,
+        options: &wire::CallOptions<'_>,
+        timeout: Option<Duration>,
+    ) -> Outcome {
         let Some(entry) = self.methods.get(method) else {
             let mut names: Vec<&str> = self.method_list.iter().map(|m| m.name.as_str()).collect();
             names.sort_unstable();
@@ -81,7 +116,7 @@ impl Session {
             pending.insert(id, tx);
             pending.len() == 1
         };
-        let message = wire::encode_call(id, method, args, kwargs);
+        let message = wire::encode_call_with(id, method, args, kwargs, options);
         if self.outbox.send(&message).is_err() {
             self.pending.lock().remove(&id);
             return Err(CallError::WorkerLost("the worker stopped before the call was sent".into()));
@@ -100,7 +135,7 @@ impl Session {
         let received = match timeout {
             Some(limit) => match tokio::time::timeout_at((started + limit).into(), rx).await {
                 Ok(received) => received,
-                Err(_) => return Err(self.on_timeout(id, &entry.info, limit)),
+                Err(_) => return Err(self.on_timeout(id, &entry.info, limit, options.instance.is_some())),
             },
             None => rx.await,
         };
@@ -109,12 +144,17 @@ impl Session {
     }
 
     /// Stops an overrunning call: async calls are cancelled, sync ones kill the worker, since a
-    /// thread cannot be stopped from outside.
-    fn on_timeout(&self, id: u64, info: &MethodInfo, limit: Duration) -> CallError {
+    /// thread cannot be stopped from outside. A sync call of a session is the exception: killing
+    /// the worker would end every other session with it, so its thread is left to finish and
+    /// the caller ends that one session instead.
+    fn on_timeout(&self, id: u64, info: &MethodInfo, limit: Duration, in_session: bool) -> CallError {
         self.pending.lock().remove(&id);
         let action = if info.is_async {
             let _ = self.outbox.send(&wire::encode_cancel(id));
             "the call was cancelled"
+        } else if in_session {
+            tracing::warn!(method = %info.name, "sync call of a session timed out; ending that session, its thread left to finish");
+            "the session was ended; its thread is left to finish"
         } else {
             tracing::warn!(method = %info.name, "sync call timed out; restarting the worker to stop it");
             self.kill.notify_one();

@@ -26,6 +26,7 @@ use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 use calls::Session;
 use outcome::Outcome;
 
+pub use crate::protocol::worker::{CallOptions, EnvInfo};
 pub use outcome::CallError;
 pub use process::{WorkerConfig, WorkerPriority};
 pub(crate) use script::ScriptFile;
@@ -123,9 +124,33 @@ impl Worker {
         Ok(self.session()?.method_list().to_vec())
     }
 
+    /// What the environment says of itself, or why there is no worker to say it.
+    pub fn env_info(&self) -> Result<EnvInfo, CallError> {
+        Ok(self.session()?.env().clone())
+    }
+
     /// Calls `method` with raw JSON `args` (an array) and `kwargs` (an object).
     pub async fn call(&self, method: &str, args: &str, kwargs: &str, timeout: Option<Duration>) -> Outcome {
-        self.session()?.call(&self.shared.next_id, method, args, kwargs, timeout).await
+        self.session()?.call(&self.shared.next_id, method, args, kwargs, &CallOptions::default(), timeout).await
+    }
+
+    /// Calls `method` with the options of a call made for an OpenEnv session (its instance,
+    /// lenient keywords, an action).
+    pub async fn call_with(&self, method: &str, args: &str, kwargs: &str, options: &CallOptions<'_>, timeout: Option<Duration>) -> Outcome {
+        self.session()?.call(&self.shared.next_id, method, args, kwargs, options, timeout).await
+    }
+
+    /// Creates session instance `instance` (an `Actor()` of its own), waiting at most `limit`
+    /// for its constructor. An environment without an Actor has nothing to create: its sessions
+    /// share the module.
+    pub async fn open_instance(&self, instance: u64, limit: Duration) -> Result<(), CallError> {
+        self.session()?.control(&self.shared.next_id, |id| wire::encode_open(id, instance), limit).await.map(drop)
+    }
+
+    /// Drops session instance `instance`, after its `close()` if it has one (at most `limit`).
+    /// Nothing happens if the worker that held it is gone: so is the instance.
+    pub async fn close_instance(&self, instance: u64, limit: Duration) -> Result<(), CallError> {
+        self.session()?.control(&self.shared.next_id, |id| wire::encode_close(id, instance), limit).await.map(drop)
     }
 
     fn session(&self) -> Result<Arc<Session>, CallError> {

@@ -41,6 +41,9 @@ pub enum CallError {
     /// The worker died or was restarted while the call was in flight.
     #[error("{0}")]
     WorkerLost(String),
+    /// The call's session instance is gone (closed, or lost with a previous worker process).
+    #[error("{0}")]
+    InstanceLost(String),
 }
 
 /// A call's result as raw JSON, passed on to the client without being parsed, or why there is

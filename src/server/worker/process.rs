@@ -147,8 +147,8 @@ async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bo
     let describe_status = |status| describe_status(status, oom_kills_before);
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut lines = BufReader::with_capacity(1 << 16, child.stdout.take().expect("stdout is piped"));
-    let method_list = match wire::read_handshake(&mut lines).await {
-        Ok(methods) => methods,
+    let (method_list, env_info) = match wire::read_handshake(&mut lines).await {
+        Ok(handshake) => handshake,
         Err(error) => {
             reaper::kill_tree(pid, Leader::Unreaped).await;
             let status = child.wait().await.ok();
@@ -163,7 +163,7 @@ async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bo
         Ok(parts) => parts,
         Err(err) => return RunEnd::Exited(format!("cannot set up the channel to the worker: {err}")),
     };
-    let session = Arc::new(Session::new(outbox, inbox, method_list, reply_poll));
+    let session = Arc::new(Session::new(outbox, inbox, method_list, env_info, reply_poll));
     let writer = tokio::spawn(writer);
     let reader = tokio::spawn({
         let session = session.clone();

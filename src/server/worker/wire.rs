@@ -11,12 +11,13 @@ use tokio::process::{ChildStdin, ChildStdout};
 
 use super::outcome::{CallError, Outcome};
 use super::channel::{Inbox, Outbox};
-pub(super) use crate::protocol::worker::{encode_call, encode_cancel};
-use crate::protocol::worker::{CallFailure, FailureKind, WorkerMessage};
+pub(super) use crate::protocol::worker::{encode_call_with, encode_cancel, encode_close, encode_open, CallOptions};
+use crate::protocol::worker::{CallFailure, EnvInfo, FailureKind, WorkerMessage};
 use crate::protocol::{ErrorInfo, MethodInfo};
 
-/// Reads the worker's first line: the methods of a loaded env.py, or why loading failed.
-pub(super) async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<Vec<MethodInfo>, ErrorInfo> {
+/// Reads the worker's first line: the methods of a loaded env.py and what it says of itself, or
+/// why loading failed.
+pub(super) async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<(Vec<MethodInfo>, EnvInfo), ErrorInfo> {
     let mut line = Vec::new();
     let read = lines.read_until(b'\n', &mut line).await;
     let exited = || ErrorInfo {
@@ -37,7 +38,7 @@ pub(super) async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result
         return Err(fatal);
     }
     match (reply.ready, reply.methods) {
-        (true, Some(list)) => Ok(list),
+        (true, Some(list)) => Ok((list, reply.env.unwrap_or_default())),
         _ => Err(exited()),
     }
 }
@@ -80,6 +81,7 @@ fn reply_error(error: CallFailure) -> CallError {
         FailureKind::Args | FailureKind::BadRequest => CallError::InvalidArguments(error.message),
         FailureKind::Serialize => CallError::NotSerializable(error.message),
         FailureKind::NotFound => CallError::NotFound { method: error.message, available: String::new() },
+        FailureKind::NoInstance => CallError::InstanceLost(error.message),
         FailureKind::Raised | FailureKind::Unknown => {
             CallError::Raised(ErrorInfo { kind: error.exc_type, message: error.message, traceback: error.traceback })
         }

@@ -8,12 +8,22 @@ kinds below are its `FailureKind` names). At start-up the worker moves that chan
 descriptors and points fd 0 at /dev/null and fd 1 at stderr, so whatever the environment prints goes
 to the log and can never corrupt the channel.
 
-Server -> worker:  {"id": N, "method": "...", "args": [...], "kwargs": {...}}   a call
-                   {"cancel": N}                                               cancel an async call
-Worker -> server:  {"ready": true, "methods": [...]}     once, after env.py loaded
+Server -> worker:  {"id": N, "method": "...", "args": [...], "kwargs": {...}}   a call, which may add
+                       "instance": K     run it on session instance K (without it: instance 0)
+                       "lenient": true   drop keyword arguments the method cannot take
+                       "action": <json>  OpenEnv's step action (see `Method.adapt`)
+                   {"id": N, "open": K}    make session instance K, a new Actor(); answers null
+                   {"id": N, "close": K}   drop instance K and call its close(); answers null
+                   {"cancel": N}           cancel an async call
+Worker -> server:  {"ready": true, "methods": [...], "env": {"name", "doc", "factory"}}   once,
+                                                         after env.py loaded
                    {"fatal": {"type", "message", "traceback"}}   loading failed; the worker exits
                    {"id": N, "result": <json>}           a call returned
                    {"id": N, "error": {"kind", "type", "message", "traceback"}}   a call failed
+
+Sessions: the Actor made at load is instance 0, which calls without "instance" use. Each client
+session of a factory env (one that has an Actor class) gets its own instance K, chosen by the
+server. A module env (functions only) cannot be isolated: its instances all name the same functions.
 
 Async methods run as tasks on one event loop, which also reads the channel, so an async call costs
 no thread switch. Sync methods run on a pool of threads that grows on demand, and each thread writes
@@ -26,6 +36,7 @@ before it sleeps, and a client that calls again right away finds it awake.
 """
 
 import asyncio
+import collections.abc
 import dataclasses
 import enum
 import importlib.util
@@ -40,6 +51,8 @@ import sys
 import threading
 import time
 import traceback
+import types
+import typing
 
 # The channel to the server, set by `take_channel()` in `main()`: importing this module (as its unit
 # tests do) has no side effects.
@@ -72,6 +85,14 @@ def take_channel():
         signal.signal(stop_signal, lambda signum, frame: None)
 
 
+# Every session may hold a sync call that blocks (a sleep, a subprocess), and each of those holds a
+# thread, so the server raises this for many sessions. The threads keep the platform's stack size
+# (8 MiB on glibc) on purpose: a stack is an address-space reservation whose pages are committed as
+# they are touched, so 4,200 sleeping threads cost about 80 MB resident at 8 MiB stacks as at 1 MiB
+# ones. A smaller stack saves only address space, which matters under strict overcommit or a
+# `ulimit -v`, and there a thread that cannot start is already handled (the call waits for a busy
+# one). But a stack too small for the environment's code is a SIGSEGV that ends every session of
+# the worker: with 1 MiB, 320 levels of recursion through `sorted(key=...)` crash CPython 3.11.
 MAX_SYNC_THREADS = int(os.environ.get("RAYFINE_MAX_SYNC_THREADS", "512"))
 SPIN_SECONDS = int(os.environ.get("RAYFINE_WORKER_SPIN_US", "0")) / 1e6
 # A sync method runs inline only after this many runs in a row took less than INLINE_LIMIT seconds,
@@ -193,10 +214,34 @@ def raised_message(call_id, exc):
     return error_message(call_id, "raised", info["type"], info["message"], info["traceback"])
 
 
-class Method:
-    """A callable of the environment with what the server and the binder need to know of it."""
+def null_result(call_id):
+    return b'{"id":%d,"result":null}\n' % call_id
 
-    __slots__ = ("name", "func", "signature", "source", "is_async", "takes_no_arguments", "short_runs")
+
+def json_type(value):
+    """The JSON name of a decoded value's type, for messages about it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+class Method:
+    """A callable of the environment with what the server and the binder need to know of it.
+
+    `func` is bound to instance 0; a session's instance has its own bound method (`Worker.instances`),
+    but shares this: the signature and what is derived from it are worked out once, at load.
+    """
+
+    __slots__ = ("name", "func", "signature", "source", "is_async", "takes_no_arguments", "short_runs",
+                 "keywords", "takes_action", "action_class", "action_may_be_null")
 
     def __init__(self, name, func, source):
         self.name = name
@@ -214,6 +259,16 @@ class Method:
             for p in self.signature.parameters.values())
         # How many runs in a row took less than INLINE_LIMIT (sync methods).
         self.short_runs = 0
+        # The names a keyword argument may have; None when any will do (**kwargs, or no signature).
+        self.keywords = keyword_names(self.signature)
+        # OpenEnv's step(action): whether an `action` goes in as the keyword `action`, and the class
+        # (pydantic model or dataclass) its JSON is converted to first, if the annotation names one.
+        action = self.signature.parameters.get("action") if self.signature is not None else None
+        self.takes_action = action is not None and action.kind in (action.POSITIONAL_OR_KEYWORD, action.KEYWORD_ONLY)
+        self.action_class, self.action_may_be_null = None, True
+        if self.takes_action:
+            self.action_class, self.action_may_be_null = action_class(
+                type_hints(func).get("action", action.annotation))
 
     def bind(self, args, kwargs):
         """Checks the arguments against the signature; returns an error message or None."""
@@ -225,11 +280,41 @@ class Method:
             return "arguments do not bind to %s%s: %s" % (self.name, self.signature, exc)
         return None
 
-    def run_sync(self, call_id, args, kwargs):
-        """Runs a sync method; returns the reply. Counts how many runs in a row were short."""
+    def adapt(self, kwargs, lenient, has_action, action):
+        """Applies a call's binding options to its keyword arguments; returns (kwargs, None), or
+        (None, why) when the action does not fit.
+
+        `lenient` drops the keyword arguments the signature cannot take, as OpenEnv does with the
+        extra members of a request. An `action` is passed as the keyword `action` when there is
+        such a parameter, converted to its annotated class; otherwise it must be an object, whose
+        members are keyword arguments (never dropped, and winning over a kwarg of the same name).
+        """
+        if lenient and self.keywords is not None:
+            kwargs = {key: value for key, value in kwargs.items() if key in self.keywords}
+        if not has_action:
+            return kwargs, None
+        if self.takes_action:
+            if self.action_class is not None and not (action is None and self.action_may_be_null):
+                try:
+                    action = convert_action(self.action_class, action)
+                except Exception as exc:  # noqa: B902 - the model's validation says what is wrong
+                    return None, "the action is not a valid %s: %s" % (self.action_class.__name__, exc)
+            kwargs = dict(kwargs)
+            kwargs["action"] = action
+            return kwargs, None
+        if not isinstance(action, dict):
+            return None, ("%s takes no `action` parameter, so the action must be a JSON object of its "
+                          "keyword arguments, not %s" % (self.name, json_type(action)))
+        kwargs = dict(kwargs)
+        kwargs.update(action)
+        return kwargs, None
+
+    def run_sync(self, call_id, func, args, kwargs):
+        """Runs a sync method (`func`, bound to the call's instance); returns the reply. Counts how
+        many runs in a row were short."""
         started = time.perf_counter()
         try:
-            message = encode_result(call_id, self.func(*args, **kwargs))
+            message = encode_result(call_id, func(*args, **kwargs))
         except BaseException as exc:  # noqa: B902 - the environment's errors go to the caller
             message = raised_message(call_id, exc)
         if time.perf_counter() - started < INLINE_LIMIT:
@@ -246,36 +331,334 @@ class Method:
             "endpoint": "/" + self.name,
             "doc": inspect.getdoc(self.func) or "",
             "is_async": self.is_async,
+            "input_schema": self.input_schema(),
         }
+
+    def input_schema(self):
+        try:
+            return input_schema(self.signature, self.func)
+        except Exception:  # noqa: B902 - the handshake must go out whatever the annotations are
+            return {"type": "object", "properties": {}, "required": [], "additionalProperties": True}
+
+
+def keyword_names(signature):
+    """The names a keyword argument may have, or None if any name will do."""
+    if signature is None:
+        return None
+    names = set()
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            return None
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            names.add(param.name)
+    return frozenset(names)
+
+
+def type_hints(obj):
+    """The annotations of a function or class, resolved (with Annotated's extras where the Python
+    has them). Never raises: hints only ever refine what the worker does."""
+    try:
+        return typing.get_type_hints(obj, include_extras=True)
+    except TypeError:
+        pass  # Python 3.8 has no include_extras (or an annotation is no type: tried once more)
+    except Exception:  # noqa: B902 - a name that does not resolve, whatever the annotation runs
+        return hints_one_by_one(obj)
+    try:
+        return typing.get_type_hints(obj)
+    except Exception:  # noqa: B902
+        return hints_one_by_one(obj)
+
+
+def hints_one_by_one(obj):
+    """The annotations resolved each on its own, for when one of them does not resolve (a name
+    only a type checker imports, under `from __future__ import annotations`): the others still do,
+    and that one stays a string."""
+    if inspect.isclass(obj):
+        namespace = getattr(sys.modules.get(obj.__module__), "__dict__", {})
+    else:
+        namespace = getattr(inspect.unwrap(getattr(obj, "__func__", obj)), "__globals__", {})
+    hints = {}
+    for name, annotation in dict(getattr(obj, "__annotations__", None) or {}).items():
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # noqa: S307 - what get_type_hints does
+            except Exception:  # noqa: B902
+                pass
+        hints[name] = annotation
+    return hints
+
+
+ANNOTATED = getattr(typing, "Annotated", None)  # Python 3.9+
+UNION_TYPE = getattr(types, "UnionType", None)  # `int | None`, Python 3.10+
+
+
+def strip_annotated(annotation):
+    """Annotated[T, ...] -> (T, its extras); anything else -> (it, ())."""
+    if ANNOTATED is not None and typing.get_origin(annotation) is ANNOTATED:
+        args = typing.get_args(annotation)
+        return args[0], args[1:]
+    return annotation, ()
+
+
+def action_class(annotation):
+    """The class an `action` argument's JSON becomes: a pydantic model or a dataclass, also inside
+    Optional[...] or Annotated[...], and whether null passes as None; (None, True) for any other
+    annotation (the JSON goes in as it is)."""
+    annotation, _ = strip_annotated(annotation)
+    may_be_null = False
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (UNION_TYPE is not None and origin is UNION_TYPE):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) != 1:
+            return None, True
+        annotation, _ = strip_annotated(members[0])
+        may_be_null = True
+    if inspect.isclass(annotation) and (
+            callable(getattr(annotation, "model_validate", None)) or dataclasses.is_dataclass(annotation)):
+        return annotation, may_be_null
+    return None, True
+
+
+def convert_action(cls, value):
+    if callable(getattr(cls, "model_validate", None)):
+        return cls.model_validate(value)
+    if not isinstance(value, dict):
+        raise TypeError("a %s is made from a JSON object, not %s" % (cls.__name__, json_type(value)))
+    return cls(**value)
+
+
+def input_schema(signature, func):
+    """The JSON Schema of a method's keyword arguments, from its signature and type hints, for
+    MCP's tools/list and OpenEnv's /schema. Never raises: what cannot be described is `{}`.
+
+    The signature is that of the bound method, so `self` is not in it.
+    """
+    schema = {"type": "object", "properties": {}, "required": [], "additionalProperties": signature is None}
+    if signature is None:
+        return schema
+    hints = type_hints(func)
+    definitions = {}
+    for name, param in signature.parameters.items():
+        if param.kind is param.VAR_POSITIONAL:
+            continue
+        if param.kind is param.VAR_KEYWORD:
+            schema["additionalProperties"] = True
+            continue
+        annotation = hints.get(name, param.annotation)
+        prop = {} if annotation is param.empty else dict(schema_of(annotation, definitions))
+        if not jsonable(prop):
+            prop = {}  # a Literal of bytes, say: the handshake must stay JSON
+        description = description_of(annotation)
+        if description:
+            prop["description"] = description
+        if param.default is param.empty:
+            schema["required"].append(name)
+        else:
+            default = param.default.value if isinstance(param.default, enum.Enum) else param.default
+            if jsonable(default):
+                prop["default"] = default
+        schema["properties"][name] = prop
+    if definitions and jsonable(definitions):
+        # pydantic's schemas refer to "#/$defs/Model": the definitions go to the document's root.
+        schema["$defs"] = definitions
+    return schema
+
+
+def jsonable(value):
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def description_of(annotation):
+    """A parameter's description, when its Annotated extras carry one: a string, or an object with
+    a `description` (pydantic's Field)."""
+    try:
+        for extra in strip_annotated(annotation)[1]:
+            if isinstance(extra, str):
+                return extra
+            description = getattr(extra, "description", None)
+            if isinstance(description, str):
+                return description
+    except Exception:  # noqa: B902 - an extra is any object, and its attributes run its code
+        pass
+    return None
+
+
+SIMPLE_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"))
+TYPE_NAMES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean", "None": "null",
+              "list": "array", "dict": "object"}
+ARRAY_ORIGINS = (list, set, frozenset, collections.abc.Sequence, collections.abc.MutableSequence,
+                 collections.abc.Set, collections.abc.MutableSet, collections.abc.Collection,
+                 collections.abc.Iterable)
+OBJECT_ORIGINS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+def schema_of(annotation, definitions, seen=()):
+    """The JSON Schema of a type annotation; `{}` (anything) for what it cannot describe.
+    `definitions` collects pydantic's `$defs`; `seen` stops a dataclass that contains itself."""
+    try:
+        return schema_of_type(annotation, definitions, seen)
+    except Exception:  # noqa: B902 - a schema is a hint; an odd annotation must not fail the load
+        return {}
+
+
+def schema_of_type(annotation, definitions, seen):
+    annotation, _ = strip_annotated(annotation)
+    if annotation is None or annotation is type(None):
+        return {"type": "null"}
+    if annotation is typing.Any:
+        return {}
+    if isinstance(annotation, str):
+        # An annotation that did not resolve: the builtins' names are still understood.
+        name = TYPE_NAMES.get(annotation.strip())
+        return {"type": name} if name else {}
+    supertype = getattr(annotation, "__supertype__", None)  # typing.NewType
+    if supertype is not None:
+        return schema_of(supertype, definitions, seen)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (UNION_TYPE is not None and origin is UNION_TYPE):
+        return {"anyOf": [schema_of(arg, definitions, seen) for arg in args]}
+    if origin is typing.Literal:
+        return {"enum": [value.value if isinstance(value, enum.Enum) else value for value in args]}
+    if origin is tuple:
+        if not args or args == ((),):
+            return {"type": "array"}
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": schema_of(args[0], definitions, seen)}
+        return {"type": "array", "prefixItems": [schema_of(arg, definitions, seen) for arg in args],
+                "minItems": len(args), "maxItems": len(args)}
+    if origin in ARRAY_ORIGINS:
+        schema = {"type": "array"}
+        if args:
+            schema["items"] = schema_of(args[0], definitions, seen)
+        return schema
+    if origin in OBJECT_ORIGINS:
+        schema = {"type": "object"}
+        if len(args) == 2:
+            schema["additionalProperties"] = schema_of(args[1], definitions, seen)
+        return schema
+    if not inspect.isclass(annotation):
+        return {}
+    if issubclass(annotation, enum.Enum):
+        return {"enum": [member.value for member in annotation]}
+    if callable(getattr(annotation, "model_json_schema", None)):
+        schema = dict(annotation.model_json_schema())
+        definitions.update(schema.pop("$defs", {}))
+        return schema
+    if dataclasses.is_dataclass(annotation):
+        return dataclass_schema(annotation, definitions, seen)
+    for klass, name in SIMPLE_TYPES:
+        if issubclass(annotation, klass):
+            return {"type": name}
+    if annotation in ARRAY_ORIGINS or issubclass(annotation, (list, tuple, set, frozenset)):
+        return {"type": "array"}
+    if annotation in OBJECT_ORIGINS or issubclass(annotation, dict):
+        return {"type": "object"}
+    return {}
+
+
+def dataclass_schema(cls, definitions, seen):
+    if cls in seen:
+        return {"type": "object"}
+    seen = seen + (cls,)
+    hints = type_hints(cls)
+    properties = {}
+    required = []
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        prop = dict(schema_of(hints.get(field.name, field.type), definitions, seen))
+        if field.default is not dataclasses.MISSING:
+            default = field.default.value if isinstance(field.default, enum.Enum) else field.default
+            if jsonable(default):
+                prop["default"] = default
+        elif field.default_factory is dataclasses.MISSING:
+            required.append(field.name)
+        properties[field.name] = prop
+    return {"type": "object", "title": cls.__name__, "properties": properties, "required": required,
+            "additionalProperties": False}
 
 
 def defined_in(obj, module_name):
     return getattr(obj, "__module__", None) == module_name
 
 
-def discover_methods(module):
-    """Public functions defined by env.py itself, and the public methods of its Actor.
+class Environment:
+    """What env.py offers: its methods, and for a factory env its Actor class and the Actor made at
+    load, which is instance 0.
 
-    Imported functions, classes and names starting with '_' are never callable.
+    Callable are the public functions defined by env.py itself, and the public methods of its
+    Actor (defined in env.py's classes). Imported functions, classes and names starting with '_'
+    never are.
     """
-    methods = {}
-    for name, obj in vars(module).items():
-        if not name.startswith("_") and inspect.isfunction(obj) and defined_in(obj, module.__name__):
-            methods[name] = Method(name, obj, "module")
-    actor_class = vars(module).get("Actor")
-    if inspect.isclass(actor_class):
-        actor = actor_class()
-        for klass in reversed(actor_class.__mro__):
-            if not defined_in(klass, module.__name__):
+
+    def __init__(self, module):
+        self.module = module
+        actor_class = vars(module).get("Actor")
+        self.actor_class = actor_class if inspect.isclass(actor_class) else None
+        self.methods = {}
+        for name, obj in vars(module).items():
+            if not name.startswith("_") and inspect.isfunction(obj) and defined_in(obj, module.__name__):
+                self.methods[name] = Method(name, obj, "module")
+        if self.actor_class is not None:
+            actor = self.actor_class()
+            for name in self.actor_method_names():
+                self.methods[name] = Method(name, getattr(actor, name), "Actor")
+        # The Actor's methods, which a session's instance binds to itself.
+        self.actor_methods = [name for name, method in self.methods.items() if method.source == "Actor"]
+
+    def actor_method_names(self):
+        names = []
+        for klass in reversed(self.actor_class.__mro__):
+            if not defined_in(klass, self.module.__name__):
                 continue
             for name, attr in vars(klass).items():
                 if name.startswith("_"):
                     continue
                 if isinstance(attr, (staticmethod, classmethod)):
                     attr = attr.__func__
-                if inspect.isfunction(attr):
-                    methods[name] = Method(name, getattr(actor, name), "Actor")
-    return methods
+                if inspect.isfunction(attr) and name not in names:
+                    names.append(name)
+        return names
+
+    def instance_zero(self):
+        """Instance 0's methods, by name: those bound at load."""
+        return {name: self.methods[name].func for name in self.actor_methods}
+
+    def new_instance(self):
+        """A new Actor's methods, by name; runs the constructor (which may be slow, or raise)."""
+        actor = self.actor_class()
+        return {name: getattr(actor, name) for name in self.actor_methods}
+
+    def describe(self):
+        """The handshake's "env": a name, a description, and whether sessions get instances."""
+        return {"name": self.name(), "doc": self.doc(), "factory": self.actor_class is not None}
+
+    def name(self):
+        for holder, attributes in ((self.actor_class, ("NAME", "name")), (self.module, ("NAME",))):
+            for attribute in attributes:
+                value = getattr(holder, attribute, None) if holder is not None else None
+                if isinstance(value, str) and value.strip():
+                    return value.strip()
+        path = getattr(self.module, "__file__", None)
+        folder = os.path.basename(os.path.dirname(os.path.abspath(path))) if path else ""
+        return folder or "env"
+
+    def doc(self):
+        for holder in (self.module, self.actor_class):
+            text = getattr(holder, "__doc__", None) if holder is not None else None
+            if isinstance(text, str) and text.strip():
+                return inspect.cleandoc(text)
+        return ""
+
+
+def discover_methods(module):
+    """The callable methods of env.py, by name (see `Environment`)."""
+    return Environment(module).methods
 
 
 def load_env(path):
@@ -308,9 +691,9 @@ class SyncPool:
         self.threads = 0
         self.idle = 0
 
-    def submit(self, call_id, method, args, kwargs):
+    def submit(self, call_id, method, func, args, kwargs):
         """Hands the call to the pool; False when no thread exists nor can be started."""
-        job = (call_id, method, args, kwargs)
+        job = (call_id, method, func, args, kwargs)
         with self.lock:
             grow = self.idle == 0 and self.threads < MAX_SYNC_THREADS
             if grow:
@@ -339,8 +722,8 @@ class SyncPool:
 
     def run(self, job):
         while True:
-            call_id, method, args, kwargs = job
-            send(method.run_sync(call_id, args, kwargs))
+            call_id, method, func, args, kwargs = job
+            send(method.run_sync(call_id, func, args, kwargs))
             with self.lock:
                 self.idle += 1
             job = self.jobs.get()
@@ -388,10 +771,49 @@ class SpinningSelector(selectors.DefaultSelector):
         return ready
 
 
+class Opening:
+    """The pool's job that makes session instance K: an Actor constructor may be slow, so it runs
+    where a sync call would, never on the loop's thread (unless no thread can be had at all). The
+    loop's thread then registers the instance and answers (`Worker.opened`): only that thread
+    changes the instances, so a close that arrives meanwhile needs no lock to find its way."""
+
+    __slots__ = ("worker", "key")
+    name = "Actor()"  # in the pool's log lines
+
+    def __init__(self, worker, key):
+        self.worker = worker
+        self.key = key
+
+    def run_sync(self, call_id, func, args, kwargs):
+        try:
+            methods, failure = self.worker.env.new_instance(), None
+        except BaseException as exc:  # noqa: B902 - a constructor's error goes to the caller
+            methods, failure = None, raised_message(call_id, exc)
+        self.worker.loop.call_soon_threadsafe(self.worker.opened, call_id, self.key, methods, failure)
+        return b""  # the loop's thread answers
+
+
+def returning_none(func, is_async):
+    """`func` made to return None: a close answers null, whatever the Actor's close() returns."""
+    if is_async:
+        async def closing():
+            await func()
+    else:
+        def closing():
+            func()
+    return closing
+
+
 class Worker:
-    def __init__(self, loop, methods):
+    def __init__(self, loop, env):
         self.loop = loop
-        self.methods = methods
+        self.env = env
+        self.methods = env.methods
+        # Session instances by the server's number: each an Actor's methods by name, bound to it
+        # ({} for a module env, whose instances all use the module's functions).
+        self.instances = {0: env.instance_zero()}
+        # Instances whose constructor is running, with the ids of closes that wait for it.
+        self.opening = {}
         self.pool = SyncPool()
         self.tasks = {}
         self.buffer = bytearray()
@@ -440,30 +862,130 @@ class Worker:
         name = message.get("method")
         method = self.methods.get(name)
         if method is None:
-            send(error_message(call_id, "not_found", "MethodNotFound", "no method named %r" % name))
+            if name is None and ("open" in message or "close" in message):
+                self.manage(call_id, message)
+            else:
+                send(error_message(call_id, "not_found", "MethodNotFound", "no method named %r" % name))
             return
         args = message.get("args") or []
         kwargs = message.get("kwargs") or {}
+        func = method.func
+        # A plain call (instance 0, strict binding) pays these three lookups and nothing more.
+        if "instance" in message or "lenient" in message or "action" in message:
+            call = self.options(call_id, method, message, kwargs)
+            if call is None:
+                return
+            func, kwargs = call
         problem = method.bind(args, kwargs)
         if problem is not None:
             send(error_message(call_id, "args", "InvalidArguments", problem))
             return
+        # The rest is `start`, written out: calling it would cost a trivial call about 1%.
         if method.is_async:
-            task = self.loop.create_task(self.run_async(call_id, method, args, kwargs))
+            task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
             self.tasks[call_id] = task
-        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks and self.pool.busy() == 0:
-            send(self.run_inline(call_id, method, args, kwargs))
-        elif not self.pool.submit(call_id, method, args, kwargs):
+        elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
+              and self.pool.threads == self.pool.idle):  # pool.busy() == 0, without the call
+            send(self.run_inline(call_id, method, func, args, kwargs))
+        elif not self.pool.submit(call_id, method, func, args, kwargs):
             # No thread can be had: running it here stalls other calls until it returns, but it
             # is answered.
-            send(self.run_inline(call_id, method, args, kwargs))
+            send(self.run_inline(call_id, method, func, args, kwargs))
 
-    def run_inline(self, call_id, method, args, kwargs):
+    def start(self, call_id, method, func, args, kwargs):
+        """Runs a bound call where its kind runs: a task, inline, or on the pool."""
+        if method.is_async:
+            task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
+            self.tasks[call_id] = task
+        elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
+              and self.pool.threads == self.pool.idle):
+            send(self.run_inline(call_id, method, func, args, kwargs))
+        elif not self.pool.submit(call_id, method, func, args, kwargs):
+            send(self.run_inline(call_id, method, func, args, kwargs))
+
+    def options(self, call_id, method, message, kwargs):
+        """A call's optional members: the instance it runs on, lenient binding, the action.
+        Returns (the method bound to the instance, the keyword arguments), or None once the
+        error is sent."""
+        func = method.func
+        key = message.get("instance", 0)
+        if key != 0 or type(key) is not int:
+            if type(key) is not int:
+                send(error_message(call_id, "bad_request", "BadRequest",
+                                   "instance must be an integer, not %s" % json_type(key)))
+                return None
+            methods = self.instances.get(key)
+            if methods is None:
+                send(error_message(call_id, "no_instance", "InstanceNotFound",
+                                   "no session instance %d (it was closed or never opened)" % key))
+                return None
+            func = methods.get(method.name, func)
+        lenient = message.get("lenient") is True
+        has_action = "action" in message
+        if lenient or has_action:
+            kwargs, problem = method.adapt(kwargs, lenient, has_action, message.get("action"))
+            if problem is not None:
+                send(error_message(call_id, "args", "InvalidArguments", problem))
+                return None
+        return func, kwargs
+
+    def manage(self, call_id, message):
+        """`{"id":N,"open":K}` and `{"id":N,"close":K}`: a session's instance begins or ends."""
+        opening = "open" in message
+        key = message["open"] if opening else message["close"]
+        if type(key) is not int or (opening and key <= 0):
+            send(error_message(call_id, "bad_request", "BadRequest",
+                               "an instance is named by a positive integer, not %s" % json.dumps(key)))
+        elif opening:
+            self.open(call_id, key)
+        else:
+            self.close(call_id, key)
+
+    def open(self, call_id, key):
+        if key in self.instances or key in self.opening:
+            send(error_message(call_id, "bad_request", "BadRequest", "instance %d is already open" % key))
+            return
+        if self.env.actor_class is None:
+            self.instances[key] = {}
+            send(null_result(call_id))
+            return
+        self.opening[key] = []
+        job = Opening(self, key)
+        if not self.pool.submit(call_id, job, None, (), {}):
+            send(self.run_inline(call_id, job, None, (), {}))
+
+    def opened(self, call_id, key, methods, failure):
+        """On the loop's thread, after instance `key`'s constructor ran: registers it (or says
+        why not), then carries out the closes that came meanwhile."""
+        waiting = self.opening.pop(key, ())
+        if failure is None:
+            self.instances[key] = methods
+            send(null_result(call_id))
+        else:
+            send(failure)
+        for close_id in waiting:
+            self.close(close_id, key)
+
+    def close(self, call_id, key):
+        """Forgets instance `key`, then runs its Actor's close(), if there is one. Closing an
+        unknown instance does nothing: a close may be repeated, and instance 0 lives on."""
+        if key in self.opening:
+            self.opening[key].append(call_id)
+            return
+        methods = self.instances.pop(key, None) if key != 0 else None
+        close = methods.get("close") if methods else None
+        if close is None:
+            send(null_result(call_id))
+            return
+        method = self.methods["close"]
+        self.start(call_id, method, returning_none(close, method.is_async), (), {})
+
+    def run_inline(self, call_id, method, func, args, kwargs):
         """Runs a sync call on the loop's thread, which it sees as a plain thread: with no
         running loop, so asyncio.run() inside it works as it does on a pool thread."""
         asyncio.events._set_running_loop(None)
         try:
-            return method.run_sync(call_id, args, kwargs)
+            return method.run_sync(call_id, func, args, kwargs)
         finally:
             asyncio.events._set_running_loop(self.loop)
             asyncio.set_event_loop(self.loop)
@@ -474,9 +996,9 @@ class Worker:
         pool thread needs the lock the poller would hold."""
         return not self.tasks and self.pool.busy() == 0
 
-    async def run_async(self, call_id, method, args, kwargs):
+    async def run_async(self, call_id, func, args, kwargs):
         try:
-            result = await method.func(*args, **kwargs)
+            result = await func(*args, **kwargs)
             message = encode_result(call_id, result)
         except asyncio.CancelledError:
             self.tasks.pop(call_id, None)
@@ -497,17 +1019,17 @@ def main():
     loop = asyncio.SelectorEventLoop(selector)
     asyncio.set_event_loop(loop)
     try:
-        methods = discover_methods(load_env(env_path))
+        env = Environment(load_env(env_path))
     except BaseException as exc:  # noqa: B902 - a failed load is reported, whatever it was
         info = exception_info(exc)
         log("loading %s failed: %s: %s" % (env_path, info["type"], info["message"]))
         send_json({"fatal": info})
         os._exit(3)
     os.set_blocking(CHANNEL_IN, False)
-    worker = Worker(loop, methods)
+    worker = Worker(loop, env)
     selector.may_spin = worker.may_spin
     loop.add_reader(CHANNEL_IN, worker.on_readable)
-    send_json({"ready": True, "methods": [m.describe() for m in methods.values()]})
+    send_json({"ready": True, "methods": [m.describe() for m in env.methods.values()], "env": env.describe()})
     loop.run_forever()
 
 
