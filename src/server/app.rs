@@ -1,41 +1,22 @@
-//! The router of the in-container server: `/call`, `/{method}`, `/methods`, `/health`.
+//! The router of the in-container server: `/call`, `/{method}`, `/methods`, `/health`, OpenEnv's
+//! routes, and the middleware in front of them (the token, the body's size and time limits).
 //!
 //! [`app`] builds the whole service from its state, so tests drive it with `oneshot` and no port.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::value::RawValue;
 
+use super::calls::{call, call_rest};
 use super::error::ApiError;
-use super::lease::{Lease, LEASE_PATH};
-use super::worker::{Phase, Worker};
-use crate::protocol::{error_type, CallRequest, CallSuccess, Health, MethodList, AUTH_HEADER};
-
-/// What every handler needs.
-#[derive(Clone)]
-pub struct AppState {
-    /// The worker running the environment.
-    pub worker: Worker,
-    /// Bearer token required on every route but `/health`; `None` turns authentication off.
-    pub token: Option<Arc<str>>,
-    /// Timeout for calls whose request names none.
-    pub default_timeout: Option<Duration>,
-    /// Largest accepted body, in bytes.
-    pub max_body_bytes: usize,
-    /// How long a request body may take to arrive.
-    pub body_timeout: Duration,
-    /// Renewed by every authenticated request; `None` when the server has no lease.
-    pub lease: Option<Arc<Lease>>,
-}
+use super::lease::LEASE_PATH;
+use super::openenv;
+use super::worker::Phase;
+use crate::protocol::{error_type, Health, MethodList, AUTH_HEADER};
+pub use super::state::AppState;
 
 /// Builds the service.
 pub fn app(state: AppState) -> Router {
@@ -43,6 +24,7 @@ pub fn app(state: AppState) -> Router {
         .route("/methods", get(methods))
         .route("/call", post(call))
         .route("/{method}", post(call_rest))
+        .merge(openenv::routes())
         .route(LEASE_PATH, post(renew_lease))
         // Outermost last: the token is checked before a body is read.
         .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
@@ -146,93 +128,17 @@ async fn methods(State(state): State<AppState>) -> Result<Json<MethodList>, ApiE
     Ok(Json(MethodList { methods: state.worker.methods()? }))
 }
 
-/// Turns axum's plain-text body rejections into our JSON errors.
-fn body(result: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    result.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error_type::TOO_LARGE, "request body exceeds the size limit")
-        } else {
-            ApiError::bad_request(format!("could not read the request body: {rejection}"))
-        }
-    })
-}
-
-async fn call(State(state): State<AppState>, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let raw = body(raw)?;
-    let request: CallRequest = serde_json::from_slice(&raw)
-        .map_err(|err| ApiError::bad_request(format!("body must be {{\"method\", \"args\"?, \"kwargs\"?}}: {err}")))?;
-    let args = request.args.as_deref().map(RawValue::get).unwrap_or("[]");
-    let kwargs = request.kwargs.as_deref().map(RawValue::get).unwrap_or("{}");
-    if !args.starts_with('[') {
-        return Err(ApiError::bad_request("`args` must be a JSON array"));
-    }
-    if !kwargs.starts_with('{') {
-        return Err(ApiError::bad_request("`kwargs` must be a JSON object"));
-    }
-    invoke(&state, &request.method, args, kwargs, request.timeout).await
-}
-
-/// `POST /{method}`: the body is the kwargs object, or `{"args": [...], "kwargs": {...}}`.
-async fn call_rest(
-    State(state): State<AppState>,
-    method: Result<Path<String>, PathRejection>,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Path(method) = method.map_err(|rejection| ApiError::bad_request(format!("bad method name in the path: {}", rejection.body_text())))?;
-    let raw = body(raw)?;
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return invoke(&state, &method, "[]", "{}", None).await;
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(&raw).map_err(|err| ApiError::bad_request(format!("body is not valid JSON: {err}")))?;
-    let serde_json::Value::Object(mut fields) = value else {
-        return Err(ApiError::bad_request(format!("the body of POST /{method} must be a JSON object of keyword arguments")));
-    };
-    let wrapped = !fields.is_empty()
-        && fields.keys().all(|k| k == "args" || k == "kwargs")
-        && fields.get("args").is_none_or(|v| v.is_array())
-        && fields.get("kwargs").is_none_or(|v| v.is_object());
-    let (args, kwargs) = if wrapped {
-        let args = fields.remove("args").map(|v| v.to_string()).unwrap_or_else(|| "[]".into());
-        let kwargs = fields.remove("kwargs").map(|v| v.to_string()).unwrap_or_else(|| "{}".into());
-        (args, kwargs)
-    } else {
-        ("[]".to_string(), serde_json::Value::Object(fields).to_string())
-    };
-    invoke(&state, &method, &args, &kwargs, None).await
-}
-
-async fn invoke(state: &AppState, method: &str, args: &str, kwargs: &str, timeout: Option<f64>) -> Result<Response, ApiError> {
-    if method.starts_with('_') {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            error_type::METHOD_NOT_FOUND,
-            format!("`{method}` is private: names starting with `_` are never callable"),
-        ));
-    }
-    let timeout = match timeout {
-        Some(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e9 => Some(Duration::from_secs_f64(seconds)),
-        Some(seconds) => return Err(ApiError::bad_request(format!("`timeout` must be a positive number of seconds, not {seconds}"))),
-        None => state.default_timeout,
-    };
-    let result = state.worker.call(method, args, kwargs, timeout).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], success_body(result)).into_response())
-}
-
-/// The `/call` answer for `result`, which is copied in as the worker wrote it, never parsed again.
-fn success_body(result: Box<RawValue>) -> Vec<u8> {
-    let mut body = Vec::with_capacity(32 + result.get().len());
-    serde_json::to_writer(&mut body, &CallSuccess { status: "success".to_string(), result }).expect("a raw JSON value always serializes");
-    body
-}
-
 #[cfg(test)]
 mod tests {
     //! Router tests through `oneshot`: no port, a real Python worker on the example environments.
 
     use super::*;
+    use crate::server::openenv::Sessions;
+    use crate::server::worker::Worker;
     use crate::server::WorkerConfig;
     use axum::body::Body;
+    use std::sync::Arc;
+    use std::time::Duration;
     use axum::http::Request;
     use http_body_util::BodyExt;
     use serde_json::{json, Value};
@@ -243,7 +149,8 @@ mod tests {
     }
 
     async fn ready_app(env: &str, token: Option<&str>) -> (Router, Worker) {
-        let env_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments").join(env);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let env_path = [root.join("environments").join(env), root.join("tests/fixtures").join(env)].into_iter().find(|p| p.is_dir()).unwrap();
         let worker = Worker::start(WorkerConfig {
             python: "python3".into(),
             script: worker_script(),
@@ -266,6 +173,10 @@ mod tests {
             max_body_bytes: 1024,
             body_timeout: Duration::from_secs(5),
             lease: None,
+            openenv: Sessions::new(
+                openenv::SessionLimits { max_sessions: 4, idle_timeout: Duration::from_secs(60), setup_timeout: Duration::from_secs(10) },
+                worker.clone(),
+            ),
         };
         (app(state), worker)
     }
@@ -288,12 +199,6 @@ mod tests {
         let (status, body) = send(&app, "POST", "/call", r#"{"method":"add","args":[2],"kwargs":{"b":3}}"#, None).await;
         assert_eq!((status, body), (StatusCode::OK, json!({"status": "success", "result": 5})));
         worker.shutdown();
-    }
-
-    #[test]
-    fn a_success_body_carries_the_result_as_the_worker_wrote_it() {
-        let body = success_body(RawValue::from_string(r#"{"x": 1.50, "y": [ ]}"#.into()).unwrap());
-        assert_eq!(String::from_utf8(body).unwrap(), r#"{"status":"success","result":{"x": 1.50, "y": [ ]}}"#);
     }
 
     #[tokio::test]
@@ -394,14 +299,65 @@ mod tests {
     #[tokio::test]
     async fn dataclass_results_become_json_objects() {
         let (app, worker) = ready_app("gridgame", None).await;
-        let (_, body) = send(&app, "POST", "/reset", r#"{"size":4,"seed":1}"#, None).await;
+        let (_, body) = send(&app, "POST", "/call", r#"{"method":"reset","kwargs":{"size":4,"seed":1}}"#, None).await;
         let result = &body["result"];
         assert_eq!(result["observation"]["position"], json!([0, 0]));
         assert_eq!(result["done"], false);
         let id = result["episode_id"].as_str().unwrap();
-        let (_, body) = send(&app, "POST", "/step", &json!({"episode_id": id, "action": "down"}).to_string(), None).await;
+        let (_, body) = send(&app, "POST", "/call", &json!({"method": "step", "kwargs": {"episode_id": id, "action": "down"}}).to_string(), None).await;
         assert_eq!(body["result"]["observation"]["position"], json!([0, 1]));
         assert_eq!(body["result"]["info"]["steps"], 1);
+        worker.shutdown();
+    }
+
+    #[tokio::test]
+    async fn an_environment_with_reset_and_step_answers_openenvs_http_routes_in_its_shapes() {
+        let (app, worker) = ready_app("gridgame", None).await;
+        let (status, body) = send(&app, "POST", "/reset", r#"{"size":4,"seed":1,"episode_id":"dropped"}"#, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["observation"]["position"], json!([0, 0]));
+        assert_eq!((&body["reward"], &body["done"]), (&json!(0.0), &json!(false)));
+        let id = body["metadata"]["episode_id"].as_str().expect("the result's other members are metadata").to_string();
+        // gridgame's step takes `action` and `episode_id`: the action goes to `action`, the
+        // request's other members only where the signature takes them.
+        let step = json!({"action": "down", "episode_id": id, "request_id": "r1"}).to_string();
+        let (status, body) = send(&app, "POST", "/step", &step, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["observation"]["position"], json!([0, 1]));
+        assert_eq!(body["metadata"]["info"]["steps"], 1);
+        let (status, body) = send(&app, "POST", "/step", r#"{"episode_id":"x"}"#, None).await;
+        assert_eq!((status, &body["detail"][0]["loc"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!(["body", "action"])));
+        let (_, body) = send(&app, "GET", "/schema", "", None).await;
+        assert_eq!(body["action"]["properties"]["action"]["type"], "string", "{body}");
+        let (_, body) = send(&app, "GET", "/metadata", "", None).await;
+        assert!(body["description"].as_str().unwrap().starts_with("Grid game"), "{body}");
+        worker.shutdown();
+    }
+
+    #[tokio::test]
+    async fn an_environment_without_reset_and_step_keeps_plain_routes_of_those_names() {
+        let (app, worker) = ready_app("reset_only", None).await;
+        let (status, body) = send(&app, "POST", "/reset", "", None).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"status": "success", "result": 0})));
+        worker.shutdown();
+    }
+
+    #[tokio::test]
+    async fn mcp_lists_the_methods_as_tools_and_calls_them() {
+        let (app, worker) = ready_app("echo", None).await;
+        let (status, body) = send(&app, "POST", "/mcp", r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let add = body["result"]["tools"].as_array().unwrap().iter().find(|t| t["name"] == "add").unwrap().clone();
+        assert_eq!(add["inputSchema"]["required"], json!(["a", "b"]), "{add}");
+        let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":3}}}"#;
+        let (_, body) = send(&app, "POST", "/mcp", call, None).await;
+        assert_eq!((&body["id"], &body["result"]["data"], &body["result"]["isError"]), (&json!(2), &json!(5), &json!(false)));
+        let (_, body) = send(&app, "POST", "/mcp", r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"nope"}}"#, None).await;
+        assert_eq!(body["error"]["message"], "Unknown tool: 'nope'");
+        let (_, body) = send(&app, "POST", "/mcp", "{not json", None).await;
+        assert_eq!(body["error"]["code"], -32700);
+        let (_, body) = send(&app, "POST", "/mcp", r#"{"jsonrpc":"2.0","id":4,"method":"bogus"}"#, None).await;
+        assert_eq!(body["error"]["code"], -32601);
         worker.shutdown();
     }
 }

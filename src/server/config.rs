@@ -51,6 +51,14 @@ pub struct ServerConfig {
     /// and so does running on a single core.
     #[arg(long = "spin-us", env = "RAYFINE_SPIN_US", default_value_t = DEFAULT_SPIN_US)]
     pub spin_us: u64,
+    /// OpenEnv sessions (WebSocket or MCP) at once, each with an Actor instance of its own; one
+    /// more is refused with OpenEnv's `CAPACITY_REACHED`. The name of the variable is OpenEnv's.
+    #[arg(long = "max-concurrent-envs", env = "MAX_CONCURRENT_ENVS", default_value_t = DEFAULT_MAX_SESSIONS)]
+    pub max_concurrent_envs: usize,
+    /// Seconds an OpenEnv session may go without a word from its client (the server pings
+    /// WebSocket clients, so a live one always answers) before it is ended and its slot freed.
+    #[arg(long = "session-idle-timeout", env = "RAYFINE_SESSION_IDLE_TIMEOUT", default_value_t = 120.0)]
+    pub session_idle_timeout: f64,
     /// Serve without a token even if RAYFINE_TOKEN is set (for servers meant to be public).
     #[arg(long = "no-auth", env = "RAYFINE_NO_AUTH", value_parser = FalseyValueParser::new())]
     pub no_auth: bool,
@@ -78,9 +86,17 @@ pub struct ServerConfig {
     pub lease_start_grace: f64,
 }
 
+/// Default of `--max-concurrent-envs`: OpenEnv's default is 1, which makes a server useless for
+/// the many parallel episodes of a training run; each session costs an Actor instance and, while
+/// a sync call runs, a thread.
+pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+
 /// Default of `--lease-port`: where a supervisor takes lease renewals, out of the way of the
 /// ports web servers usually take.
 pub const SUPERVISOR_LEASE_PORT: u16 = 48_771;
+
+/// How long an Actor's constructor, or its `close()`, may take for a session.
+const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +144,18 @@ impl ServerConfig {
             Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
             Some(s) => Err(ServeError::Config(format!("--lease must be a positive number of seconds (or 0 for none), not {s}"))),
         }
+    }
+
+    /// The OpenEnv session limits from `--max-concurrent-envs` and `--session-idle-timeout`.
+    pub fn session_limits(&self) -> Result<crate::server::openenv::SessionLimits, ServeError> {
+        if self.max_concurrent_envs == 0 {
+            return Err(ServeError::Config("--max-concurrent-envs must be at least 1".into()));
+        }
+        let idle_timeout = match self.session_idle_timeout {
+            s if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
+            s => return Err(ServeError::Config(format!("--session-idle-timeout must be a positive number of seconds, not {s}"))),
+        };
+        Ok(crate::server::openenv::SessionLimits { max_sessions: self.max_concurrent_envs, idle_timeout, setup_timeout: SESSION_SETUP_TIMEOUT })
     }
 
     /// `--shutdown-grace` as a duration, bounded to an hour.

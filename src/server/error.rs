@@ -37,6 +37,7 @@ impl From<CallError> for ApiError {
             CallError::NotSerializable(_) => (StatusCode::INTERNAL_SERVER_ERROR, error_type::NOT_SERIALIZABLE),
             CallError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, error_type::TIMEOUT),
             CallError::Unavailable(_) | CallError::WorkerLost(_) => (StatusCode::SERVICE_UNAVAILABLE, error_type::UNAVAILABLE),
+            CallError::InstanceLost(_) => (StatusCode::GONE, error_type::SESSION_LOST),
         };
         ApiError::new(status, kind, message)
     }
@@ -64,6 +65,7 @@ fn is_server_kind(kind: &str) -> bool {
         error_type::TOO_LARGE,
         error_type::UNAUTHORIZED,
         error_type::LOAD_FAILED,
+        error_type::SESSION_LOST,
     ]
     .contains(&kind)
 }

@@ -5,12 +5,15 @@
 //! from the caller, so tests can start it on any socket and stop it with anything.
 
 mod app;
+mod calls;
 mod config;
 mod error;
 mod guarded_command;
 mod lease;
+pub mod openenv;
 mod reaper;
 mod secrets;
+mod state;
 mod worker;
 
 use std::future::{Future, IntoFuture};
@@ -118,6 +121,7 @@ pub async fn run(
         s if s.is_finite() && s > 0.0 && s < 1e9 => Duration::from_secs_f64(s),
         s => return Err(ServeError::Config(format!("--body-timeout must be a positive number of seconds, not {s}"))),
     };
+    let session_limits = config.session_limits()?;
     let secrets = secrets::load(config.secrets_file.as_deref())?;
     let token = secrets.token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|t| !t.is_empty() && !config.no_auth).map(Arc::<str>::from);
     if token.is_none() {
@@ -130,7 +134,7 @@ pub async fn run(
         // The worker runs in the environment's folder, so a relative path would resolve twice.
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
         hidden_env: vec![TOKEN_ENV.to_string(), crate::protocol::SECRETS_FILE_ENV.to_string()],
-        env: secrets.env.into_iter().collect(),
+        env: worker_env(secrets.env.into_iter().collect(), session_limits.max_sessions),
         spin: effective_spin(config.spin_us),
         priority: worker_priority(config.worker_priority),
     });
@@ -145,7 +149,8 @@ pub async fn run(
         }
         None => Box::pin(std::future::pending()),
     };
-    let router = app(AppState { worker: worker.clone(), token, default_timeout, max_body_bytes: config.max_body_bytes, body_timeout, lease });
+    let openenv = openenv::Sessions::new(session_limits, worker.clone());
+    let router = app(AppState { worker: worker.clone(), token, default_timeout, max_body_bytes: config.max_body_bytes, body_timeout, lease, openenv });
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
         let _ = stream.set_nodelay(true);
     });
@@ -173,6 +178,18 @@ pub async fn run(
     worker.stop().await;
     drop(script);
     Ok(())
+}
+
+/// The worker's variables: `env`, plus a sync thread pool large enough that every OpenEnv session
+/// can have a sync call running at once (a session waits for its own calls only), unless the
+/// environment sets the pool's size itself.
+fn worker_env(mut env: Vec<(String, String)>, max_sessions: usize) -> Vec<(String, String)> {
+    const THREADS_ENV: &str = "RAYFINE_MAX_SYNC_THREADS";
+    let set = std::env::var_os(THREADS_ENV).is_some() || env.iter().any(|(key, _)| key == THREADS_ENV);
+    if !set {
+        env.push((THREADS_ENV.to_string(), (max_sessions + 64).max(512).to_string()));
+    }
+    env
 }
 
 /// Prints one event line on stdout for a parent process to read.

@@ -1,0 +1,255 @@
+//! OpenEnv sessions: one episode's worth of state each, with an Actor instance of its own in the
+//! worker ("factory mode"), bounded in number, and reaped when their client is gone.
+//!
+//! A WebSocket connection is a session; so is one made by MCP's `openenv/session/create`, which a
+//! WebSocket may later attach to (`/ws?session_id=`). The table holds both kinds by id. A slot is
+//! taken before the Actor is constructed, so a burst of connections can never overshoot the limit,
+//! and given back when the session ends, however it ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::server::worker::{CallError, Worker};
+
+/// How many sessions may exist and how long one may go unheard from.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Sessions at once; the next one is refused with OpenEnv's `CAPACITY_REACHED`.
+    pub max_sessions: usize,
+    /// A session whose client sent nothing (not even a pong to the server's pings) for this long
+    /// is ended and its slot freed: its client vanished without closing.
+    pub idle_timeout: Duration,
+    /// How long an Actor's constructor or `close()` may take.
+    pub setup_timeout: Duration,
+}
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Every slot is taken. The message is OpenEnv's, word for word, so clients that match on it
+    /// keep working.
+    #[error("Server at capacity: {active}/{max} sessions active. Cannot accept new connections.")]
+    Capacity {
+        /// Sessions now.
+        active: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The Actor's constructor failed, or there is no worker to run it.
+    #[error("the environment could not create a session: {0}")]
+    Factory(CallError),
+}
+
+/// What the server itself tracks of an episode, for environments without a `state` method.
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    /// The `episode_id` given to the last reset, if any.
+    pub episode_id: Option<String>,
+    /// Steps since the last reset.
+    pub step_count: u64,
+}
+
+/// One session.
+pub struct EnvSession {
+    /// Its id, as MCP's `openenv/session/create` returns it.
+    pub id: String,
+    /// Its Actor instance in the worker; `None` for module-based environments, whose sessions
+    /// share the module (there is nothing to instantiate).
+    pub instance: Option<u64>,
+    /// Held for the length of each call: a session's calls run one at a time, whether they come
+    /// over its WebSocket or over MCP with its id.
+    pub calls: tokio::sync::Mutex<Progress>,
+    /// When its client was last heard from.
+    last_activity: Mutex<Instant>,
+    /// A WebSocket drives it (and watches its client's liveness itself).
+    attached: AtomicBool,
+    /// MCP asked to close it while a WebSocket was attached: it ends when that one detaches.
+    close_requested: AtomicBool,
+    /// Whether a WebSocket created it (and so ends it when it closes).
+    pub owned_by_socket: bool,
+}
+
+impl EnvSession {
+    /// Notes that its client was heard from.
+    pub fn touch(&self) {
+        *self.last_activity.lock() = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_activity.lock().elapsed()
+    }
+
+    /// Marks it attached to a WebSocket; false if one already is.
+    pub fn attach(&self) -> bool {
+        !self.attached.swap(true, Ordering::AcqRel)
+    }
+
+    /// Marks it detached; true if it should now end (MCP asked to close it meanwhile).
+    pub fn detach(&self) -> bool {
+        self.touch();
+        self.attached.store(false, Ordering::Release);
+        self.close_requested.load(Ordering::Acquire)
+    }
+
+    /// Whether a WebSocket drives it now.
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Asks for it to end when its WebSocket detaches.
+    pub fn request_close(&self) {
+        self.close_requested.store(true, Ordering::Release);
+    }
+}
+
+/// Every session of this server.
+pub struct Sessions {
+    /// Its limits.
+    pub limits: SessionLimits,
+    /// Live sessions by id.
+    table: Mutex<HashMap<String, Arc<EnvSession>>>,
+    /// Slots taken: live sessions plus those whose Actor is being constructed.
+    taken: AtomicUsize,
+    /// Instance ids; 0 is the worker's default instance, which `/call` uses.
+    next_instance: AtomicU64,
+}
+
+impl Sessions {
+    /// An empty table. The reaper of sessions nobody drives starts with it, if a runtime runs.
+    pub fn new(limits: SessionLimits, worker: Worker) -> Arc<Sessions> {
+        let sessions = Arc::new(Sessions { limits, table: Mutex::new(HashMap::new()), taken: AtomicUsize::new(0), next_instance: AtomicU64::new(1) });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(reap_unattached(Arc::downgrade(&sessions), worker));
+        }
+        sessions
+    }
+
+    /// Sessions now.
+    pub fn active(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    /// Creates a session: takes a slot, then constructs its Actor (if the environment has one).
+    pub async fn create(&self, worker: &Worker, owned_by_socket: bool) -> Result<Arc<EnvSession>, CreateError> {
+        let max = self.limits.max_sessions;
+        if self.taken.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
+            return Err(CreateError::Capacity { active: self.active(), max });
+        }
+        let instance = match worker.env_info() {
+            Ok(info) if info.factory => Some(self.next_instance.fetch_add(1, Ordering::Relaxed)),
+            Ok(_) => None,
+            Err(err) => {
+                self.taken.fetch_sub(1, Ordering::AcqRel);
+                return Err(CreateError::Factory(err));
+            }
+        };
+        if let Some(instance) = instance {
+            if let Err(err) = worker.open_instance(instance, self.limits.setup_timeout).await {
+                self.taken.fetch_sub(1, Ordering::AcqRel);
+                return Err(CreateError::Factory(err));
+            }
+        }
+        let session = Arc::new(EnvSession {
+            id: session_id(),
+            instance,
+            calls: tokio::sync::Mutex::new(Progress::default()),
+            last_activity: Mutex::new(Instant::now()),
+            attached: AtomicBool::new(owned_by_socket),
+            close_requested: AtomicBool::new(false),
+            owned_by_socket,
+        });
+        self.table.lock().insert(session.id.clone(), session.clone());
+        Ok(session)
+    }
+
+    /// The session with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<EnvSession>> {
+        self.table.lock().get(id).cloned()
+    }
+
+    /// Ends a session: frees its slot at once and drops its instance in the background (its
+    /// `close()` may take a while, and nobody waits for it). Ending one twice does nothing.
+    pub fn end(&self, session: &EnvSession, worker: &Worker) {
+        if self.table.lock().remove(&session.id).is_none() {
+            return;
+        }
+        self.taken.fetch_sub(1, Ordering::AcqRel);
+        if let Some(instance) = session.instance {
+            let worker = worker.clone();
+            let limit = self.limits.setup_timeout;
+            tokio::spawn(async move {
+                match worker.close_instance(instance, limit).await {
+                    // The worker that held it is gone, and the instance with it.
+                    Ok(()) | Err(CallError::Unavailable(_) | CallError::WorkerLost(_)) => {}
+                    Err(err) => tracing::warn!("closing session instance {instance}: {err}"),
+                }
+            });
+        }
+    }
+}
+
+/// Ends sessions that no WebSocket drives (made over MCP) once their client has been silent for
+/// the idle timeout. Sessions with a WebSocket are watched by it, through pings.
+async fn reap_unattached(sessions: Weak<Sessions>, worker: Worker) {
+    let period = match sessions.upgrade() {
+        Some(sessions) => (sessions.limits.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(sessions) = sessions.upgrade() else { return };
+        let idle: Vec<Arc<EnvSession>> = sessions
+            .table
+            .lock()
+            .values()
+            .filter(|s| !s.is_attached() && s.idle_for() > sessions.limits.idle_timeout)
+            .cloned()
+            .collect();
+        for session in idle {
+            tracing::info!(session = %session.id, "ending a session nobody used for {:?}", sessions.limits.idle_timeout);
+            sessions.end(&session, &worker);
+        }
+    }
+}
+
+/// A session id: 128 random bits from the kernel, as a UUID-shaped string like OpenEnv's.
+fn session_id() -> String {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer it is given.
+        let got = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0) };
+        if got <= 0 {
+            // Only a kernel older than 3.17 lacks getrandom; ids then need only be unique.
+            let fallback = SESSION_FALLBACK.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+            bytes[..8].copy_from_slice(&fallback);
+            bytes[8..].copy_from_slice(&(std::process::id() as u64).to_le_bytes());
+            break;
+        }
+        filled += got as usize;
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+static SESSION_FALLBACK: AtomicU64 = AtomicU64::new(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_uuid_shaped_and_distinct() {
+        let (a, b) = (session_id(), session_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.as_bytes()[14], b'4', "version 4: {a}");
+        assert_eq!(a.matches('-').count(), 4);
+    }
+}
