@@ -7,6 +7,7 @@ mod docker_util;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod openenv;
 mod python_package;
 mod python_worker;
 mod server;
