@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::routing::post;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::Router;
 
 /// A running floor server; stopped when dropped.
@@ -19,16 +21,23 @@ pub struct FloorServer {
 
 impl FloorServer {
     /// `POST /echo` answers with the request body; `POST /sleep` does the same after one second
-    /// (the floor of the concurrency-at-scale row).
+    /// (the floor of the concurrency-at-scale row); `/ws` answers OpenEnv's messages without an
+    /// environment (the floor of the OpenEnv rows).
     pub fn start() -> anyhow::Result<FloorServer> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the floor server")?;
+        // A deep accept queue, as rayfine-server's: thousands of sessions connect at once, and
+        // std's 128 would drop their SYNs into a one-second retry.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).context("cannot create the floor server's socket")?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).context("cannot bind the floor server")?;
+        socket.listen(8192)?;
+        let listener: std::net::TcpListener = socket.into();
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the floor server's runtime")?;
         let thread = std::thread::Builder::new().name("bench-floor".into()).spawn(move || {
             runtime.block_on(async move {
-                let app = Router::new().route("/echo", post(|body: Bytes| async move { body })).route(
+                let app = Router::new().route("/echo", post(|body: Bytes| async move { body })).route("/ws", get(websocket)).route(
                     "/sleep",
                     post(|body: Bytes| async move {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -49,6 +58,7 @@ impl FloorServer {
         Ok(FloorServer { addr, stop: Some(stop), thread: Some(thread) })
     }
 
+    /// The base URL, `http://127.0.0.1:PORT`, followed by `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -63,4 +73,32 @@ impl Drop for FloorServer {
             let _ = thread.join();
         }
     }
+}
+
+/// OpenEnv's framing with nothing behind it: a `step` is answered after its `wait_seconds`,
+/// slept without blocking a thread; `close` closes; anything else is answered at once.
+async fn websocket(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+        while let Some(Ok(frame)) = socket.recv().await {
+            let Message::Text(text) = frame else { continue };
+            let message: serde_json::Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+            match message["type"].as_str() {
+                Some("close") => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                Some("step") => {
+                    let wait = message["data"]["wait_seconds"].as_f64().unwrap_or(0.0).clamp(0.0, 60.0);
+                    if wait > 0.0 {
+                        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                    }
+                }
+                _ => {}
+            }
+            let answer = r#"{"type":"observation","data":{"observation":{},"reward":0.0,"done":false}}"#;
+            if socket.send(Message::text(answer)).await.is_err() {
+                return;
+            }
+        }
+    })
 }

@@ -9,8 +9,10 @@ mod build;
 mod calls;
 mod floor;
 mod memory;
+mod openenv;
 mod python;
 mod report;
+mod server;
 mod startup;
 mod wrk;
 
@@ -56,6 +58,7 @@ pub enum Section {
     Throughput,
     Scale,
     Python,
+    Openenv,
     Build,
     FanOut,
 }
@@ -205,6 +208,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if wants(Section::Python) {
         let outcome = python::python_clients(&settings, &mut report).await;
         record(&mut report, "Python client", outcome);
+    }
+    if wants(Section::Openenv) {
+        let outcome = openenv::openenv(&settings, &mut report).await;
+        record(&mut report, "OpenEnv", outcome);
     }
 
     let docker_sections = [Section::Build, Section::ColdStart, Section::FanOut].into_iter().any(wants);

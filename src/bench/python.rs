@@ -4,17 +4,15 @@
 //! The server runs without auth because affinetes' client sends no token; the Python side is
 //! `python/bench/client_call_cost.py`, run with the interpreter that has `rayfine` installed.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-use rayfine::protocol::ServerEvent;
 use rayfine::{load_env, LoadOptions, ServerProgram};
 use serde::Deserialize;
 
 use super::floor::FloorServer;
+use super::server::NoAuthServer;
 use super::report::{median, percentile, Figure, Report, Row};
 use super::Settings;
 
@@ -60,59 +58,6 @@ enum Affinetes {
     },
 }
 
-/// A server started for this section; killed when dropped (and gone with us anyway: its stdin
-/// is our pipe and it exits when that ends).
-struct NoAuthServer {
-    child: Child,
-    url: String,
-}
-
-impl NoAuthServer {
-    fn start(folder: &Path, program: &ServerProgram) -> anyhow::Result<NoAuthServer> {
-        let mut command = Command::new(&program.path);
-        if program.needs_serve {
-            command.arg("serve");
-        }
-        command
-            .args(["--host", "127.0.0.1", "--port", "0", "--no-auth", "--exit-on-stdin-eof", "--env-path"])
-            .arg(folder)
-            .env_remove("RAYFINE_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = command.spawn().with_context(|| format!("cannot start {}", program.path.display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut server = NoAuthServer { child, url: String::new() };
-        // The server announces its port, then readiness, one JSON line each.
-        let (lines, events) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = events.recv_timeout(left).map_err(|_| anyhow::anyhow!("the bench server did not become ready within 60 s"))?;
-            match serde_json::from_str::<ServerEvent>(&line) {
-                Ok(ServerEvent::Listening { port }) => server.url = format!("http://127.0.0.1:{port}"),
-                Ok(ServerEvent::Ready) => return Ok(server),
-                Ok(ServerEvent::Failed { error }) => bail!("the bench server failed to load {}: {}", folder.display(), error.message),
-                Err(_) => {}
-            }
-        }
-    }
-}
-
-impl Drop for NoAuthServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The interpreter to run the script with: `RAYFINE_BENCH_PYTHON`, else `python3`.
 fn interpreter() -> PathBuf {
     std::env::var_os("RAYFINE_BENCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"))
@@ -146,7 +91,7 @@ pub async fn python_clients(settings: &Settings, report: &mut Report) -> anyhow:
         return Ok(());
     }
     let program = ServerProgram::locate()?;
-    let server = NoAuthServer::start(&settings.env_folder, &program)?;
+    let server = NoAuthServer::start(&settings.env_folder, &program, &[])?;
     let floor = FloorServer::start()?;
     let calls = settings.library_calls;
     let seconds = if settings.library_calls < 1000 { 1 } else { 5 };

@@ -58,3 +58,30 @@ fn a_vanished_clients_session_is_reaped_and_its_slot_freed() {
 fn openenvs_mcp_client_calls_the_actors_methods_as_tools_per_session() {
     check("mcp", "counter", &[("COUNTER_NAME", "mcp-test")], None);
 }
+
+/// `rayfine bench --only openenv` (its plumbing, not its figures): the step-cost and scaling rows
+/// arrive, each with a figure, and every session of the quick batch succeeded.
+#[test]
+fn the_openenv_bench_section_measures_steps_and_sessions_at_scale() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = scratch.path().join("bench.json");
+    let result = Command::new(env!("CARGO_BIN_EXE_rayfine"))
+        .args(["bench", "--quick", "--no-docker", "--only", "openenv", "--output"])
+        .arg(&output)
+        .current_dir(repo())
+        .env("RAYFINE_STATE_DIR", scratch.path())
+        .env_remove("RAYFINE_SERVER_BIN")
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "rayfine bench --only openenv failed:\n{}", String::from_utf8_lossy(&result.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let figure = |needle: &str| {
+        let row = rows.iter().find(|row| row["what"].as_str().unwrap().contains(needle)).unwrap_or_else(|| panic!("no row `{needle}` in {report:#}"));
+        row["median"]["value"].as_f64().unwrap()
+    };
+    assert!(figure("WebSocket `step`") > 0.0, "{report:#}");
+    assert!(figure("plain WebSocket echo") > 0.0, "{report:#}");
+    assert_eq!(figure("256 sessions: success"), 100.0, "{report:#}");
+    assert!(figure("256 sessions: a session's whole time") >= 1000.0, "each session sleeps 1 s: {report:#}");
+}

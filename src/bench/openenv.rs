@@ -1,0 +1,233 @@
+//! OpenEnv sessions at scale, by OpenEnv's own scaling method, and the cost of one WebSocket step
+//! beside a trivial `/call` on the same server.
+//!
+//! The method is that of OpenEnv's scaling tutorial: N sessions start at once; each opens a
+//! WebSocket to `/ws`, resets, steps once with a sync `time.sleep(w)` in the environment, and
+//! closes. A session succeeds if nothing failed (connect, a timeout, an error frame); the figures
+//! are the success rate and the P99 of a successful session's whole time, connect to closed. The
+//! load comes from this process (Rust, tokio-tungstenite) rather than OpenEnv's Python script, so
+//! that on two cores the client's own CPU time does not decide the result. The floor runs the
+//! same sessions against a plain axum WebSocket server that sleeps `w` without blocking.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use rayfine::{load_env, LoadOptions, ServerProgram};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::floor::FloorServer;
+use super::report::{median, percentile, Figure, Report, Row};
+use super::server::NoAuthServer;
+use super::Settings;
+
+const SCALE: &str = "OpenEnv sessions at scale (OpenEnv's method: each session connects, resets, steps once sleeping 1 s, closes)";
+const STEP: &str = "OpenEnv step cost (one session, steps one after another)";
+
+/// The environment: OpenEnv's benchmark environment, relative to the repository root.
+const BENCH_ENV: &str = "environments/openenv_benchmark";
+
+/// How long one session may take before it counts as failed (OpenEnv's script: 120 s).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a batch went.
+struct Batch {
+    sessions: usize,
+    succeeded: usize,
+    /// Whole-session times of the successful ones, in seconds.
+    totals: Vec<f64>,
+    /// One failure's reason, for the report.
+    first_failure: Option<String>,
+}
+
+impl Batch {
+    fn success_rate(&self) -> f64 {
+        self.succeeded as f64 / self.sessions as f64
+    }
+}
+
+/// One session by OpenEnv's method; its whole time.
+async fn session(ws_url: String, wait_seconds: f64) -> Result<Duration, String> {
+    let started = Instant::now();
+    let run = async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.map_err(|err| format!("connect: {err}"))?;
+        for request in [r#"{"type":"reset","data":{}}"#.to_string(), format!(r#"{{"type":"step","data":{{"wait_seconds":{wait_seconds}}}}}"#)] {
+            socket.send(Message::text(request)).await.map_err(|err| format!("send: {err}"))?;
+            answer(&mut socket).await?;
+        }
+        socket.send(Message::text(r#"{"type":"close"}"#)).await.map_err(|err| format!("send close: {err}"))?;
+        // The server answers `close` by closing: wait for that, as the client's `async with` does.
+        while let Some(frame) = socket.next().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(SESSION_TIMEOUT, run).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(format!("no answer within {SESSION_TIMEOUT:?}")),
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame, which must not be an error frame.
+async fn answer(socket: &mut Socket) -> Result<(), String> {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return if text.as_str().starts_with(r#"{"type":"error""#) { Err(format!("error frame: {text}")) } else { Ok(()) };
+            }
+            Some(Ok(Message::Close(frame))) => return Err(format!("closed by the server: {frame:?}")),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(format!("receive: {err}")),
+            None => return Err("the connection ended".into()),
+        }
+    }
+}
+
+/// `sessions` sessions at once against `ws_url`.
+async fn batch(ws_url: &str, sessions: usize, wait_seconds: f64) -> Batch {
+    let tasks: Vec<_> = (0..sessions).map(|_| tokio::spawn(session(ws_url.to_string(), wait_seconds))).collect();
+    let mut outcome = Batch { sessions, succeeded: 0, totals: Vec::with_capacity(sessions), first_failure: None };
+    for task in tasks {
+        match task.await {
+            Ok(Ok(total)) => {
+                outcome.succeeded += 1;
+                outcome.totals.push(total.as_secs_f64());
+            }
+            Ok(Err(why)) => {
+                outcome.first_failure.get_or_insert(why);
+            }
+            Err(err) => {
+                outcome.first_failure.get_or_insert(format!("the session's task failed: {err}"));
+            }
+        }
+    }
+    outcome
+}
+
+/// The worst of several repetitions: the lowest success rate, the highest P50 and P99.
+struct Worst {
+    success: f64,
+    p50: f64,
+    p99: f64,
+    failure: Option<String>,
+}
+
+async fn repeated(ws_url: &str, sessions: usize, wait_seconds: f64, repetitions: usize) -> Worst {
+    let mut worst = Worst { success: 1.0, p50: 0.0, p99: 0.0, failure: None };
+    for _ in 0..repetitions {
+        let outcome = batch(ws_url, sessions, wait_seconds).await;
+        if std::env::var_os("RAYFINE_BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "{ws_url} {sessions}: success {:.4} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+                outcome.success_rate(),
+                median(&outcome.totals),
+                percentile(&outcome.totals, 90.0),
+                percentile(&outcome.totals, 99.0),
+                percentile(&outcome.totals, 100.0)
+            );
+        }
+        worst.success = worst.success.min(outcome.success_rate());
+        worst.p50 = worst.p50.max(median(&outcome.totals));
+        worst.p99 = worst.p99.max(percentile(&outcome.totals, 99.0));
+        if worst.failure.is_none() {
+            worst.failure = outcome.first_failure;
+        }
+        // Let the server's sockets and the sleeping threads of the last batch go.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    worst
+}
+
+/// Sequential round trips of one WebSocket request on one connection: microseconds each.
+async fn sequential_steps(ws_url: &str, request: &str, warmup: usize, count: usize) -> anyhow::Result<Vec<f64>> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.with_context(|| format!("cannot open {ws_url}"))?;
+    socket.send(Message::text(r#"{"type":"reset","data":{}}"#)).await?;
+    answer(&mut socket).await.map_err(anyhow::Error::msg)?;
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let started = Instant::now();
+        socket.send(Message::text(request)).await?;
+        answer(&mut socket).await.map_err(anyhow::Error::msg)?;
+        if i >= warmup {
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let _ = socket.close(None).await;
+    Ok(samples)
+}
+
+fn ws_url(http_url: &str) -> String {
+    format!("{}/ws", http_url.replacen("http://", "ws://", 1))
+}
+
+pub async fn openenv(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    if !Path::new(BENCH_ENV).join("env.py").is_file() {
+        report.skipped.push(format!("OpenEnv: {BENCH_ENV} is not here: run `rayfine bench` from the repository root"));
+        return Ok(());
+    }
+    let quick = settings.library_calls < 1000;
+    let program = ServerProgram::locate()?;
+    let server = NoAuthServer::start(Path::new(BENCH_ENV), &program, &[("MAX_CONCURRENT_ENVS", "10000")])?;
+    let floor = FloorServer::start()?;
+    let (env_ws, floor_ws) = (ws_url(&server.url), ws_url(&floor.url("")));
+
+    // One step after another, beside a trivial `/call` of the same server and a WebSocket echo.
+    let calls = settings.library_calls;
+    let step = r#"{"type":"step","data":{"wait_seconds":0}}"#;
+    let steps = sequential_steps(&env_ws, step, 200, calls).await?;
+    let floor_steps = sequential_steps(&floor_ws, step, 200, calls).await?;
+    let env = load_env(LoadOptions::url(&server.url)).await?;
+    let pings = super::calls::sequential_pings(&env, 200, calls).await;
+    env.cleanup().await?;
+    let pings = pings?;
+    report.settings.push(format!("OpenEnv step cost: {calls} sequential steps (or calls) after 200 warm-up ones, each client on its own connection"));
+    let (step_p50, ping_p50) = (median(&steps), median(&pings));
+    report.push(
+        Row::new(STEP, "WebSocket `step` on a trivial environment, p50", Figure::micros(step_p50))
+            .p99(Figure::micros(percentile(&steps, 99.0)))
+            .floor("`EnvironmentWrapper::call(\"ping\")` on the same server", Figure::micros(ping_p50), Some(Figure::micros(percentile(&pings, 99.0))))
+            .target("≤ 1.5× the `/call`", step_p50 <= 1.5 * ping_p50),
+    );
+    report.push(
+        Row::new(STEP, "the same steps to a plain WebSocket echo (axum), p50", Figure::micros(median(&floor_steps)))
+            .p99(Figure::micros(percentile(&floor_steps, 99.0))),
+    );
+
+    // OpenEnv's scaling method.
+    let (grid, repetitions): (&[usize], usize) = if quick { (&[256], 1) } else { (&[1024, 2048, 4096], 3) };
+    let wait = 1.0;
+    report.settings.push(format!(
+        "OpenEnv sessions at scale: {repetitions} repetition(s) per size, the worst shown (lowest success, highest P50 and P99 of a successful session's whole time, connect to closed); \
+         the environment steps with a sync `time.sleep({wait})`, the floor with a non-blocking sleep; server with MAX_CONCURRENT_ENVS=10000"
+    ));
+    for &sessions in grid {
+        let measured = repeated(&env_ws, sessions, wait, repetitions).await;
+        let floor_run = repeated(&floor_ws, sessions, wait, repetitions).await;
+        if let Some(why) = &measured.failure {
+            report.skipped.push(format!("OpenEnv sessions at scale, {sessions} sessions: a session failed: {why}"));
+        }
+        let target = sessions == 4096;
+        let mut row = Row::new(SCALE, format!("{sessions} sessions: success"), Figure::percent(measured.success * 100.0))
+            .floor("plain WebSocket server", Figure::percent(floor_run.success * 100.0), None);
+        if target {
+            row = row.target("≥ 99%", measured.success >= 0.99);
+        }
+        report.push(row);
+        let mut row = Row::new(SCALE, format!("{sessions} sessions: a session's whole time, P50"), Figure::millis(measured.p50 * 1000.0))
+            .p99(Figure::millis(measured.p99 * 1000.0))
+            .floor("plain WebSocket server", Figure::millis(floor_run.p50 * 1000.0), Some(Figure::millis(floor_run.p99 * 1000.0)));
+        if target {
+            row = row.target("P99 ≤ 1.5 s", measured.p99 <= 1.5);
+        }
+        report.push(row);
+    }
+    drop(floor);
+    drop(server);
+    Ok(())
+}
