@@ -85,3 +85,8 @@ fn the_openenv_bench_section_measures_steps_and_sessions_at_scale() {
     assert_eq!(figure("256 sessions: success"), 100.0, "{report:#}");
     assert!(figure("256 sessions: a session's whole time") >= 1000.0, "each session sleeps 1 s: {report:#}");
 }
+
+#[test]
+fn a_client_gone_mid_step_keeps_its_slot_until_the_step_is_done() {
+    check("left_mid_step", "openenv_benchmark", &[("MAX_CONCURRENT_ENVS", "1")], None);
+}

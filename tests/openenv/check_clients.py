@@ -194,6 +194,51 @@ def reaped(url):
         holder.wait()
 
 
+LEAVER = """
+import sys
+from openenv.core import GenericEnvClient
+env = GenericEnvClient(base_url=sys.argv[1]).sync()
+env.connect()
+env.reset()
+print("stepping", flush=True)
+env.step({"wait_seconds": 3})
+"""
+
+
+def left_mid_step(url):
+    """A client killed in the middle of a 3 s step: its slot stays taken until the worker is done
+    with the step (so leaving cannot pile up work no limit bounds), then is free again. The
+    server runs openenv_benchmark with one slot."""
+    leaver = subprocess.Popen([sys.executable, "-c", LEAVER, url], stdout=subprocess.PIPE, text=True)
+    assert leaver.stdout.readline().strip() == "stepping"
+    time.sleep(0.5)
+    leaver.kill()
+    leaver.wait()
+    killed = time.monotonic()
+    time.sleep(0.5)
+    blocked = GenericEnvClient(base_url=url).sync()
+    blocked.connect()
+    try:
+        blocked.reset()
+        raise AssertionError("the slot was freed while its step still ran")
+    except RuntimeError as err:
+        assert "CAPACITY_REACHED" in str(err), err
+    blocked.close()
+    while True:
+        env = GenericEnvClient(base_url=url).sync()
+        try:
+            env.connect()
+            env.reset()
+            break
+        except RuntimeError as err:
+            env.close()
+            assert "CAPACITY_REACHED" in str(err) and time.monotonic() - killed < 20, err
+            time.sleep(0.2)
+    assert time.monotonic() - killed >= 1.5, "the slot came back before the step could have ended"
+    assert env.step({"wait_seconds": 0}).observation["step_count"] == 1
+    env.close()
+
+
 def mcp(url):
     """OpenEnv's MCPToolClient on a Rayfine Actor environment (the counter, COUNTER_NAME=mcp-test): tools listed from
     the Actor's methods, called on the client's own session instance."""

@@ -208,7 +208,9 @@ async fn call_tool(state: &AppState, session: Option<&EnvSession>, name: &str, a
         Some(session) => {
             session.touch();
             let _turn = session.calls.lock().await;
-            caller.tool(session.instance, name, arguments).await
+            let outcome = caller.tool(session.instance, name, arguments).await;
+            session.touch();
+            outcome
         }
         None => caller.tool(None, name, arguments).await,
     };
@@ -238,7 +240,13 @@ fn tool_result(value: Value) -> Value {
 /// "arguments"}`), which older `MCPToolClient`s send over the WebSocket: the observation to
 /// answer with, or `None` when `action` is not one of them.
 pub async fn step_action(state: &AppState, session: &EnvSession, action: &Value) -> Option<Value> {
-    match action.get("type").and_then(Value::as_str)? {
+    let kind = action.get("type").and_then(Value::as_str)?;
+    // An environment whose own step takes a `type` means its own action by it.
+    let methods = state.worker.methods().ok()?;
+    if methods.iter().any(|m| m.name == "step" && m.input_schema.as_ref().and_then(|s| s.pointer("/properties/type")).is_some()) {
+        return None;
+    }
+    match kind {
         "list_tools" => {
             let tools = state.worker.methods().map(|methods| tools(&methods)).unwrap_or_default();
             let tools: Vec<Value> = tools

@@ -139,23 +139,19 @@ impl Sessions {
         if self.taken.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
             return Err(CreateError::Capacity { active: self.active(), max });
         }
-        let instance = match worker.env_info() {
-            Ok(info) if info.factory => Some(self.next_instance.fetch_add(1, Ordering::Relaxed)),
-            Ok(_) => None,
-            Err(err) => {
-                self.taken.fetch_sub(1, Ordering::AcqRel);
-                return Err(CreateError::Factory(err));
-            }
-        };
-        if let Some(instance) = instance {
-            if let Err(err) = worker.open_instance(instance, self.limits.setup_timeout).await {
-                self.taken.fetch_sub(1, Ordering::AcqRel);
-                return Err(CreateError::Factory(err));
-            }
+        // From here until the session is in the table, the slot (and the instance, once asked
+        // for) belongs to this guard: a failed open, or a caller that gives up meanwhile (an HTTP
+        // client hanging up drops this future), gives both back.
+        let mut reservation = Reservation { sessions: self, worker, instance: None, kept: false };
+        let factory = worker.env_info().map_err(CreateError::Factory)?.factory;
+        if factory {
+            let instance = self.next_instance.fetch_add(1, Ordering::Relaxed);
+            reservation.instance = Some(instance);
+            worker.open_instance(instance, self.limits.setup_timeout).await.map_err(CreateError::Factory)?;
         }
         let session = Arc::new(EnvSession {
             id: session_id(),
-            instance,
+            instance: reservation.instance,
             calls: tokio::sync::Mutex::new(Progress::default()),
             last_activity: Mutex::new(Instant::now()),
             attached: AtomicBool::new(owned_by_socket),
@@ -163,6 +159,7 @@ impl Sessions {
             owned_by_socket,
         });
         self.table.lock().insert(session.id.clone(), session.clone());
+        reservation.kept = true;
         Ok(session)
     }
 
@@ -177,17 +174,55 @@ impl Sessions {
         if self.table.lock().remove(&session.id).is_none() {
             return;
         }
+        self.release(session.instance, worker);
+    }
+
+    /// Gives a slot back and drops `instance` in the worker, in the background. A close of an
+    /// instance whose constructor still runs waits for it in the worker; one the worker never
+    /// made is answered at once.
+    fn release(&self, instance: Option<u64>, worker: &Worker) {
         self.taken.fetch_sub(1, Ordering::AcqRel);
-        if let Some(instance) = session.instance {
-            let worker = worker.clone();
-            let limit = self.limits.setup_timeout;
-            tokio::spawn(async move {
-                match worker.close_instance(instance, limit).await {
-                    // The worker that held it is gone, and the instance with it.
-                    Ok(()) | Err(CallError::Unavailable(_) | CallError::WorkerLost(_)) => {}
-                    Err(err) => tracing::warn!("closing session instance {instance}: {err}"),
-                }
-            });
+        let Some(instance) = instance else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let worker = worker.clone();
+        let limit = self.limits.setup_timeout;
+        runtime.spawn(async move {
+            match worker.close_instance(instance, limit).await {
+                // The worker that held it is gone, and the instance with it.
+                Ok(()) | Err(CallError::Unavailable(_) | CallError::WorkerLost(_)) => {}
+                Err(err) => tracing::warn!("closing session instance {instance}: {err}"),
+            }
+        });
+    }
+
+    /// Ends a session nobody drives that has been silent for the idle timeout, unless a call
+    /// of it is running or a WebSocket attaches meanwhile (claiming it first settles that race).
+    fn reap_if_idle(&self, session: &EnvSession, worker: &Worker) -> bool {
+        if session.idle_for() <= self.limits.idle_timeout || session.calls.try_lock().is_err() {
+            return false;
+        }
+        if session.attached.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        self.end(session, worker);
+        true
+    }
+}
+
+/// A slot taken for a session being created: given back, with its instance, unless the session
+/// made it into the table.
+struct Reservation<'a> {
+    sessions: &'a Sessions,
+    worker: &'a Worker,
+    instance: Option<u64>,
+    /// The session is in the table: the table owns the slot now.
+    kept: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.sessions.release(self.instance, self.worker);
         }
     }
 }
@@ -210,8 +245,9 @@ async fn reap_unattached(sessions: Weak<Sessions>, worker: Worker) {
             .cloned()
             .collect();
         for session in idle {
-            tracing::info!(session = %session.id, "ending a session nobody used for {:?}", sessions.limits.idle_timeout);
-            sessions.end(&session, &worker);
+            if sessions.reap_if_idle(&session, &worker) {
+                tracing::info!(session = %session.id, "ended a session nobody used for {:?}", sessions.limits.idle_timeout);
+            }
         }
     }
 }

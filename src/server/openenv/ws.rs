@@ -60,8 +60,26 @@ type Pending = Pin<Box<dyn Future<Output = After> + Send>>;
 enum Request {
     /// A text frame: a request.
     Text(Utf8Bytes),
-    /// A binary frame, which OpenEnv's protocol has no use for.
+    /// A binary frame, which OpenEnv's protocol has no use for (its bytes are not kept).
     Binary,
+}
+
+impl Request {
+    /// The bytes it holds.
+    fn len(&self) -> usize {
+        match self {
+            Request::Text(text) => text.len(),
+            Request::Binary => 0,
+        }
+    }
+}
+
+/// The payload's length of a data frame.
+fn frame_len(frame: &Message) -> usize {
+    match frame {
+        Message::Text(text) => text.len(),
+        _ => 0,
+    }
 }
 
 async fn run(mut socket: WebSocket, state: AppState, attach: Option<String>) {
@@ -92,7 +110,15 @@ async fn run(mut socket: WebSocket, state: AppState, attach: Option<String>) {
             }
         },
     };
-    let ended_by = serve(&mut socket, &state, &session).await;
+    let mut running: Option<Pending> = None;
+    let ended_by = serve(&mut socket, &state, &session, &mut running).await;
+    drop(socket);
+    // A call still in the worker (the client left mid-step) keeps the session's slot until it is
+    // done: otherwise a client that connects, steps and leaves, again and again, would pile work
+    // on the worker that no limit bounds.
+    if let Some(call) = running {
+        call.await;
+    }
     if session.owned_by_socket || session.detach() {
         state.openenv.end(&session, &state.worker);
     }
@@ -113,18 +139,22 @@ async fn refuse(mut socket: WebSocket, frame: Value) {
 
 /// Reads requests and answers them one at a time until the client closes or vanishes; returns
 /// why the session ended, when it is worth a log line.
-async fn serve(socket: &mut WebSocket, state: &AppState, session: &Arc<EnvSession>) -> Option<String> {
+async fn serve(socket: &mut WebSocket, state: &AppState, session: &Arc<EnvSession>, running: &mut Option<Pending>) -> Option<String> {
     let idle_timeout = state.openenv.limits.idle_timeout;
     let mut pings = tokio::time::interval((idle_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(20)));
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     pings.tick().await;
     let mut heard = Instant::now();
     let mut queue: VecDeque<Request> = VecDeque::new();
-    let mut running: Option<Pending> = None;
+    // Bytes of the queued requests: each may be as large as a body, and a client that sends
+    // without reading its answers must not make the server hold hundreds of them.
+    let mut queued_bytes = 0usize;
+    let max_queued_bytes = state.max_body_bytes.max(1 << 20);
     loop {
         if running.is_none() {
             if let Some(request) = queue.pop_front() {
-                running = Some(Box::pin(answer(state.clone(), session.clone(), request)));
+                queued_bytes -= request.len();
+                *running = Some(Box::pin(answer(state.clone(), session.clone(), request)));
             }
         }
         tokio::select! {
@@ -137,19 +167,26 @@ async fn serve(socket: &mut WebSocket, state: &AppState, session: &Arc<EnvSessio
                 heard = Instant::now();
                 session.touch();
                 match frame {
-                    Message::Text(_) | Message::Binary(_) if queue.len() >= MAX_QUEUED => {
-                        let frame = error_frame(code::SESSION_ERROR, &format!("more than {MAX_QUEUED} requests queued without reading the answers"), Map::new());
+                    Message::Text(_) | Message::Binary(_) if queue.len() >= MAX_QUEUED || queued_bytes + frame_len(&frame) > max_queued_bytes => {
+                        let frame = error_frame(
+                            code::SESSION_ERROR,
+                            &format!("more than {MAX_QUEUED} requests or {max_queued_bytes} bytes queued without reading the answers"),
+                            Map::new(),
+                        );
                         let _ = send(socket, &frame).await;
                         return Some("the client queued too many requests".into());
                     }
-                    Message::Text(text) => queue.push_back(Request::Text(text)),
+                    Message::Text(text) => {
+                        queued_bytes += text.len();
+                        queue.push_back(Request::Text(text));
+                    }
                     Message::Binary(_) => queue.push_back(Request::Binary),
                     Message::Close(_) => return None,
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
             after = async { running.as_mut().expect("guarded by the branch condition").await }, if running.is_some() => {
-                running = None;
+                *running = None;
                 match after {
                     After::Reply(frame) => {
                         if !send(socket, &frame).await {
