@@ -110,6 +110,53 @@ def concurrent(url, sessions):
     asyncio.run(main())
 
 
+def refused(url, why):
+    """Asserts that a new session is refused at once with OpenEnv's capacity answer."""
+    env = GenericEnvClient(base_url=url).sync()
+    env.connect()
+    started = time.monotonic()
+    try:
+        env.reset()
+        raise AssertionError(why)
+    except RuntimeError as err:
+        assert "CAPACITY_REACHED" in str(err), err
+        assert time.monotonic() - started < 10, "the refusal came at once"
+        return str(err)
+    finally:
+        env.close()
+
+
+def first_free_session(url, within, why):
+    """A new session, as soon as a slot is free; fails with `why` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        env = GenericEnvClient(base_url=url).sync()
+        try:
+            env.connect()
+            env.reset()
+            return env
+        except RuntimeError as err:
+            env.close()
+            assert "CAPACITY_REACHED" in str(err), err
+            assert time.monotonic() < deadline, why
+            time.sleep(0.2)
+
+
+def client_process(url, then):
+    """Another process holding a session: it resets, prints "ready", then runs `then`."""
+    script = (
+        "import sys, time\n"
+        "from openenv.core import GenericEnvClient\n"
+        "env = GenericEnvClient(base_url=sys.argv[1]).sync()\n"
+        "env.connect()\n"
+        "env.reset()\n"
+        "print('ready', flush=True)\n" + then + "\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
 def capacity(url, limit):
     """`limit` sessions fill the server; one more gets OpenEnv's capacity answer, not a hang; a
     freed slot is taken again."""
@@ -120,72 +167,23 @@ def capacity(url, limit):
         env.connect()
         env.reset()
         held.append(env)
-    extra = GenericEnvClient(base_url=url).sync()
-    extra.connect()
-    started = time.monotonic()
-    try:
-        extra.reset()
-        raise AssertionError("a session over the limit must be refused")
-    except RuntimeError as err:
-        assert "CAPACITY_REACHED" in str(err) and "%d/%d" % (limit, limit) in str(err), err
-    assert time.monotonic() - started < 10, "the refusal came at once"
-    extra.close()
+    message = refused(url, "a session over the limit must be refused")
+    assert "%d/%d" % (limit, limit) in message, message
     held.pop().close()
-    deadline = time.monotonic() + 10
-    while True:
-        again = GenericEnvClient(base_url=url).sync()
-        try:
-            again.connect()
-            again.reset()
-            break
-        except RuntimeError as err:
-            again.close()
-            assert "CAPACITY_REACHED" in str(err) and time.monotonic() < deadline, err
-            time.sleep(0.1)
-    again.close()
+    first_free_session(url, 10, "a closed session's slot was not given back").close()
     for env in held:
         env.close()
-
-
-HOLDER = """
-import sys, time
-from openenv.core import GenericEnvClient
-env = GenericEnvClient(base_url=sys.argv[1]).sync()
-env.connect()
-env.reset()
-print("holding", flush=True)
-time.sleep(3600)
-"""
 
 
 def reaped(url):
     """A client that vanishes without closing (frozen: its socket stays open, nothing answers the
     server's pings) loses its session after the idle timeout, and its slot is free again. The
     server runs with one slot."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url], stdout=subprocess.PIPE, text=True)
+    holder = client_process(url, "time.sleep(3600)")
     try:
-        assert holder.stdout.readline().strip() == "holding"
         os.kill(holder.pid, signal.SIGSTOP)
-        blocked = GenericEnvClient(base_url=url).sync()
-        blocked.connect()
-        try:
-            blocked.reset()
-            raise AssertionError("the frozen client still holds the only slot")
-        except RuntimeError as err:
-            assert "CAPACITY_REACHED" in str(err), err
-        blocked.close()
-        deadline = time.monotonic() + 30
-        while True:
-            env = GenericEnvClient(base_url=url).sync()
-            try:
-                env.connect()
-                env.reset()
-                break
-            except RuntimeError as err:
-                env.close()
-                assert "CAPACITY_REACHED" in str(err), err
-                assert time.monotonic() < deadline, "the frozen client's session was never reaped"
-                time.sleep(0.25)
+        refused(url, "the frozen client still holds the only slot")
+        env = first_free_session(url, 30, "the frozen client's session was never reaped")
         result = env.step({"message": "after"})
         assert result.observation["echoed_message"] == "after", result
         env.close()
@@ -194,46 +192,18 @@ def reaped(url):
         holder.wait()
 
 
-LEAVER = """
-import sys
-from openenv.core import GenericEnvClient
-env = GenericEnvClient(base_url=sys.argv[1]).sync()
-env.connect()
-env.reset()
-print("stepping", flush=True)
-env.step({"wait_seconds": 3})
-"""
-
-
 def left_mid_step(url):
     """A client killed in the middle of a 3 s step: its slot stays taken until the worker is done
     with the step (so leaving cannot pile up work no limit bounds), then is free again. The
     server runs openenv_benchmark with one slot."""
-    leaver = subprocess.Popen([sys.executable, "-c", LEAVER, url], stdout=subprocess.PIPE, text=True)
-    assert leaver.stdout.readline().strip() == "stepping"
+    leaver = client_process(url, "env.step({'wait_seconds': 3})")
     time.sleep(0.5)
     leaver.kill()
     leaver.wait()
     killed = time.monotonic()
     time.sleep(0.5)
-    blocked = GenericEnvClient(base_url=url).sync()
-    blocked.connect()
-    try:
-        blocked.reset()
-        raise AssertionError("the slot was freed while its step still ran")
-    except RuntimeError as err:
-        assert "CAPACITY_REACHED" in str(err), err
-    blocked.close()
-    while True:
-        env = GenericEnvClient(base_url=url).sync()
-        try:
-            env.connect()
-            env.reset()
-            break
-        except RuntimeError as err:
-            env.close()
-            assert "CAPACITY_REACHED" in str(err) and time.monotonic() - killed < 20, err
-            time.sleep(0.2)
+    refused(url, "the slot was freed while its step still ran")
+    env = first_free_session(url, 20, "the slot never came back")
     assert time.monotonic() - killed >= 1.5, "the slot came back before the step could have ended"
     assert env.step({"wait_seconds": 0}).observation["step_count"] == 1
     env.close()
