@@ -193,6 +193,9 @@ def _end_all():
     # environments are not its to end.
     if _os.getpid() == _OWNER_PID:
         _rayfine.end_all_now()
+    # After this, the extension's background threads stay out of Python: one entering it while
+    # the interpreter finalizes would abort the process.
+    _rayfine.interpreter_exiting()
 
 
 def _on_sigterm(signum, frame):

@@ -8,7 +8,7 @@
 //! loop's own thread. Under load one wake-up serves many calls, and results are converted to
 //! Python objects on the thread that uses them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -119,6 +119,41 @@ fn live_loop<'py>(py: Python<'py>, queue: &Queue) -> Option<Bound<'py, PyAny>> {
     }
 }
 
+/// Set at interpreter exit (an `atexit` hook, before finalization starts): from then on, runtime
+/// threads no longer enter Python. A thread that takes the GIL while the interpreter finalizes
+/// aborts the process ("PyGILState_Release: thread state must be current"), which a call still
+/// finishing in the background at exit did.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Runtime threads inside Python now; the exit hook waits for them to leave.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `enter` with the GIL, unless the interpreter is exiting. Announcing first and checking
+/// after (both sequentially consistent) means that either the exit hook sees this thread inside,
+/// and waits, or this thread sees the hook's flag, and stays out.
+pub fn attach_unless_exiting(enter: impl FnOnce(Python<'_>)) -> bool {
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    let entered = !EXITING.load(Ordering::SeqCst);
+    if entered {
+        Python::attach(enter);
+    }
+    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+    entered
+}
+
+/// The exit hook's half: no runtime thread enters Python any more, and those inside have left
+/// (waited for without the GIL, which they need to leave; at most a second).
+#[pyfunction]
+pub fn interpreter_exiting(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
+}
+
 /// Runs `call` on the runtime and returns an asyncio future of its result, completed through
 /// `completer`.
 pub fn spawn<'py, F>(py: Python<'py>, completer: &Bound<'py, Completer>, call: F) -> PyResult<Bound<'py, PyAny>>
@@ -133,7 +168,7 @@ where
         let outcome = call.await;
         queue.finished.lock().push((handle, outcome));
         if !queue.scheduled.swap(true, Ordering::SeqCst) {
-            Python::attach(|py| {
+            attach_unless_exiting(|py| {
                 let scheduled = live_loop(py, &queue).and_then(|event_loop| {
                     let drain = Bound::new(py, Drain(queue.clone())).ok()?;
                     event_loop.call_method1("call_soon_threadsafe", (drain,)).ok()

@@ -265,7 +265,7 @@ fn build_image_from_env(
             if raised.lock().is_some() {
                 return; // the build is stopping; the callback raised once already
             }
-            Python::attach(|py| {
+            completions::attach_unless_exiting(|py| {
                 let stage = match line.stage {
                     rayfine::build::BuildStage::Environment => "environment",
                     rayfine::build::BuildStage::Server => "server",
@@ -274,7 +274,7 @@ fn build_image_from_env(
                     raised.lock().get_or_insert(err);
                     stop.notify_one();
                 }
-            })
+            });
         });
     }
     let built = wait(py, async move {
@@ -344,6 +344,7 @@ fn _rayfine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_environment, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup_all_environments, m)?)?;
     m.add_function(wrap_pyfunction!(end_all_now, m)?)?;
+    m.add_function(wrap_pyfunction!(completions::interpreter_exiting, m)?)?;
     Ok(())
 }
 
