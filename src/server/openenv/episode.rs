@@ -54,8 +54,7 @@ impl Caller {
     }
 }
 
-/// Whether an environment with these methods speaks OpenEnv: it has `reset` and `step`.
-pub fn is_openenv(methods: &[crate::protocol::MethodInfo]) -> bool {
-    let has = |name: &str| methods.iter().any(|m| m.name == name);
-    has("reset") && has("step")
+/// Whether the environment speaks OpenEnv: it has `reset` and `step`.
+pub fn is_openenv(worker: &Worker) -> Result<bool, CallError> {
+    Ok(worker.has_method("reset")? && worker.has_method("step")?)
 }

@@ -23,7 +23,7 @@ use crate::server::error::ApiError;
 /// `POST /reset`: the body (optional) is `reset`'s keyword arguments; those it does not take are
 /// dropped.
 pub async fn reset(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    if !is_openenv(&state.worker.methods()?) {
+    if !is_openenv(&state.worker)? {
         return call_named(&state, "reset", body).await;
     }
     let kwargs = match parse_object(&body)? {
@@ -31,12 +31,12 @@ pub async fn reset(State(state): State<AppState>, body: Bytes) -> Result<Respons
         None => json!({}),
     };
     let envelope = super::caller(&state).reset(None, &kwargs).await?;
-    Ok(Json(envelope.to_http()).into_response())
+    Ok(Json(envelope.into_http()).into_response())
 }
 
 /// `POST /step`: `{"action": {...}, ...}`; the other members reach `step` only if it takes them.
 pub async fn step(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    if !is_openenv(&state.worker.methods()?) {
+    if !is_openenv(&state.worker)? {
         return call_named(&state, "step", body).await;
     }
     let mut fields = parse_object(&body)?.unwrap_or_default();
@@ -44,12 +44,12 @@ pub async fn step(State(state): State<AppState>, body: Bytes) -> Result<Response
         return Ok(unprocessable("missing", json!(["body", "action"]), "Field required", Value::Object(fields)));
     };
     let envelope = super::caller(&state).step(None, &action, &Value::Object(fields)).await?;
-    Ok(Json(envelope.to_http()).into_response())
+    Ok(Json(envelope.into_http()).into_response())
 }
 
 /// `GET /state`: the default instance's `state()`, or the server's idea of it.
 pub async fn state(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let has_state = state.worker.methods()?.iter().any(|m| m.name == "state");
+    let has_state = state.worker.has_method("state")?;
     Ok(Json(super::caller(&state).state(None, has_state, None, 0).await?).into_response())
 }
 

@@ -51,17 +51,17 @@ impl Envelope {
     }
 
     /// The WebSocket form: `metadata` only when there is some.
-    pub fn to_ws(&self) -> Value {
+    pub fn into_ws(self) -> Value {
         let mut data = json!({"observation": self.observation, "reward": self.reward, "done": self.done});
         if !self.metadata.is_empty() {
-            data["metadata"] = Value::Object(self.metadata.clone());
+            data["metadata"] = Value::Object(self.metadata);
         }
         data
     }
 
     /// The HTTP form: `metadata` always, `null` when empty (OpenEnv's response model).
-    pub fn to_http(&self) -> Value {
-        let metadata = if self.metadata.is_empty() { Value::Null } else { Value::Object(self.metadata.clone()) };
+    pub fn into_http(self) -> Value {
+        let metadata = if self.metadata.is_empty() { Value::Null } else { Value::Object(self.metadata) };
         json!({"observation": self.observation, "reward": self.reward, "done": self.done, "metadata": metadata})
     }
 }
@@ -171,12 +171,12 @@ mod tests {
         let result = json!({"echoed_message": "hi", "message_length": 2, "metadata": {"step": 1}, "reward": 0.2, "done": false});
         let envelope = Envelope::from_result(result);
         assert_eq!(
-            envelope.to_ws(),
+            envelope.into_ws(),
             json!({"observation": {"echoed_message": "hi", "message_length": 2, "metadata": {"step": 1}}, "reward": 0.2, "done": false, "metadata": {"step": 1}})
         );
         let empty = Envelope::from_result(json!({"x": 1, "metadata": {}}));
-        assert_eq!(empty.to_ws(), json!({"observation": {"x": 1, "metadata": {}}, "reward": null, "done": false}), "empty metadata is not sent over WS");
-        assert_eq!(empty.to_http()["metadata"], Value::Null, "but HTTP always has the key");
+        assert_eq!(empty.clone().into_ws(), json!({"observation": {"x": 1, "metadata": {}}, "reward": null, "done": false}), "empty metadata is not sent over WS");
+        assert_eq!(empty.into_http()["metadata"], Value::Null, "but HTTP always has the key");
     }
 
     #[test]
@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn other_results_are_wrapped_and_done_follows_python_truth() {
-        assert_eq!(Envelope::from_result(json!(3)).to_ws(), json!({"observation": {"result": 3}, "reward": null, "done": false}));
+        assert_eq!(Envelope::from_result(json!(3)).into_ws(), json!({"observation": {"result": 3}, "reward": null, "done": false}));
         assert!(Envelope::from_result(json!({"done": 1})).done);
         assert!(!Envelope::from_result(json!({"done": null})).done);
     }

@@ -254,7 +254,7 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
             if outcome.is_ok() {
                 *progress = super::sessions::Progress { episode_id, step_count: 0 };
             }
-            outcome.map(|envelope| json!({"type": "observation", "data": envelope.to_ws()}))
+            outcome.map(|envelope| json!({"type": "observation", "data": envelope.into_ws()}))
         }
         "step" => {
             let action = match data {
@@ -270,10 +270,10 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
             if outcome.is_ok() {
                 progress.step_count += 1;
             }
-            outcome.map(|envelope| json!({"type": "observation", "data": envelope.to_ws()}))
+            outcome.map(|envelope| json!({"type": "observation", "data": envelope.into_ws()}))
         }
         "state" => {
-            let has_state = state.worker.methods().is_ok_and(|methods| methods.iter().any(|m| m.name == "state"));
+            let has_state = state.worker.has_method("state").unwrap_or(false);
             caller
                 .state(session.instance, has_state, progress.episode_id.as_deref(), progress.step_count)
                 .await

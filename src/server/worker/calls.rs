@@ -69,6 +69,11 @@ impl Session {
         &self.method_list
     }
 
+    /// Whether the environment has a method of this name.
+    pub(super) fn has_method(&self, name: &str) -> bool {
+        self.methods.contains_key(name)
+    }
+
     /// What the environment says of itself.
     pub(super) fn env(&self) -> &EnvInfo {
         &self.env

@@ -124,6 +124,12 @@ impl Worker {
         Ok(self.session()?.method_list().to_vec())
     }
 
+    /// Whether the running worker's environment has a method of this name: what the OpenEnv
+    /// routes ask on every request, without copying the method list.
+    pub fn has_method(&self, name: &str) -> Result<bool, CallError> {
+        Ok(self.session()?.has_method(name))
+    }
+
     /// What the environment says of itself, or why there is no worker to say it.
     pub fn env_info(&self) -> Result<EnvInfo, CallError> {
         Ok(self.session()?.env().clone())
