@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::util::{repo, EnvCopy, RunningServer};
+use crate::util::{bench_figure, quick_bench, repo, EnvCopy, RunningServer};
 
 fn openenv_python() -> PathBuf {
     let python = repo().join("target/openenv-venv/bin/python");
@@ -63,23 +63,8 @@ fn openenvs_mcp_client_calls_the_actors_methods_as_tools_per_session() {
 /// arrive, each with a figure, and every session of the quick batch succeeded.
 #[test]
 fn the_openenv_bench_section_measures_steps_and_sessions_at_scale() {
-    let scratch = tempfile::tempdir().unwrap();
-    let output = scratch.path().join("bench.json");
-    let result = Command::new(env!("CARGO_BIN_EXE_rayfine"))
-        .args(["bench", "--quick", "--no-docker", "--only", "openenv", "--output"])
-        .arg(&output)
-        .current_dir(repo())
-        .env("RAYFINE_STATE_DIR", scratch.path())
-        .env_remove("RAYFINE_SERVER_BIN")
-        .output()
-        .unwrap();
-    assert!(result.status.success(), "rayfine bench --only openenv failed:\n{}", String::from_utf8_lossy(&result.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
-    let rows = report["rows"].as_array().unwrap();
-    let figure = |needle: &str| {
-        let row = rows.iter().find(|row| row["what"].as_str().unwrap().contains(needle)).unwrap_or_else(|| panic!("no row `{needle}` in {report:#}"));
-        row["median"]["value"].as_f64().unwrap()
-    };
+    let report = quick_bench("openenv", &[]);
+    let figure = |needle: &str| bench_figure(&report, needle);
     assert!(figure("WebSocket `step`") > 0.0, "{report:#}");
     assert!(figure("plain WebSocket echo") > 0.0, "{report:#}");
     assert_eq!(figure("256 sessions: success"), 100.0, "{report:#}");

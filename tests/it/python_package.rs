@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::repo;
+use crate::util::{bench_figure, quick_bench, repo};
 
 fn run(command: &mut Command, what: &str) -> String {
     let output = command.output().unwrap_or_else(|err| panic!("{what}: cannot run: {err}"));
@@ -52,26 +52,8 @@ fn the_python_package_builds_and_its_tests_pass() {
 /// `rayfine bench --only python` (its plumbing, not its figures) with the package just built:
 /// the Python client's rows arrive beside the Rust client's, each with a figure.
 fn bench_rows_of_the_python_client(python: &Path) {
-    let scratch = tempfile::tempdir().unwrap();
-    let output = scratch.path().join("bench.json");
-    let result = Command::new(env!("CARGO_BIN_EXE_rayfine"))
-        .args(["bench", "--quick", "--no-docker", "--only", "python", "--output"])
-        .arg(&output)
-        .current_dir(repo())
-        .env("RAYFINE_BENCH_PYTHON", python)
-        .env("RAYFINE_STATE_DIR", scratch.path())
-        .env_remove("RAYFINE_SERVER_BIN")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "rayfine bench --only python failed:\n{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
-    let rows = report["rows"].as_array().unwrap();
-    let figure = |needle: &str| {
-        let row = rows.iter().find(|row| row["what"].as_str().unwrap().contains(needle)).unwrap_or_else(|| panic!("no row `{needle}` in {report:#}"));
-        row["median"]["value"].as_f64().unwrap()
-    };
+    let report = quick_bench("python", &[("RAYFINE_BENCH_PYTHON", python.as_os_str())]);
     for needle in ["Rust client", "(rayfine, sync)", "(rayfine.aio)", "calls/s from one loop"] {
-        assert!(figure(needle) > 0.0, "{needle}: {report:#}");
+        assert!(bench_figure(&report, needle) > 0.0, "{needle}: {report:#}");
     }
 }

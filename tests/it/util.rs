@@ -242,3 +242,28 @@ pub fn wait_for_line(child: &mut Child, needle: &str, within: Duration) {
         Err(_) => panic!("the child did not print the line within {within:?}"),
     }
 }
+
+/// `rayfine bench --quick --no-docker --only SECTION` from the repository root, with `vars` set;
+/// asserts that it succeeded and returns its JSON report.
+pub fn quick_bench(section: &str, vars: &[(&str, &std::ffi::OsStr)]) -> serde_json::Value {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = scratch.path().join("bench.json");
+    let result = Command::new(env!("CARGO_BIN_EXE_rayfine"))
+        .args(["bench", "--quick", "--no-docker", "--only", section, "--output"])
+        .arg(&output)
+        .current_dir(repo())
+        .env("RAYFINE_STATE_DIR", scratch.path())
+        .env_remove("RAYFINE_SERVER_BIN")
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "rayfine bench --only {section} failed:\n{}", String::from_utf8_lossy(&result.stderr));
+    serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap()
+}
+
+/// The median of the bench report's row whose `what` contains `needle`.
+pub fn bench_figure(report: &serde_json::Value, needle: &str) -> f64 {
+    let rows = report["rows"].as_array().unwrap();
+    let row = rows.iter().find(|row| row["what"].as_str().unwrap().contains(needle)).unwrap_or_else(|| panic!("no row `{needle}` in {report:#}"));
+    row["median"]["value"].as_f64().unwrap()
+}
