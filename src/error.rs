@@ -115,6 +115,18 @@ pub enum Error {
         /// What was wrong with it.
         detail: String,
     },
+    /// An OpenEnv session was refused or ended by its server: the server is full
+    /// (`CAPACITY_REACHED`), the session's instance is gone (`SESSION_ERROR`), the socket closed.
+    /// Open a new session to go on.
+    #[error("OpenEnv session at {url}: {code}: {message}")]
+    Session {
+        /// The server's WebSocket or base URL.
+        url: String,
+        /// OpenEnv's error code, or `CLOSED` when the socket ended.
+        code: String,
+        /// What the server said.
+        message: String,
+    },
     /// The result is valid JSON but not of the type asked for.
     #[error("result of `{method}` does not have the expected type: {source}")]
     Decode {
@@ -238,7 +250,7 @@ impl Error {
 
     /// Builds the error for a non-2xx answer of an HTTP-based environment, whose error bodies
     /// follow no fixed shape (FastAPI's `{"detail": ...}`, Flask's HTML, plain text).
-    pub(crate) fn from_http_answer(method: &str, url: &str, status: u16, body: &[u8]) -> Error {
+    pub(crate) fn from_http_answer(verb: &str, method: &str, url: &str, status: u16, body: &[u8]) -> Error {
         let detail = match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(map)) if map.contains_key("detail") => match &map["detail"] {
                 serde_json::Value::String(text) => text.clone(),
@@ -250,7 +262,7 @@ impl Error {
         let method = method.to_string();
         match status {
             401 | 403 => Error::Unauthorized { url: url.to_string() },
-            404 | 405 => Error::MethodNotFound { detail: format!("the server has no `POST /{method}` (HTTP {status}): {detail}"), method },
+            404 | 405 => Error::MethodNotFound { detail: format!("the server has no `{verb} /{method}` (HTTP {status}): {detail}"), method },
             400 | 413 | 422 => Error::InvalidArguments { method, detail },
             503 => Error::NotReady { detail },
             504 => Error::Timeout { detail: timeout_detail(&method, detail), method },

@@ -163,10 +163,12 @@ def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=None, nam
     return Environment(_rayfine.load_env(options))
 
 
-def build_image_from_env(env_path, image_tag, nocache=False, quiet=False, buildargs=None, base_image=None, progress=None):
+def build_image_from_env(env_path, image_tag, nocache=False, quiet=False, buildargs=None, base_image=None, progress=None, dockerfile=None):
     """Builds an environment folder into the image ``image_tag`` (two stages for function-based
-    environments) and returns the tag. ``progress(stage, line)`` receives the build output."""
-    return _rayfine.build_image_from_env(str(env_path), image_tag, nocache, quiet, buildargs, base_image, progress)
+    environments) and returns the tag. ``progress(stage, line)`` receives the build output;
+    ``dockerfile`` names one other than the folder's top-level ``Dockerfile`` (``docker build -f``)."""
+    dockerfile = None if dockerfile is None else str(dockerfile)
+    return _rayfine.build_image_from_env(str(env_path), image_tag, nocache, quiet, buildargs, base_image, progress, dockerfile)
 
 
 def list_active_environments():

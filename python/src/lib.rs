@@ -236,7 +236,7 @@ fn load_env_async<'py>(py: Python<'py>, options: &Bound<'py, PyDict>) -> PyResul
 
 /// Builds an environment folder into an image; returns the tag.
 #[pyfunction]
-#[pyo3(signature = (env_path, image_tag, nocache=false, quiet=false, buildargs=None, base_image=None, progress=None))]
+#[pyo3(signature = (env_path, image_tag, nocache=false, quiet=false, buildargs=None, base_image=None, progress=None, dockerfile=None))]
 #[allow(clippy::too_many_arguments)]
 fn build_image_from_env(
     py: Python<'_>,
@@ -247,8 +247,12 @@ fn build_image_from_env(
     buildargs: Option<std::collections::BTreeMap<String, String>>,
     base_image: Option<String>,
     progress: Option<Py<PyAny>>,
+    dockerfile: Option<std::path::PathBuf>,
 ) -> PyResult<String> {
     let mut builder = rayfine::ImageBuilder::new().no_cache(nocache).quiet(quiet);
+    if let Some(dockerfile) = dockerfile {
+        builder = builder.dockerfile(dockerfile);
+    }
     for (key, value) in buildargs.unwrap_or_default() {
         builder = builder.build_arg(key, value);
     }

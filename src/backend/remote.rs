@@ -15,6 +15,8 @@ pub(crate) struct RemoteLaunch<'a> {
     pub url: &'a str,
     /// The bearer token it requires, if any.
     pub token: Option<&'a str>,
+    /// Rayfine's `/call` server, or a web server of its own (an OpenEnv or FastAPI app).
+    pub env_type: EnvType,
 }
 
 /// A server this process does not own.
@@ -23,8 +25,11 @@ pub(crate) struct RemoteServer;
 impl Launch for RemoteLaunch<'_> {
     async fn start(self, spec: &StartSpec<'_>) -> Result<(Box<dyn Backend>, Endpoint)> {
         let client = ServerClient::new(self.url, self.token.map(String::from))?;
-        wait_until_ready(&client, spec.name, spec.deadline).await?;
-        let endpoint = Endpoint { url: self.url.to_string(), token: self.token.map(String::from), lease_at: None, env_type: EnvType::Function };
+        match self.env_type {
+            EnvType::Function => wait_until_ready(&client, spec.name, spec.deadline).await?,
+            EnvType::Http => wait_until_answering(&client, spec.deadline).await?,
+        }
+        let endpoint = Endpoint { url: self.url.to_string(), token: self.token.map(String::from), lease_at: None, env_type: self.env_type };
         Ok((Box::new(RemoteServer), endpoint))
     }
 }
@@ -56,6 +61,24 @@ impl Backend for RemoteServer {
 
     fn last_logs(&self, _n: usize) -> Vec<String> {
         Vec::new()
+    }
+}
+
+/// A web server of the environment's own is ready when it answers at all: it may have no
+/// `/health` route, or one of another shape.
+async fn wait_until_answering(client: &ServerClient, deadline: Instant) -> Result<()> {
+    let mut delay = Duration::from_millis(5);
+    loop {
+        let err = match client.probe(Duration::from_secs(5)).await {
+            Ok(status) if status < 500 => return Ok(()),
+            Ok(status) => Error::Protocol { url: format!("{}/health", client.base()), status, detail: "the server answers with an error".into() },
+            Err(err) => err,
+        };
+        if Instant::now() + delay > deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
     }
 }
 

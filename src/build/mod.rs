@@ -18,7 +18,7 @@ mod syntax_check;
 
 use futures_util::StreamExt;
 
-use crate::detect::{EnvDetector, EnvType, DEFAULT_HTTP_PORT};
+use crate::detect::{dockerfile_path, EnvDetector, EnvType, DEFAULT_HTTP_PORT};
 use crate::docker::engine::{BuildEvent, BuildRequest, Engine};
 use crate::error::{Error, Result};
 use crate::{labels, programs};
@@ -88,6 +88,7 @@ pub struct ImageBuilder {
     labels: BTreeMap<String, String>,
     no_cache: bool,
     quiet: bool,
+    dockerfile: Option<PathBuf>,
     server_binary: Option<PathBuf>,
     progress: Option<ProgressFn>,
 }
@@ -99,6 +100,7 @@ impl std::fmt::Debug for ImageBuilder {
             .field("base_image", &self.base_image)
             .field("build_args", &self.build_args.keys().collect::<Vec<_>>())
             .field("no_cache", &self.no_cache)
+            .field("dockerfile", &self.dockerfile)
             .finish()
     }
 }
@@ -131,6 +133,14 @@ impl ImageBuilder {
     /// An extra label on every image built (besides Rayfine's own).
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> ImageBuilder {
         self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Builds with this Dockerfile instead of the folder's top-level one, like `docker build -f`:
+    /// a relative path is taken from the current folder, else from the environment folder. The
+    /// build context is still the whole folder.
+    pub fn dockerfile(mut self, path: impl Into<PathBuf>) -> ImageBuilder {
+        self.dockerfile = Some(path.into());
         self
     }
 
@@ -167,7 +177,12 @@ impl ImageBuilder {
                 return Err(Error::InvalidInput(format!("`{key}` is not a valid build argument or label name")));
             }
         }
-        let detection = EnvDetector::with_override(self.env_type).detect(folder)?;
+        let dockerfile = dockerfile_path(folder, self.dockerfile.as_deref())?;
+        let mut detector = EnvDetector::with_override(self.env_type);
+        if self.dockerfile.is_some() {
+            detector = detector.dockerfile(&dockerfile);
+        }
+        let detection = detector.detect(folder)?;
         // Checked before anything is built, so a missing server fails in a second, not after
         // stage 1.
         let server = match detection.env_type {
@@ -182,7 +197,7 @@ impl ImageBuilder {
         own_labels.extend(self.labels.clone());
 
         let mut build_args = self.build_args.clone();
-        if let Some(base) = self.resolved_base_image(folder) {
+        if let Some(base) = self.resolved_base_image(&dockerfile) {
             build_args.entry("BASE_IMAGE".into()).or_insert(base);
         }
 
@@ -190,14 +205,14 @@ impl ImageBuilder {
             let mut image_labels = own_labels.clone();
             image_labels.insert(labels::ENV_TYPE.into(), EnvType::Http.as_str().into());
             image_labels.insert(labels::HTTP_PORT.into(), detection.http_port.unwrap_or(DEFAULT_HTTP_PORT).to_string());
-            let image_id = self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag, folder, build_args: &build_args, image_labels: &image_labels }).await?;
+            let image_id = self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag, folder, dockerfile: &dockerfile, build_args: &build_args, image_labels: &image_labels }).await?;
             return Ok(BuiltImage { tag: tag.into(), base_tag: None, env_type: EnvType::Http, reason: detection.reason, image_id });
         };
 
         let base_tag = format!("{tag}-base");
         let mut base_labels = own_labels.clone();
         base_labels.insert(labels::STAGE.into(), "base".into());
-        self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag: &base_tag, folder, build_args: &build_args, image_labels: &base_labels }).await?;
+        self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag: &base_tag, folder, dockerfile: &dockerfile, build_args: &build_args, image_labels: &base_labels }).await?;
         self.report(BuildStage::Server, tag, "checking env.py with the image's python3");
         syntax_check::check_env_syntax(&engine, &base_tag, tag).await?;
 
@@ -213,11 +228,11 @@ impl ImageBuilder {
 
     /// `--base-image`, else `RAYFINE_BASE_IMAGE`, else (only for a folder without Dockerfile,
     /// which needs some base) the default.
-    fn resolved_base_image(&self, folder: &Path) -> Option<String> {
+    fn resolved_base_image(&self, dockerfile: &Path) -> Option<String> {
         self.base_image
             .clone()
             .or_else(|| std::env::var("RAYFINE_BASE_IMAGE").ok().filter(|v| !v.is_empty()))
-            .or_else(|| (!folder.join("Dockerfile").is_file()).then(|| DEFAULT_BASE_IMAGE.to_string()))
+            .or_else(|| (!dockerfile.is_file()).then(|| DEFAULT_BASE_IMAGE.to_string()))
     }
 
     fn report(&self, stage: BuildStage, tag: &str, line: &str) {
@@ -248,10 +263,10 @@ impl ImageBuilder {
     }
 
     async fn run_build_once(&self, engine: &Engine, step: &BuildStep<'_>) -> Result<String> {
-        let BuildStep { stage, tag, folder, build_args, image_labels } = *step;
+        let BuildStep { stage, tag, folder, dockerfile, build_args, image_labels } = *step;
         let request = BuildRequest {
             tag,
-            context: user_context(folder, image_labels)?,
+            context: user_context(folder, dockerfile, image_labels)?,
             build_args: build_args.clone().into_iter().collect(),
             no_cache: self.no_cache,
             quiet: self.quiet,
@@ -282,12 +297,14 @@ impl ImageBuilder {
         Ok(engine.inspect_image(tag).await?.id)
     }
 }
-/// One Dockerfile build: which stage, the tag it makes, from which folder, with what.
+/// One Dockerfile build: which stage, the tag it makes, from which folder and Dockerfile, with
+/// what.
 #[derive(Clone, Copy)]
 struct BuildStep<'a> {
     stage: BuildStage,
     tag: &'a str,
     folder: &'a Path,
+    dockerfile: &'a Path,
     build_args: &'a BTreeMap<String, String>,
     image_labels: &'a BTreeMap<String, String>,
 }
@@ -297,14 +314,14 @@ pub async fn build_image_from_env(folder: impl AsRef<Path>, tag: &str) -> Result
     ImageBuilder::new().build(folder, tag).await
 }
 
-/// The folder as a build context. Its Dockerfile (or a default one) gets the labels appended as
-/// one LABEL line: given through the API, each label would be a build step of its own (~1.5 s on
-/// the classic builder), and a LABEL at the end applies to the image the last stage makes.
-fn user_context(folder: &Path, image_labels: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+/// The folder as a build context. Its Dockerfile (the named one, or a default one) goes in as the
+/// context's `Dockerfile`, with the labels appended as one LABEL line: given through the API,
+/// each label would be a build step of its own (~1.5 s on the classic builder), and a LABEL at
+/// the end applies to the image the last stage makes.
+fn user_context(folder: &Path, path: &Path, image_labels: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut archive = ContextArchive::new();
     archive.add_folder(folder)?;
-    let path = folder.join("Dockerfile");
-    let mut dockerfile = match std::fs::read(&path) {
+    let mut dockerfile = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let mut text = DEFAULT_DOCKERFILE.to_string();

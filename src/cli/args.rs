@@ -66,6 +66,10 @@ pub struct BuildArgs {
     /// Build as this type instead of detecting it.
     #[arg(long, value_enum)]
     pub env_type: Option<EnvTypeArg>,
+    /// The Dockerfile, when it is not FOLDER/Dockerfile (OpenEnv's: server/Dockerfile); a
+    /// relative path is looked for in the current folder, then in FOLDER. The context is FOLDER.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
     /// No progress output.
     #[arg(short, long)]
     pub quiet: bool,
@@ -176,6 +180,10 @@ pub struct Arguments {
     /// Seconds the call may take.
     #[arg(long, default_value = "600")]
     pub timeout: String,
+    /// Call the route with GET, the arguments as query parameters (e.g. OpenEnv's `state`);
+    /// without it, an HTTP-based environment's GET-only routes are found from its /openapi.json.
+    #[arg(long)]
+    pub get: bool,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +193,10 @@ pub struct TargetArgs {
     /// Bearer token, for a URL target.
     #[arg(long, env = "RAYFINE_REMOTE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How a URL target is served: `function` (Rayfine's /call server, the default) or `http`
+    /// (a web server of its own; calls are `POST /{method}`). A kept environment knows its type.
+    #[arg(long, value_enum)]
+    pub env_type: Option<EnvTypeArg>,
 }
 
 #[derive(Debug, Args)]

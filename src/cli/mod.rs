@@ -42,6 +42,9 @@ async fn build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
     if let Some(env_type) = args.env_type {
         builder = builder.env_type(env_type.into());
     }
+    if let Some(file) = &args.file {
+        builder = builder.dockerfile(file);
+    }
     let progress = (!args.quiet && !json).then(output::BuildDisplay::new);
     if let Some(display) = &progress {
         let display = display.clone();
@@ -115,7 +118,7 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let env = rayfine::load_env(options).await?;
     let ready_in = started.elapsed();
-    let outcome = run_loaded(&env, &args.call.method, kwargs, json, ready_in).await;
+    let outcome = run_loaded(&env, &args.call.method, kwargs, args.call.arguments.get, json, ready_in).await;
     if args.keep {
         let source_text = match &source {
             Source::Folder(folder) => Some(folder.display().to_string()),
@@ -131,6 +134,7 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
                 pid: env.pid().unwrap_or(0),
                 source: source_text,
                 container_id: env.container_id().map(str::to_string),
+                env_type: env.env_type().as_str().to_string(),
             })?;
             if !json {
                 eprintln!("kept running as {}; stop it with `rayfine cleanup {}`", env.id(), env.id());
@@ -149,13 +153,14 @@ fn token_of(env: &EnvironmentWrapper) -> String {
 
 /// Says the environment is ready and what it offers, then makes the call, if any: a long call
 /// (or one that fails) must not hide that the start worked.
-async fn run_loaded(env: &EnvironmentWrapper, method: &Option<String>, kwargs: Value, json: bool, ready_in: std::time::Duration) -> anyhow::Result<()> {
+async fn run_loaded(env: &EnvironmentWrapper, method: &Option<String>, kwargs: Value, get: bool, json: bool, ready_in: std::time::Duration) -> anyhow::Result<()> {
     let methods = env.list_methods().await?;
     if !json {
         eprintln!("{} ({} mode, id {}) ready in {:.2} s", env.name(), env.mode(), env.id(), ready_in.as_secs_f64());
         output::methods(&methods);
     }
     let result = match method {
+        Some(method) if get => Some(env.call_get(method, kwargs, None).await?),
         Some(method) => Some(env.call(method, kwargs).await?),
         None => None,
     };
@@ -178,6 +183,9 @@ async fn connect(target: &TargetArgs) -> anyhow::Result<(EnvironmentWrapper, Opt
         if let Some(token) = &target.token {
             options = options.token(token);
         }
+        if let Some(env_type) = target.env_type {
+            options = options.env_type(env_type.into());
+        }
         (options, None)
     } else {
         let record = records::find(&target.target)?;
@@ -185,7 +193,8 @@ async fn connect(target: &TargetArgs) -> anyhow::Result<(EnvironmentWrapper, Opt
         if let Some(stopped) = stopped(&record).await {
             return Err(stopped.into());
         }
-        (LoadOptions::url(&record.url).token(&record.token).name(&record.name), Some(record))
+        let options = LoadOptions::url(&record.url).token(&record.token).name(&record.name).env_type(record.env_type()?);
+        (options, Some(record))
     };
     // It runs already: a short wait only bridges a server that is just now coming up.
     let options = options.startup_timeout(std::time::Duration::from_secs(3));
@@ -223,7 +232,10 @@ async fn call(args: CallArgs, json: bool) -> anyhow::Result<()> {
     let kwargs = args.arguments.kwargs()?;
     let timeout = args.arguments.timeout()?;
     let (env, record) = connect(&args.target).await?;
-    let result = env.call_with(&args.method, &[], kwargs, Some(timeout)).await;
+    let result = match args.arguments.get {
+        true => env.call_get(&args.method, kwargs, Some(timeout)).await,
+        false => env.call_with(&args.method, &[], kwargs, Some(timeout)).await,
+    };
     env.cleanup().await?;
     let result = match result {
         Ok(result) => result,

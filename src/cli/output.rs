@@ -12,7 +12,13 @@ pub fn methods(methods: &[MethodInfo]) {
     let width = methods.iter().map(|m| m.name.len() + m.signature.len()).max().unwrap_or(0);
     for m in methods {
         let head = format!("{}{}", m.name, m.signature);
-        let flavour = if m.is_async { "async " } else { "" };
+        let flavour = if m.is_async {
+            "async "
+        } else if m.endpoint.starts_with("GET ") {
+            "GET "
+        } else {
+            ""
+        };
         let doc = m.doc.lines().next().unwrap_or_default();
         println!("  {flavour:6}{head:width$}  {doc}");
     }
@@ -23,12 +29,12 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
     if json {
         let mut rows: Vec<_> = records
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "mode": "process", "url": r.url, "pid": r.pid, "source": r.source}))
+            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "mode": "process", "env_type": r.env_type, "url": r.url, "pid": r.pid, "source": r.source}))
             .collect();
         rows.extend(containers.iter().map(|c| {
             serde_json::json!({
                 "id": c.env_id, "name": c.name, "mode": "docker", "container_id": c.container_id, "image": c.image,
-                "env_type": c.env_type, "state": c.state, "port": c.port, "owner_pid": c.owner_pid,
+                "env_type": c.env_type, "state": c.state, "url": c.url(), "port": c.port, "owner_pid": c.owner_pid,
                 "owner_alive": c.owner_alive, "keep": c.keep, "orphan": c.is_orphan(),
             })
         }));
@@ -44,7 +50,7 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
         println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}", r.id, r.name, "process", "running", r.url, "kept", r.source);
     }
     for c in containers {
-        let url = c.port.map(|p| format!("127.0.0.1:{p}")).unwrap_or_else(|| "-".into());
+        let url = c.url().unwrap_or_else(|| "-".into());
         let owner = match (c.keep, c.owner_pid, c.owner_alive) {
             (true, _, _) => "kept".to_string(),
             (false, Some(pid), true) => format!("pid {pid}"),

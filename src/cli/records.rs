@@ -26,6 +26,21 @@ pub struct Record {
     /// The container, for Docker mode (then `pid` is 0 and the engine says whether it runs).
     #[serde(default)]
     pub container_id: Option<String>,
+    /// `function` or `http`: how calls reach it (`/call`, or `POST /{method}` on its own server).
+    /// Records written before this field existed are of function-based environments.
+    #[serde(default = "function_type")]
+    pub env_type: String,
+}
+
+fn function_type() -> String {
+    rayfine::EnvType::Function.as_str().to_string()
+}
+
+impl Record {
+    /// How the environment is served; an unreadable value is refused, not guessed.
+    pub fn env_type(&self) -> anyhow::Result<rayfine::EnvType> {
+        self.env_type.parse().with_context(|| format!("the record of {} names an unknown environment type", self.id))
+    }
 }
 
 fn path_of(id: &str) -> PathBuf {

@@ -75,6 +75,11 @@ impl EnvironmentWrapper {
         self.inner.backend.container_id()
     }
 
+    /// The timeout of calls that name none.
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
     /// Whether the environment outlives this process.
     pub fn is_kept(&self) -> bool {
         self.inner.keep
@@ -93,6 +98,18 @@ impl EnvironmentWrapper {
             EnvType::Http => self.inner.client.call_http(method, &kwargs, timeout).await,
         };
         match result {
+            Ok(value) => Ok(value),
+            Err(err) => Err(self.explain(err).await),
+        }
+    }
+
+    /// Calls the route `method` with `GET`, the kwargs as query parameters: for routes that take
+    /// no `POST`, such as OpenEnv's `/state`, `/schema` and `/metadata`, on an HTTP-based
+    /// environment or on Rayfine's own server. ([`call`](Self::call) on an HTTP-based environment
+    /// finds such routes itself, from the server's `/openapi.json`, after one refused `POST`.)
+    pub async fn call_get(&self, method: &str, kwargs: Value, timeout: Option<Duration>) -> Result<Value> {
+        let (timeout, kwargs) = self.prepare_call(method, &[], timeout, kwargs)?;
+        match self.inner.client.call_http_get(method, &kwargs, timeout).await {
             Ok(value) => Ok(value),
             Err(err) => Err(self.explain(err).await),
         }

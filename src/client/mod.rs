@@ -50,7 +50,7 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
         startup_timeout: options.startup_timeout,
     };
     let (backend, endpoint) = match &options.source {
-        Source::Url(url) => RemoteLaunch { url, token: options.token.as_deref() }.start(&spec).await?,
+        Source::Url(url) => RemoteLaunch { url, token: options.token.as_deref(), env_type: options.env_type.unwrap_or(crate::detect::EnvType::Function) }.start(&spec).await?,
         Source::Folder(folder) => {
             if options.mode == Mode::Auto {
                 warn_not_isolated();

@@ -113,7 +113,8 @@ pub struct LoadOptions {
     pub keep: bool,
     /// Container limits (image sources).
     pub limits: ContainerLimits,
-    /// How an image is served, when its label should not decide (image sources).
+    /// How an image is served, when its label should not decide (image sources); how a URL's
+    /// server is called (URL sources, default function-based).
     pub env_type: Option<crate::detect::EnvType>,
     /// The port an HTTP-based image listens on, when its label should not decide.
     pub http_port: Option<u16>,
@@ -194,7 +195,8 @@ impl LoadOptions {
         self
     }
 
-    /// Serves the image as this type, whatever its label says.
+    /// Serves the image as this type, whatever its label says; for a URL, how the server there is
+    /// called (default: Rayfine's `/call` server).
     pub fn env_type(mut self, env_type: crate::detect::EnvType) -> LoadOptions {
         self.env_type = Some(env_type);
         self

@@ -85,6 +85,7 @@ pub struct Detection {
 #[derive(Debug, Clone, Default)]
 pub struct EnvDetector {
     override_type: Option<EnvType>,
+    dockerfile: Option<PathBuf>,
 }
 
 impl EnvDetector {
@@ -95,7 +96,13 @@ impl EnvDetector {
 
     /// A detector whose answer is `env_type`, whatever the folder holds (explicit wins).
     pub fn with_override(env_type: Option<EnvType>) -> EnvDetector {
-        EnvDetector { override_type: env_type }
+        EnvDetector { override_type: env_type, dockerfile: None }
+    }
+
+    /// Reads this Dockerfile instead of the folder's top-level one (see [`dockerfile_path`]).
+    pub fn dockerfile(mut self, path: impl Into<PathBuf>) -> EnvDetector {
+        self.dockerfile = Some(path.into());
+        self
     }
 
     /// Classifies `folder`.
@@ -104,7 +111,7 @@ impl EnvDetector {
             return Err(Error::InvalidInput(format!("environment folder `{}` does not exist", folder.display())));
         }
         let env_py = folder.join("env.py");
-        let dockerfile_path = folder.join("Dockerfile");
+        let dockerfile_path = dockerfile_path(folder, self.dockerfile.as_deref())?;
         let source = read_optional(&env_py)?;
         let docker_text = read_optional(&dockerfile_path)?;
         let instructions = docker_text.as_deref().map(dockerfile::instructions).unwrap_or_default();
@@ -141,6 +148,20 @@ impl EnvDetector {
             describe(&dockerfile_path, docker_text.is_some()),
         )))
     }
+}
+
+/// The Dockerfile of a build: the folder's top-level `Dockerfile`, or the one named (`-f`). A
+/// relative name is taken from the current folder, as the Docker CLI does, else from the
+/// environment folder (OpenEnv keeps its Dockerfile in `server/Dockerfile`); a named file must
+/// exist.
+pub fn dockerfile_path(folder: &Path, named: Option<&Path>) -> Result<PathBuf> {
+    let Some(named) = named else { return Ok(folder.join("Dockerfile")) };
+    let candidates = if named.is_absolute() { vec![named.to_path_buf()] } else { vec![named.to_path_buf(), folder.join(named)] };
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| format!("`{}`", p.display())).collect();
+    Err(Error::InvalidInput(format!("the Dockerfile `{}` does not exist (looked for {})", named.display(), tried.join(" and "))))
 }
 
 fn describe(path: &Path, exists: bool) -> String {
@@ -376,6 +397,21 @@ mod tests {
         let message = EnvDetector::new().detect(empty.path()).unwrap_err().to_string();
         assert!(message.contains("class Actor") && message.contains("env.py") && message.contains("(missing)"), "{message}");
         assert!(EnvDetector::new().detect(Path::new("/no/such/folder")).unwrap_err().to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn a_dockerfile_named_anywhere_in_the_folder_decides_openenvs_layout() {
+        let openenv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openenv_native");
+        let message = EnvDetector::new().detect(&openenv).unwrap_err().to_string();
+        assert!(message.contains("Dockerfile` (missing)"), "without -f its top level has none: {message}");
+        let found = EnvDetector::new().dockerfile("server/Dockerfile").detect(&openenv).unwrap();
+        assert_eq!((found.env_type, found.http_port), (EnvType::Http, Some(8000)));
+        assert!(found.reason.contains("uvicorn"), "{}", found.reason);
+        let absolute = openenv.join("server/Dockerfile");
+        assert_eq!(dockerfile_path(&openenv, Some(&absolute)).unwrap(), absolute);
+        assert_eq!(dockerfile_path(&openenv, None).unwrap(), openenv.join("Dockerfile"));
+        let missing = dockerfile_path(&openenv, Some(Path::new("nope/Dockerfile"))).unwrap_err().to_string();
+        assert!(missing.contains("`nope/Dockerfile` does not exist") && missing.contains("openenv_native/nope/Dockerfile"), "{missing}");
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct ManagedContainer {
 }
 
 impl ManagedContainer {
+    /// Where its server answers, when its port is published (on the host's loopback).
+    pub fn url(&self) -> Option<String> {
+        self.port.map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
     /// Left behind: not kept, and its owner is gone.
     pub fn is_orphan(&self) -> bool {
         !self.keep && !self.owner_alive

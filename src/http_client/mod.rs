@@ -2,6 +2,7 @@
 //! [`blocking`] for a thread that waits on its own call.
 
 mod blocking;
+mod routes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ pub struct ServerClient {
     blocking: Option<Arc<BlockingTransport>>,
     base: String,
     token: Option<String>,
+    /// Routes of an HTTP-based environment found to take `GET` only (see [`routes`]).
+    get_routes: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The token never appears in logs, even of `{:?}`.
@@ -45,7 +48,7 @@ impl ServerClient {
             .map_err(|source| Error::connection(base, source))?;
         let base = base.trim_end_matches('/').to_string();
         let blocking = BlockingTransport::for_base(&base).map(Arc::new);
-        Ok(ServerClient { http, blocking, base, token })
+        Ok(ServerClient { http, blocking, base, token, get_routes: Default::default() })
     }
 
     /// The server's base URL.
@@ -91,28 +94,20 @@ impl ServerClient {
         let body = serde_json::to_vec(&CallRequestBody { method, args, kwargs, timeout: Some(timeout.as_secs_f64()) })
             .map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
         // The server answers by the call's own timeout; the grace lets its 504 arrive first.
-        let (url, status, bytes) = self.post_blocking(method, "/call", &body, timeout, timeout + TIMEOUT_GRACE, interrupted)?;
+        let (url, status, bytes) = self.send_blocking(method, Outgoing { verb: "POST", path: "/call", body: Some(&body) }, timeout, timeout + TIMEOUT_GRACE, interrupted)?;
         decode_call_answer(method, &url, status, &bytes)
     }
 
-    /// `POST /{method}` of an HTTP-based environment on the calling thread, as
-    /// [`call_blocking`](Self::call_blocking) does `/call`.
-    pub fn call_http_blocking(&self, method: &str, kwargs: &Value, timeout: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<Value> {
-        check_route_name(method)?;
-        let body = serde_json::to_vec(kwargs).map_err(|err| Error::InvalidArguments { method: method.into(), detail: err.to_string() })?;
-        let (url, status, bytes) = self.post_blocking(method, &format!("/{}", percent_encode_path(method)), &body, timeout, timeout, interrupted)?;
-        decode_http_answer(method, &url, status, &bytes)
-    }
-
-    /// A blocking JSON `POST` of `body` to `path`, within `wait`: the URL, status and body.
-    fn post_blocking(&self, method: &str, path: &str, body: &[u8], timeout: Duration, wait: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<(String, u16, Vec<u8>)> {
+    /// A blocking request for `method`, answered within `wait`: the URL, status and body.
+    fn send_blocking(&self, method: &str, outgoing: Outgoing<'_>, timeout: Duration, wait: Duration, interrupted: &mut dyn FnMut() -> bool) -> Result<(String, u16, Vec<u8>)> {
+        let Outgoing { verb, path, body } = outgoing;
         let Some(transport) = &self.blocking else {
             return Err(Error::InvalidInput(format!("{} cannot be called from a blocking thread (only http:// URLs can)", self.base)));
         };
         if self.token.as_deref().is_some_and(|token| token.bytes().any(|b| b.is_ascii_control())) {
             return Err(Error::InvalidInput("the token contains control characters, which no HTTP header can carry".into()));
         }
-        let request = Request { method: "POST", path, token: self.token.as_deref(), body: Some(body), deadline: Instant::now() + wait };
+        let request = Request { method: verb, path, token: self.token.as_deref(), body, deadline: Instant::now() + wait };
         let (status, bytes) = transport.send(&request, interrupted).map_err(|err| match err {
             BlockingError::Timeout => self.no_answer(method, timeout),
             BlockingError::Interrupted => Error::Interrupted(method.to_string()),
@@ -161,28 +156,6 @@ impl ServerClient {
         Ok(list.methods)
     }
 
-    /// `POST /{method}` with the kwargs as the JSON body: how an HTTP-based environment is
-    /// called. A 2xx answer's JSON body is the result (an empty body is `null`, text a string).
-    pub async fn call_http(&self, method: &str, kwargs: &Value, timeout: Duration) -> Result<Value> {
-        check_route_name(method)?;
-        let url = format!("{}/{method}", self.base);
-        let request = self.authorized(self.http.post(&url).json(kwargs)).timeout(timeout);
-        let response = request.send().await.map_err(|source| self.transport_error(method, timeout, source))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|source| self.transport_error(method, timeout, source))?;
-        decode_http_answer(method, &url, status, &bytes)
-    }
-
-    /// The POST operations an HTTP-based environment's `/openapi.json` describes, as methods.
-    pub async fn openapi_methods(&self) -> Result<Vec<MethodInfo>> {
-        let (url, status, bytes) = self.get("/openapi.json").await?;
-        if status != 200 {
-            return Err(Error::Protocol { url, status, detail: "the server offers no OpenAPI description, so its methods cannot be listed".into() });
-        }
-        let spec: Value = serde_json::from_slice(&bytes).map_err(|err| Error::Protocol { url: url.clone(), status, detail: format!("not JSON: {err}") })?;
-        Ok(methods_from_openapi(&spec))
-    }
-
     /// `GET /health`, any answer: its status code. For readiness of servers that may not have
     /// such a route.
     pub async fn probe(&self, timeout: Duration) -> Result<u16> {
@@ -209,45 +182,19 @@ impl ServerClient {
     }
 }
 
+/// What a blocking request sends: the verb, the path and a JSON body, if any.
+struct Outgoing<'a> {
+    verb: &'a str,
+    path: &'a str,
+    body: Option<&'a [u8]>,
+}
+
 /// Refuses kwargs that are not a JSON object: `/call` passes them on as `**kwargs`.
 fn require_object_kwargs(method: &str, kwargs: &Value) -> Result<()> {
     if !kwargs.is_object() {
         return Err(Error::InvalidArguments { method: method.into(), detail: "kwargs must be a JSON object".into() });
     }
     Ok(())
-}
-
-/// Refuses a method name that would not stay one route of an HTTP-based environment.
-fn check_route_name(method: &str) -> Result<()> {
-    if method.is_empty() || method.starts_with('/') || method.contains("..") || method.contains(['?', '#']) {
-        return Err(Error::InvalidInput(format!("`{method}` is not a method name")));
-    }
-    Ok(())
-}
-
-/// `method` as a path: bytes other than unreserved characters and `/` percent-encoded, as a URL
-/// parser would.
-fn percent_encode_path(method: &str) -> String {
-    let mut path = String::with_capacity(method.len());
-    for byte in method.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
-            path.push(byte as char);
-        } else {
-            path.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    path
-}
-
-/// The result of an HTTP-based environment's answer (JSON, or its text), or the error it carries.
-fn decode_http_answer(method: &str, url: &str, status: u16, bytes: &[u8]) -> Result<Value> {
-    if !(200..300).contains(&status) {
-        return Err(Error::from_http_answer(method, url, status, bytes));
-    }
-    if bytes.is_empty() {
-        return Ok(Value::Null);
-    }
-    Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())))
 }
 
 /// The result of a `/call` answer, or the error it carries.
@@ -261,73 +208,4 @@ fn decode_call_answer(method: &str, url: &str, status: u16, bytes: &[u8]) -> Res
         return Ok(success.result);
     }
     Err(Error::from_answer(method, url, status, bytes))
-}
-
-/// One method per `POST` path without path parameters; the signature lists the request body's
-/// properties when its schema is inline or a `$ref` to a component.
-fn methods_from_openapi(spec: &Value) -> Vec<MethodInfo> {
-    let resolve = |schema: &Value| -> Value {
-        match schema.get("$ref").and_then(Value::as_str) {
-            Some(reference) => reference
-                .strip_prefix("#/")
-                .map(|path| path.split('/').fold(spec, |node, key| node.get(key).unwrap_or(&Value::Null)).clone())
-                .unwrap_or(Value::Null),
-            None => schema.clone(),
-        }
-    };
-    let mut methods = Vec::new();
-    let Some(paths) = spec.get("paths").and_then(Value::as_object) else { return methods };
-    for (path, operations) in paths {
-        let Some(post) = operations.get("post") else { continue };
-        if path.contains('{') || path == "/" {
-            continue;
-        }
-        let schema = post.pointer("/requestBody/content/application~1json/schema").map(resolve).unwrap_or(Value::Null);
-        let mut names: Vec<String> = schema.get("properties").and_then(Value::as_object).map(|p| p.keys().cloned().collect()).unwrap_or_default();
-        let required: Vec<&str> = schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        names.sort_by_key(|name| !required.contains(&name.as_str()));
-        let signature = format!("({})", names.iter().map(|n| if required.contains(&n.as_str()) { n.clone() } else { format!("{n}=...") }).collect::<Vec<_>>().join(", "));
-        let doc = post.get("summary").or_else(|| post.get("description")).and_then(Value::as_str).unwrap_or_default();
-        methods.push(MethodInfo {
-            name: path.trim_start_matches('/').to_string(),
-            signature,
-            source: "http".into(),
-            endpoint: path.clone(),
-            doc: doc.to_string(),
-            is_async: false,
-            input_schema: (!schema.is_null()).then(|| schema.clone()),
-        });
-    }
-    methods.sort_by(|a, b| a.name.cmp(&b.name));
-    methods
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_method_name_becomes_a_path_a_url_parser_would_accept() {
-        assert_eq!(percent_encode_path("evaluate"), "evaluate");
-        assert_eq!(percent_encode_path("v1/score it?"), "v1/score%20it%3F");
-        assert!(check_route_name("../admin").is_err() && check_route_name("").is_err());
-    }
-
-    #[test]
-    fn openapi_post_operations_become_methods() {
-        let spec = serde_json::json!({
-            "paths": {
-                "/evaluate": {"post": {"summary": "Score a task",
-                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Req"}}}}}},
-                "/items/{id}": {"post": {}},
-                "/health": {"get": {}}
-            },
-            "components": {"schemas": {"Req": {"properties": {"task_id": {}, "seed": {}}, "required": ["task_id"]}}}
-        });
-        let methods = methods_from_openapi(&spec);
-        assert_eq!(methods.len(), 1);
-        assert_eq!(methods[0].name, "evaluate");
-        assert_eq!(methods[0].signature, "(task_id, seed=...)");
-        assert_eq!(methods[0].doc, "Score a task");
-    }
 }
