@@ -7,6 +7,8 @@
 //! - [`server`]: the generic `/call` server injected into every function-based environment.
 //! - [`protocol`]: the wire types, shared by the server and the client.
 //! - [`docker`]: what Rayfine left in the engine (`rayfine ps`, `rayfine cleanup`).
+//! - [`openenv`]: a typed OpenEnv client (`reset`, `step`, `state`), for Rayfine's server and
+//!   OpenEnv's own.
 //!
 //! ```no_run
 //! # async fn demo() -> rayfine::Result<()> {
@@ -37,6 +39,8 @@ pub mod docker;
 mod error;
 #[cfg(feature = "client")]
 mod http_client;
+#[cfg(feature = "client")]
+pub mod openenv;
 #[cfg(feature = "client")]
 mod programs;
 #[cfg(feature = "client")]

@@ -115,6 +115,18 @@ impl EnvironmentWrapper {
         }
     }
 
+    /// `POST /{route}` with `body`, whatever the environment's type: for protocols served next to
+    /// `/call` (OpenEnv's `/reset` and `/step`).
+    pub(crate) async fn post_route(&self, route: &str, body: &Value, timeout: Duration) -> Result<Value> {
+        if self.inner.is_closed() {
+            return Err(Error::Closed(self.inner.name.clone()));
+        }
+        match self.inner.client.call_http(route, body, timeout).await {
+            Ok(value) => Ok(value),
+            Err(err) => Err(self.explain(err).await),
+        }
+    }
+
     /// [`call_with`](Self::call_with) for a thread outside any async runtime, which blocks until
     /// the answer: the request is written and the answer read by the calling thread itself, one
     /// wake-up cheaper than waiting on a runtime. `interrupted` runs every 50 ms while waiting;

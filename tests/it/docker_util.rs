@@ -15,6 +15,8 @@ use super::util::repo;
 pub const BASE_IMAGE: &str = "rayfine-test/python:bookworm";
 /// The same + FastAPI and uvicorn.
 pub const FASTAPI_IMAGE: &str = "rayfine-test/python-fastapi:bookworm";
+/// The FastAPI one + OpenEnv's server (openenv 0.10.0), the base of OpenEnv-layout test images.
+pub const OPENENV_IMAGE: &str = "rayfine-test/python-openenv:bookworm";
 /// The label every container and image of a test carries.
 pub const SCOPE_LABEL: &str = "rayfine.test_scope";
 

@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod openenv;
+mod openenv_client;
 mod python_package;
 mod python_worker;
 mod server;

@@ -14,6 +14,20 @@ pub fn repo() -> &'static Path {
 
 /// A private copy of an example environment or test fixture, so that every process started for
 /// one test carries a unique path in its command line and can be found by the leak check.
+/// Copies the files of `from` into `to`, subfolders included (OpenEnv keeps `server/`).
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 pub struct EnvCopy {
     pub dir: TempDir,
 }
@@ -25,10 +39,7 @@ impl EnvCopy {
             .find(|p| p.is_dir())
             .unwrap_or_else(|| panic!("no environment or fixture named {name}"));
         let dir = tempfile::Builder::new().prefix(&format!("rayfine-test-{name}-")).tempdir().unwrap();
-        for entry in std::fs::read_dir(&source).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
+        copy_tree(&source, dir.path());
         EnvCopy { dir }
     }
 
