@@ -116,6 +116,26 @@ async fn a_full_server_answers_the_rust_client_with_openenvs_capacity_code() {
     dir.assert_no_process_left();
 }
 
+/// A Rayfine-built image: the server there requires the environment's token, which the client
+/// sends with the WebSocket upgrade; closing the client removes the container.
+#[tokio::test]
+async fn the_rust_client_starts_a_rayfine_image_and_removes_it_on_close() {
+    let scope = DockerScope::new("openenv-rayfine-image");
+    let dir = EnvCopy::of("echo_openenv");
+    let tag = scope.tag("echo-openenv");
+    scope.builder(crate::docker_util::BASE_IMAGE).build(dir.path(), &tag).await.unwrap();
+    let mut client = OpenEnvClient::<EchoAction, EchoObservation>::load(scope.options(&tag), Transport::Auto).await.unwrap();
+    assert_eq!(client.transport(), Transport::WebSocket);
+    assert!(client.environment().token().is_some(), "a Docker environment has a token");
+    client.reset(json!({"episode_id": "in-docker"})).await.unwrap();
+    let stepped = client.step(&echo("docker")).await.unwrap();
+    assert_eq!(stepped.observation.message_length, 6);
+    assert_eq!(client.state().await.unwrap(), json!({"episode_id": "in-docker", "step_count": 1}));
+    client.close().await.unwrap();
+    scope.assert_no_container_left(Duration::from_secs(15));
+    scope.finish();
+}
+
 #[derive(Serialize)]
 struct WordAction {
     word: String,
