@@ -69,7 +69,8 @@ impl Backend for RemoteServer {
 async fn wait_until_answering(client: &ServerClient, deadline: Instant) -> Result<()> {
     let mut delay = Duration::from_millis(5);
     loop {
-        let err = match client.probe(Duration::from_secs(5)).await {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let err = match client.probe(left.min(Duration::from_secs(5))).await {
             Ok(status) if status < 500 => return Ok(()),
             Ok(status) => Error::Protocol { url: format!("{}/health", client.base()), status, detail: "the server answers with an error".into() },
             Err(err) => err,

@@ -266,7 +266,7 @@ impl ImageBuilder {
         let BuildStep { stage, tag, folder, dockerfile, build_args, image_labels } = *step;
         let request = BuildRequest {
             tag,
-            context: user_context(folder, dockerfile, image_labels)?,
+            context: user_context(folder, dockerfile, self.dockerfile.is_some(), image_labels)?,
             build_args: build_args.clone().into_iter().collect(),
             no_cache: self.no_cache,
             quiet: self.quiet,
@@ -318,12 +318,13 @@ pub async fn build_image_from_env(folder: impl AsRef<Path>, tag: &str) -> Result
 /// context's `Dockerfile`, with the labels appended as one LABEL line: given through the API,
 /// each label would be a build step of its own (~1.5 s on the classic builder), and a LABEL at
 /// the end applies to the image the last stage makes.
-fn user_context(folder: &Path, path: &Path, image_labels: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+fn user_context(folder: &Path, path: &Path, named: bool, image_labels: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut archive = ContextArchive::new();
     archive.add_folder(folder)?;
     let mut dockerfile = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+        // Only a folder's missing top-level Dockerfile gets the default; a named one must be read.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !named => {
             let mut text = DEFAULT_DOCKERFILE.to_string();
             if folder.join("requirements.txt").is_file() {
                 text.push_str("RUN python3 -m pip install --no-cache-dir -r /app/requirements.txt\n");

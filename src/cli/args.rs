@@ -193,8 +193,9 @@ pub struct TargetArgs {
     /// Bearer token, for a URL target.
     #[arg(long, env = "RAYFINE_REMOTE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// How a URL target is served: `function` (Rayfine's /call server, the default) or `http`
-    /// (a web server of its own; calls are `POST /{method}`). A kept environment knows its type.
+    /// How the target is served: `function` (Rayfine's /call server) or `http` (a web server of
+    /// its own; calls are `POST /{method}`). A URL is function-based unless told; a kept
+    /// environment knows its type.
     #[arg(long, value_enum)]
     pub env_type: Option<EnvTypeArg>,
 }

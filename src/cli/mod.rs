@@ -73,6 +73,9 @@ async fn build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
 async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
     let kwargs = args.call.arguments.kwargs()?;
     let call_timeout = args.call.arguments.timeout()?;
+    if args.call.arguments.get && args.call.method.is_none() {
+        anyhow::bail!("--get says how to make the call that --call names; name one");
+    }
     let source = Source::parse(&args.source)?;
     let mut options = LoadOptions::new(source.clone())
         .mode(match args.mode {
@@ -134,7 +137,7 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
                 pid: env.pid().unwrap_or(0),
                 source: source_text,
                 container_id: env.container_id().map(str::to_string),
-                env_type: env.env_type().as_str().to_string(),
+                env_type: Some(env.env_type().as_str().to_string()),
             })?;
             if !json {
                 eprintln!("kept running as {}; stop it with `rayfine cleanup {}`", env.id(), env.id());
@@ -193,7 +196,11 @@ async fn connect(target: &TargetArgs) -> anyhow::Result<(EnvironmentWrapper, Opt
         if let Some(stopped) = stopped(&record).await {
             return Err(stopped.into());
         }
-        let options = LoadOptions::url(&record.url).token(&record.token).name(&record.name).env_type(record.env_type()?);
+        let env_type = match target.env_type {
+            Some(given) => given.into(),
+            None => record.env_type().await?,
+        };
+        let options = LoadOptions::url(&record.url).token(&record.token).name(&record.name).env_type(env_type);
         (options, Some(record))
     };
     // It runs already: a short wait only bridges a server that is just now coming up.

@@ -29,7 +29,7 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
     if json {
         let mut rows: Vec<_> = records
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "mode": "process", "env_type": r.env_type, "url": r.url, "pid": r.pid, "source": r.source}))
+            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "mode": "process", "env_type": r.env_type.as_deref().unwrap_or("function"), "url": r.url, "pid": r.pid, "source": r.source}))
             .collect();
         rows.extend(containers.iter().map(|c| {
             serde_json::json!({

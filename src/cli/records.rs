@@ -27,19 +27,30 @@ pub struct Record {
     #[serde(default)]
     pub container_id: Option<String>,
     /// `function` or `http`: how calls reach it (`/call`, or `POST /{method}` on its own server).
-    /// Records written before this field existed are of function-based environments.
-    #[serde(default = "function_type")]
-    pub env_type: String,
-}
-
-fn function_type() -> String {
-    rayfine::EnvType::Function.as_str().to_string()
+    /// Absent from records written before it existed (see [`Record::env_type`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_type: Option<String>,
 }
 
 impl Record {
-    /// How the environment is served; an unreadable value is refused, not guessed.
-    pub fn env_type(&self) -> anyhow::Result<rayfine::EnvType> {
-        self.env_type.parse().with_context(|| format!("the record of {} names an unknown environment type", self.id))
+    /// How the environment is served: as recorded; for an older record, what its container's
+    /// label says; else function-based (a process-mode environment always is). An unreadable
+    /// value is refused, not guessed.
+    pub async fn env_type(&self) -> anyhow::Result<rayfine::EnvType> {
+        let recorded = match (&self.env_type, &self.container_id) {
+            (Some(recorded), _) => Some(recorded.clone()),
+            (None, Some(container)) => rayfine::docker::list_managed_containers()
+                .await
+                .ok()
+                .and_then(|containers| containers.into_iter().find(|c| container.starts_with(&c.container_id)))
+                .map(|c| c.env_type)
+                .filter(|t| !t.is_empty()),
+            (None, None) => None,
+        };
+        match recorded {
+            Some(text) => text.parse().with_context(|| format!("the record of {} names an unknown environment type `{text}`", self.id)),
+            None => Ok(rayfine::EnvType::Function),
+        }
     }
 }
 

@@ -216,6 +216,12 @@ impl EnvironmentWrapper {
         if !err.is_connection() {
             return err;
         }
+        self.stopped_or(err).await
+    }
+
+    /// [`Error::Stopped`] if the environment has stopped, else `err`: for a lost connection of
+    /// another protocol (an OpenEnv session).
+    pub(crate) async fn stopped_or(&self, err: Error) -> Error {
         let backend = &self.inner.backend;
         match backend.exit_description(Duration::from_secs(2)).await {
             Some(reason) => Error::Stopped { name: self.inner.name.clone(), reason, logs: backend.last_logs(crate::backend::LOG_LINES_IN_ERRORS) },

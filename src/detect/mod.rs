@@ -151,17 +151,32 @@ impl EnvDetector {
 }
 
 /// The Dockerfile of a build: the folder's top-level `Dockerfile`, or the one named (`-f`). A
-/// relative name is taken from the current folder, as the Docker CLI does, else from the
-/// environment folder (OpenEnv keeps its Dockerfile in `server/Dockerfile`); a named file must
-/// exist.
+/// relative name is looked for in the current folder, as the Docker CLI does, and in the
+/// environment folder (OpenEnv keeps its Dockerfile in `server/Dockerfile`); when both hold a
+/// different file of that name, the choice is the user's, and the error names both. A named file
+/// must exist.
 pub fn dockerfile_path(folder: &Path, named: Option<&Path>) -> Result<PathBuf> {
+    if !folder.is_dir() {
+        return Err(Error::InvalidInput(format!("environment folder `{}` does not exist", folder.display())));
+    }
     let Some(named) = named else { return Ok(folder.join("Dockerfile")) };
     let candidates = if named.is_absolute() { vec![named.to_path_buf()] } else { vec![named.to_path_buf(), folder.join(named)] };
-    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
-        return Ok(found.clone());
+    let mut found: Vec<&PathBuf> = candidates.iter().filter(|path| path.is_file()).collect();
+    found.dedup_by(|a, b| std::fs::canonicalize(a.as_path()).ok() == std::fs::canonicalize(b.as_path()).ok());
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [here, there] => Err(Error::InvalidInput(format!(
+            "`{}` names two Dockerfiles: `{}` (from the current folder) and `{}` (in the environment folder); name one by a path that only it has",
+            named.display(),
+            here.display(),
+            there.display()
+        ))),
+        _ => {
+            let tried: Vec<String> = candidates.iter().map(|p| format!("`{}`", p.display())).collect();
+            let what = if candidates.iter().any(|p| p.is_dir()) { "is a folder, not a file" } else { "does not exist" };
+            Err(Error::InvalidInput(format!("the Dockerfile `{}` {what} (looked for {})", named.display(), tried.join(" and "))))
+        }
     }
-    let tried: Vec<String> = candidates.iter().map(|p| format!("`{}`", p.display())).collect();
-    Err(Error::InvalidInput(format!("the Dockerfile `{}` does not exist (looked for {})", named.display(), tried.join(" and "))))
 }
 
 fn describe(path: &Path, exists: bool) -> String {
@@ -412,6 +427,18 @@ mod tests {
         assert_eq!(dockerfile_path(&openenv, None).unwrap(), openenv.join("Dockerfile"));
         let missing = dockerfile_path(&openenv, Some(Path::new("nope/Dockerfile"))).unwrap_err().to_string();
         assert!(missing.contains("`nope/Dockerfile` does not exist") && missing.contains("openenv_native/nope/Dockerfile"), "{missing}");
+        let folder = dockerfile_path(&openenv, Some(Path::new("server"))).unwrap_err().to_string();
+        assert!(folder.contains("is a folder"), "{folder}");
+        assert!(dockerfile_path(Path::new("/no/such/env"), None).unwrap_err().to_string().contains("folder `/no/such/env` does not exist"));
+        // A relative name that both the current folder (the crate's, in tests) and the
+        // environment folder hold names two files: refused, naming both.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("Cargo.toml"), "FROM x\n").unwrap();
+        let two = dockerfile_path(other.path(), Some(Path::new("Cargo.toml"))).unwrap_err().to_string();
+        assert!(two.contains("names two Dockerfiles") && two.contains(&other.path().join("Cargo.toml").display().to_string()), "{two}");
+        // The same file reached both ways is one.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(dockerfile_path(root, Some(Path::new("Cargo.toml"))).unwrap(), Path::new("Cargo.toml"));
     }
 
     #[test]

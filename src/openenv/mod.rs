@@ -112,7 +112,8 @@ impl<A: Serialize, O: DeserializeOwned> OpenEnvClient<A, O> {
                 Ok(socket) => Link::Socket(socket),
                 Err(OpenError::NoRoute(_)) if transport == Transport::Auto => Link::Http,
                 Err(OpenError::NoRoute(status)) => {
-                    return Err(Error::Protocol { url: ws_url(env.url())?, status, detail: "the server has no WebSocket route `/ws`; use Transport::Http".into() })
+                    let detail = "the server refused the WebSocket upgrade, as servers without a `/ws` route do; use Transport::Http".into();
+                    return Err(Error::Protocol { url: ws_url(env.url())?, status, detail });
                 }
                 Err(OpenError::Failed(err)) => return Err(err),
             },
@@ -187,7 +188,13 @@ impl<A: Serialize, O: DeserializeOwned> OpenEnvClient<A, O> {
 
     /// One request over the session; the answer's `data` if its `type` is `expected`.
     async fn over_socket(&self, socket: &Socket, method: &str, message: Value, expected: &str) -> Result<Value> {
-        let answer = socket.request(method, &message, self.env.call_timeout()).await?;
+        let answer = match socket.request(method, &message, self.env.call_timeout()).await {
+            Ok(answer) => answer,
+            // A session lost with its socket may be an environment that has stopped: say so, with
+            // its last log lines.
+            Err(err @ Error::Session { .. }) => return Err(self.env.stopped_or(err).await),
+            Err(err) => return Err(err),
+        };
         let url = ws_url(self.env.url())?;
         let kind = answer.get("type").and_then(Value::as_str).unwrap_or_default();
         let data = answer.get("data").cloned().unwrap_or(Value::Null);
@@ -209,15 +216,14 @@ impl<A, O> std::fmt::Debug for OpenEnvClient<A, O> {
     }
 }
 
-/// The session URL of a server: `ws://` for `http://`, `wss://` for `https://`, path `/ws`.
+/// The session URL of a server: `ws://` for `http://`, path `/ws`. Rayfine is built without TLS
+/// (its environments are reached on loopback or through a tunnel), so `https://` is refused.
 fn ws_url(base: &str) -> Result<String> {
     let base = base.trim_end_matches('/');
-    if let Some(rest) = base.strip_prefix("http://") {
-        Ok(format!("ws://{rest}/ws"))
-    } else if let Some(rest) = base.strip_prefix("https://") {
-        Ok(format!("wss://{rest}/ws"))
-    } else {
-        Err(Error::InvalidInput(format!("`{base}` is not an http:// or https:// URL")))
+    match base.strip_prefix("http://") {
+        Some(rest) => Ok(format!("ws://{rest}/ws")),
+        None if base.starts_with("https://") => Err(Error::InvalidInput(format!("`{base}`: this build of Rayfine has no TLS; reach the server over http:// (a tunnel)"))),
+        None => Err(Error::InvalidInput(format!("`{base}` is not an http:// URL"))),
     }
 }
 
@@ -228,7 +234,8 @@ mod tests {
     #[test]
     fn the_session_url_is_the_servers_ws_route() {
         assert_eq!(ws_url("http://127.0.0.1:8000").unwrap(), "ws://127.0.0.1:8000/ws");
-        assert_eq!(ws_url("https://host/env/").unwrap(), "wss://host/env/ws");
+        assert_eq!(ws_url("http://host/env/").unwrap(), "ws://host/env/ws");
+        assert!(ws_url("https://host").unwrap_err().to_string().contains("no TLS"));
         assert!(ws_url("ftp://host").is_err());
     }
 }

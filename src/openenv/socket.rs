@@ -27,8 +27,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a socket could not be opened.
 pub(super) enum OpenError {
-    /// The server answered the upgrade with 404 or 405: it has no `/ws` (OpenEnv's HTTP-only
-    /// servers, an older Rayfine), so the caller may use HTTP instead.
+    /// The server answered the upgrade with 404 or 405, or 403 as uvicorn does when the app has
+    /// no WebSocket route: it has no `/ws` (OpenEnv's servers before 0.2.1, an older Rayfine), so
+    /// the caller may use HTTP instead. (A wrong token is a 401.)
     NoRoute(u16),
     /// Anything else.
     Failed(Error),
@@ -66,8 +67,11 @@ impl Socket {
             request.headers_mut().insert("authorization", value);
         }
         let stream = match tokio::time::timeout(within, tokio_tungstenite::connect_async(request)).await {
-            Err(_) => return Err(OpenError::Failed(Error::Session { url: ws_url.into(), code: "CONNECT_TIMEOUT".into(), message: format!("no WebSocket session within {:.0} s", within.as_secs_f64()) })),
-            Ok(Err(tungstenite::Error::Http(response))) if matches!(response.status().as_u16(), 404 | 405) => return Err(OpenError::NoRoute(response.status().as_u16())),
+            Err(_) => {
+                let detail = format!("no WebSocket session at {ws_url} within {:.0} s", within.as_secs_f64());
+                return Err(OpenError::Failed(Error::Timeout { method: "connect".into(), detail }));
+            }
+            Ok(Err(tungstenite::Error::Http(response))) if matches!(response.status().as_u16(), 403..=405) => return Err(OpenError::NoRoute(response.status().as_u16())),
             Ok(Err(tungstenite::Error::Http(response))) if response.status().as_u16() == 401 => return Err(OpenError::Failed(Error::Unauthorized { url: ws_url.into() })),
             Ok(Err(err)) => return Err(OpenError::Failed(connect_error(ws_url, err))),
             Ok(Ok((stream, _))) => stream,
@@ -78,19 +82,24 @@ impl Socket {
         Ok(Socket { url: ws_url.to_string(), requests: Some(requests), ended, task })
     }
 
-    /// Sends `message` and returns the answer frame, within `timeout`. A request that times out
-    /// ends the session: its answer may still come, and would be taken for the next one's.
+    /// Sends `message` and returns the answer frame, within `timeout` (queueing included). A
+    /// request that times out, or whose caller stops waiting (its future dropped), ends the
+    /// session: the request may still run, and its answer would be taken for the next one's.
     pub async fn request(&self, method: &str, message: &Value, timeout: Duration) -> Result<Value> {
+        let Some(requests) = self.requests.as_ref().filter(|_| self.ended.lock().is_none()) else { return Err(self.ended_error()) };
         let (reply, answer) = oneshot::channel();
         let exchange = Exchange { text: message.to_string(), reply };
-        let Some(requests) = &self.requests else { return Err(self.ended_error()) };
-        if requests.send(exchange).await.is_err() {
-            return Err(self.ended_error());
-        }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(end))) => Err(Error::Session { url: self.url.clone(), code: end.code, message: end.message }),
-            Ok(Err(_)) => Err(self.ended_error()),
+        let mut abandoned = EndIfAbandoned { socket: self, method, armed: true };
+        let outcome = tokio::time::timeout(timeout, async {
+            requests.send(exchange).await.ok()?;
+            answer.await.ok()
+        })
+        .await;
+        abandoned.armed = false;
+        match outcome {
+            Ok(Some(Ok(value))) => Ok(value),
+            Ok(Some(Err(end))) => Err(Error::Session { url: self.url.clone(), code: end.code, message: end.message }),
+            Ok(None) => Err(self.ended_error()),
             Err(_) => {
                 self.end(format!("the session was ended after `{method}` got no answer within {:.1} s", timeout.as_secs_f64()));
                 Err(Error::Timeout { method: method.to_string(), detail: format!("`{method}` got no answer within {:.1} s; the session was ended", timeout.as_secs_f64()) })
@@ -117,6 +126,22 @@ impl Socket {
     }
 }
 
+/// Ends the session when a request's caller stops waiting before the answer (see
+/// [`Socket::request`]).
+struct EndIfAbandoned<'a> {
+    socket: &'a Socket,
+    method: &'a str,
+    armed: bool,
+}
+
+impl Drop for EndIfAbandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.socket.end(format!("the session was ended when the caller of `{}` stopped waiting for its answer", self.method));
+        }
+    }
+}
+
 impl Drop for Socket {
     /// A session dropped without `close` ends with its socket: the server sees the client go.
     fn drop(&mut self) {
@@ -129,19 +154,30 @@ async fn serve(mut stream: Stream, mut requests: mpsc::Receiver<Exchange>, ended
     // An error frame nobody asked for is why the server then closes (OpenEnv's capacity answer
     // comes right after the upgrade, before any request).
     let mut told: Option<Ended> = None;
-    let closed = |told: &mut Option<Ended>, why: String| told.take().unwrap_or(Ended { code: "CLOSED".into(), message: why });
+    // The last answer, if it was an error about the request: the reason, if the server closes
+    // the session right after it (Rayfine's server does after a step that overran its timeout).
+    let mut failed_request: Option<Ended> = None;
+    let closed = |told: &mut Option<Ended>, failed_request: &mut Option<Ended>, why: String| {
+        told.take().or_else(|| failed_request.take().map(|e| Ended { code: e.code, message: format!("{} ({why})", e.message) })).unwrap_or(Ended { code: "CLOSED".into(), message: why })
+    };
     let end = loop {
         tokio::select! {
             exchange = requests.recv() => {
                 let Some(exchange) = exchange else {
                     close_politely(&mut stream).await;
-                    break closed(&mut told, "the client closed the session".into());
+                    break closed(&mut told, &mut failed_request, "the client closed the session".into());
                 };
-                let answer = exchange_once(&mut stream, exchange.text).await.map_err(|why| closed(&mut told, why));
+                if exchange.reply.is_closed() {
+                    continue; // its caller stopped waiting before it was sent
+                }
+                failed_request = None;
+                let answer = exchange_once(&mut stream, exchange.text).await.map_err(|why| closed(&mut told, &mut failed_request, why));
                 // An answer that refuses the session (OpenEnv's capacity answer, a lost
                 // instance) is also why the server closes it next.
-                if let Some(end) = answer.as_ref().ok().and_then(error_frame).filter(|e| !ACTION_ERRORS.contains(&e.code.as_str())) {
-                    told = Some(end);
+                match answer.as_ref().ok().and_then(error_frame) {
+                    Some(end) if ACTION_ERRORS.contains(&end.code.as_str()) => failed_request = Some(end),
+                    Some(end) => told = Some(end),
+                    None => {}
                 }
                 let failed = answer.as_ref().err().cloned();
                 let _ = exchange.reply.send(answer);
@@ -162,9 +198,9 @@ async fn serve(mut stream: Stream, mut requests: mpsc::Receiver<Exchange>, ended
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {}
-                Some(Ok(Message::Close(frame))) => break closed(&mut told, closed_by_server(frame)),
-                Some(Err(err)) => break closed(&mut told, format!("the connection failed: {err}")),
-                None => break closed(&mut told, "the connection ended".into()),
+                Some(Ok(Message::Close(frame))) => break closed(&mut told, &mut failed_request, closed_by_server(frame)),
+                Some(Err(err)) => break closed(&mut told, &mut failed_request, format!("the connection failed: {err}")),
+                None => break closed(&mut told, &mut failed_request, "the connection ended".into()),
             }
         }
     };

@@ -87,13 +87,47 @@ async fn the_rust_client_runs_episodes_on_rayfines_server_over_websocket_and_htt
 #[tokio::test]
 async fn a_session_idle_between_steps_outlives_the_servers_idle_timeout() {
     let dir = EnvCopy::of("echo_openenv");
-    let options = process(&dir).env_var("RAYFINE_SESSION_IDLE_TIMEOUT", "1");
+    // The idle timeout leaves room for a stall of a loaded machine; the pause is three of them.
+    let options = process(&dir).env_var("RAYFINE_SESSION_IDLE_TIMEOUT", "2.5");
     let mut client = OpenEnvClient::<EchoAction, EchoObservation>::load(options, Transport::WebSocket).await.unwrap();
     client.reset(json!({"episode_id": "patient"})).await.unwrap();
     client.step(&echo("one")).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_millis(7500)).await;
     client.step(&echo("two")).await.unwrap();
     assert_eq!(client.state().await.unwrap(), json!({"episode_id": "patient", "step_count": 2}));
+    client.close().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+/// A request whose caller stops waiting (a timeout of the caller's own) still runs on the server
+/// (without this, `state` shows the abandoned step counted) while its caller believes it did not:
+/// the session ends rather than go on in a state the caller does not know. A request that
+/// overruns the client's timeout ends it too, rather than hand its late answer to the next one.
+#[tokio::test]
+async fn an_abandoned_or_timed_out_request_ends_its_session_and_never_answers_another() {
+    let dir = EnvCopy::of("openenv_benchmark");
+    let options = process(&dir).call_timeout(Duration::from_secs(1));
+    let mut client = GenericOpenEnvClient::load(options, Transport::WebSocket).await.unwrap();
+    client.reset(json!({})).await.unwrap();
+    let abandoned = tokio::time::timeout(Duration::from_millis(200), client.step(&json!({"wait_seconds": 0.8}))).await;
+    assert!(abandoned.is_err(), "the caller's own timeout fires first");
+    match client.state().await.unwrap_err() {
+        Error::Session { code, message, .. } => assert!(code == "CLOSED" && message.contains("stopped waiting"), "{message}"),
+        other => panic!("expected the ended session, got {other:?}"),
+    }
+    let env = client.environment().clone();
+
+    let mut slow = GenericOpenEnvClient::attach(&env, Transport::WebSocket).await.unwrap();
+    slow.reset(json!({})).await.unwrap();
+    assert!(matches!(slow.step(&json!({"wait_seconds": 2.5})).await.unwrap_err(), Error::Timeout { .. }));
+    assert!(matches!(slow.state().await.unwrap_err(), Error::Session { code, .. } if code == "CLOSED"));
+    slow.close().await.unwrap();
+
+    // The server is fine: a new session works.
+    let mut fresh = GenericOpenEnvClient::attach(&env, Transport::WebSocket).await.unwrap();
+    fresh.reset(json!({})).await.unwrap();
+    assert!(!fresh.step(&json!({"wait_seconds": 0})).await.unwrap().done);
+    fresh.close().await.unwrap();
     client.close().await.unwrap();
     dir.assert_no_process_left();
 }

@@ -12,12 +12,13 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A private copy of an example environment or test fixture, so that every process started for
-/// one test carries a unique path in its command line and can be found by the leak check.
 /// Copies the files of `from` into `to`, subfolders included (OpenEnv keeps `server/`).
 fn copy_tree(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
+        if entry.file_name() == "__pycache__" {
+            continue;
+        }
         let target = to.join(entry.file_name());
         if entry.file_type().unwrap().is_dir() {
             std::fs::create_dir(&target).unwrap();
@@ -28,6 +29,8 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// A private copy of an example environment or test fixture, so that every process started for
+/// one test carries a unique path in its command line and can be found by the leak check.
 pub struct EnvCopy {
     pub dir: TempDir,
 }
