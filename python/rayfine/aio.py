@@ -60,7 +60,7 @@ class AsyncEnvironment(_Handle):
 
     async def list_methods(self):
         """The environment's methods."""
-        return await self._env.list_methods_async()
+        return await self._env.list_methods_async(_completer())
 
     async def is_ready(self):
         """Whether the environment answers its health check with ready."""
@@ -68,7 +68,7 @@ class AsyncEnvironment(_Handle):
 
     async def cleanup(self):
         """Stops the environment. Idempotent."""
-        await self._env.cleanup_async()
+        await self._env.cleanup_async(_completer())
 
     async def __aenter__(self):
         return self
@@ -94,7 +94,7 @@ async def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=Non
         options = await asyncio.get_running_loop().run_in_executor(None, make_options)
     else:
         options = make_options()
-    return AsyncEnvironment(await _rayfine.load_env_async(options))
+    return AsyncEnvironment(await _rayfine.load_env_async(options, _completer()))
 
 
 async def build_image_from_env(env_path, image_tag, **options):

@@ -1,4 +1,10 @@
-//! Async calls completed on the event loop in batches: [`Completer`], one per asyncio loop.
+//! Async calls completed on the event loop in batches: [`Completer`], one per asyncio loop. Every
+//! awaitable of the extension goes through it, not through `pyo3_async_runtimes::future_into_py`:
+//! that bridge enters Python from a runtime thread with nothing to keep it out once the
+//! interpreter exits, and its `call_soon_threadsafe` lets go of the GIL while it writes to the
+//! loop's self-pipe. The loop's thread can then finish `asyncio.run`, exit and start finalizing
+//! before the runtime thread takes the GIL back, which aborts the process ("PyGILState_Release:
+//! thread state must be current"), as a CI run saw right after an awaited `cleanup()`.
 //!
 //! A call awaited from asyncio runs as a task on Rayfine's runtime. The generic bridge
 //! (`pyo3_async_runtimes::future_into_py`) takes the GIL on a runtime thread and schedules one
@@ -18,8 +24,11 @@ use serde_json::Value;
 use crate::convert;
 use crate::errors::to_py_err;
 
-/// What a finished call left for the loop: its future and outcome.
-type Finished = (Py<PyAny>, rayfine::Result<Value>);
+/// How a finished task's outcome becomes the future's result (or exception), with the GIL.
+pub type Outcome = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
+/// What a finished task left for the loop: its future and outcome.
+type Finished = (Py<PyAny>, Outcome);
 
 /// Shared between the loop side and the runtime's tasks. It holds the loop only weakly, so a
 /// loop that is done with is freed (the completer lives in a `WeakKeyDictionary` keyed by it).
@@ -51,7 +60,7 @@ impl Queue {
                 if future.call_method0("done")?.is_truthy()? {
                     return Ok(()); // cancelled while the call ran
                 }
-                match outcome.map_err(|err| to_py_err(py, err)).and_then(|value| convert::to_python(py, &value)) {
+                match outcome(py) {
                     Ok(value) => future.call_method1("set_result", (value,))?,
                     Err(err) => future.call_method1("set_exception", (err.into_value(py),))?,
                 };
@@ -154,18 +163,33 @@ pub fn interpreter_exiting(py: Python<'_>) {
     });
 }
 
-/// Runs `call` on the runtime and returns an asyncio future of its result, completed through
-/// `completer`.
+/// Runs `call` on the runtime and returns an asyncio future of its JSON result, completed
+/// through `completer`.
 pub fn spawn<'py, F>(py: Python<'py>, completer: &Bound<'py, Completer>, call: F) -> PyResult<Bound<'py, PyAny>>
 where
     F: std::future::Future<Output = rayfine::Result<Value>> + Send + 'static,
+{
+    spawn_with(py, completer, async move {
+        let outcome = call.await;
+        Box::new(move |py: Python<'_>| match outcome {
+            Ok(value) => convert::to_python(py, &value).map(Bound::unbind),
+            Err(err) => Err(to_py_err(py, err)),
+        }) as Outcome
+    })
+}
+
+/// Runs `task` on the runtime and returns an asyncio future of what its outcome makes, completed
+/// through `completer`.
+pub fn spawn_with<'py, F>(py: Python<'py>, completer: &Bound<'py, Completer>, task: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: std::future::Future<Output = Outcome> + Send + 'static,
 {
     let queue = completer.get().queue.clone();
     let event_loop = live_loop(py, &queue).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("the completer's event loop is gone"))?;
     let future = event_loop.call_method0("create_future")?;
     let handle = future.clone().unbind();
     let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-        let outcome = call.await;
+        let outcome = task.await;
         queue.finished.lock().push((handle, outcome));
         if !queue.scheduled.swap(true, Ordering::SeqCst) {
             attach_unless_exiting(|py| {

@@ -24,7 +24,7 @@ use pyo3::types::{PyDict, PyTuple};
 use rayfine::EnvironmentWrapper;
 use serde_json::Value;
 
-use convert::{to_json, Json};
+use convert::to_json;
 use errors::to_py_err;
 
 /// How often a blocking wait lets Python handle signals.
@@ -43,11 +43,6 @@ fn wait<T: Send>(py: Python<'_>, future: impl Future<Output = T> + Send) -> PyRe
             Err(_) => py.check_signals()?,
         }
     }
-}
-
-/// Converts a Rust result, taking the GIL for the error if there is one.
-fn py_result<T>(result: rayfine::Result<T>) -> PyResult<T> {
-    result.map_err(|err| Python::attach(|py| to_py_err(py, err)))
 }
 
 /// Positional and keyword arguments as JSON, each named in errors.
@@ -185,13 +180,10 @@ impl Env {
         convert::to_python(py, &serde_json::to_value(methods).unwrap_or_default())
     }
 
-    /// Awaitable [`Env::list_methods`].
-    fn list_methods_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Awaitable [`Env::list_methods`], completed through `completer` (the running loop's).
+    fn list_methods_async<'py>(&self, py: Python<'py>, completer: &Bound<'py, completions::Completer>) -> PyResult<Bound<'py, PyAny>> {
         let env = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let methods = py_result(env.list_methods().await)?;
-            Ok(Json(serde_json::to_value(methods).unwrap_or_default()))
-        })
+        completions::spawn(py, completer, async move { env.list_methods().await.map(|methods| serde_json::to_value(methods).unwrap_or_default()) })
     }
 
     /// Whether the environment answers `/health` with ready.
@@ -206,10 +198,10 @@ impl Env {
         wait(py, async move { env.cleanup().await })?.map_err(|err| to_py_err(py, err))
     }
 
-    /// Awaitable [`Env::cleanup`].
-    fn cleanup_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Awaitable [`Env::cleanup`], completed through `completer`.
+    fn cleanup_async<'py>(&self, py: Python<'py>, completer: &Bound<'py, completions::Completer>) -> PyResult<Bound<'py, PyAny>> {
         let env = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { py_result(env.cleanup().await) })
+        completions::spawn(py, completer, async move { env.cleanup().await.map(|()| serde_json::Value::Null) })
     }
 
     fn __repr__(&self) -> String {
@@ -226,12 +218,18 @@ fn load_env(py: Python<'_>, options: &Bound<'_, PyDict>) -> PyResult<Env> {
     Ok(Env { inner: env })
 }
 
-/// Awaitable [`load_env`].
+/// Awaitable [`load_env`], completed through `completer` (the running loop's).
 #[pyfunction]
-#[pyo3(signature = (options))]
-fn load_env_async<'py>(py: Python<'py>, options: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+#[pyo3(signature = (options, completer))]
+fn load_env_async<'py>(py: Python<'py>, options: &Bound<'py, PyDict>, completer: &Bound<'py, completions::Completer>) -> PyResult<Bound<'py, PyAny>> {
     let options = options::load_options(options)?;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move { py_result(rayfine::load_env(options).await).map(|inner| Env { inner }) })
+    completions::spawn_with(py, completer, async move {
+        let loaded = rayfine::load_env(options).await;
+        Box::new(move |py: Python<'_>| match loaded {
+            Ok(inner) => Ok(Py::new(py, Env { inner })?.into_any()),
+            Err(err) => Err(to_py_err(py, err)),
+        }) as completions::Outcome
+    })
 }
 
 /// Builds an environment folder into an image; returns the tag.

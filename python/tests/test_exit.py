@@ -93,3 +93,28 @@ asyncio.run(main())
         done = run_python(code)
         assert done.returncode == 0, done.stderr
         assert "panicked" not in done.stderr and "Fatal Python error" not in done.stderr, done.stderr
+
+
+def test_an_exit_while_awaitables_other_than_calls_finish_is_clean():
+    # list_methods(), cleanup() and load_env() of rayfine.aio were completed by
+    # pyo3_async_runtimes' bridge, which enters Python from a runtime thread with nothing keeping
+    # it out at exit, and lets go of the GIL while it wakes the loop: the loop's thread could
+    # exit and finalize under it, and the process aborted ("PyGILState_Release: thread state
+    # must be current"), once in a CI run right after an awaited cleanup().
+    code = """
+import asyncio
+import rayfine.aio as aio
+
+async def main():
+    env = await aio.load_env(path=%r, mode="process")
+    pending = [asyncio.ensure_future(env.list_methods()) for _ in range(300)]
+    await asyncio.sleep(0.01)
+    await asyncio.gather(*pending[:50])
+    await env.cleanup()
+
+asyncio.run(main())
+""" % ECHO
+    for _ in range(4):
+        done = run_python(code)
+        assert done.returncode == 0, done.stderr
+        assert "panicked" not in done.stderr and "Fatal Python error" not in done.stderr, done.stderr
