@@ -342,7 +342,10 @@ fn user_context(folder: &Path, path: &Path, named: bool, image_labels: &BTreeMap
 /// Whether a build failed because the engine pruned a cached layer under it, not because of the
 /// Dockerfile.
 fn is_cache_race(message: &str) -> bool {
-    message.contains("unknown parent image ID") || message.contains("failed to set parent")
+    message.contains("unknown parent image ID")
+        || message.contains("failed to set parent")
+        // The image the last step made was pruned before the engine read its config back.
+        || (message.contains("failed to get digest") && message.contains("no such file or directory"))
 }
 
 fn first_line(text: &str) -> &str {
@@ -366,6 +369,7 @@ mod tests {
     #[test]
     fn only_a_pruned_cache_layer_counts_as_a_race() {
         assert!(is_cache_race("failed to export image: failed to set parent sha256:84f8: unknown parent image ID sha256:84f8"));
+        assert!(is_cache_race("failed to get digest sha256:74d3: open /var/lib/docker/image/fuse-overlayfs/imagedb/content/sha256/74d3: no such file or directory"));
         assert!(!is_cache_race("The command '/bin/sh -c exit 3' returned a non-zero code: 3"));
         assert!(!is_cache_race("dockerfile parse error line 2: unknown instruction: FROB"));
     }
