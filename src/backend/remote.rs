@@ -27,7 +27,7 @@ impl Launch for RemoteLaunch<'_> {
         let client = ServerClient::new(self.url, self.token.map(String::from))?;
         match self.env_type {
             EnvType::Function => wait_until_ready(&client, spec.name, spec.deadline).await?,
-            EnvType::Http => wait_until_answering(&client, spec.deadline).await?,
+            EnvType::Http => client.wait_answering(spec.deadline, &|| false).await?,
         }
         let endpoint = Endpoint { url: self.url.to_string(), token: self.token.map(String::from), lease_at: None, env_type: self.env_type };
         Ok((Box::new(RemoteServer), endpoint))
@@ -61,25 +61,6 @@ impl Backend for RemoteServer {
 
     fn last_logs(&self, _n: usize) -> Vec<String> {
         Vec::new()
-    }
-}
-
-/// A web server of the environment's own is ready when it answers at all: it may have no
-/// `/health` route, or one of another shape.
-async fn wait_until_answering(client: &ServerClient, deadline: Instant) -> Result<()> {
-    let mut delay = Duration::from_millis(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        let err = match client.probe(left.min(Duration::from_secs(5))).await {
-            Ok(status) if status < 500 => return Ok(()),
-            Ok(status) => Error::Protocol { url: format!("{}/health", client.base()), status, detail: "the server answers with an error".into() },
-            Err(err) => err,
-        };
-        if Instant::now() + delay > deadline {
-            return Err(err);
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
     }
 }
 

@@ -162,10 +162,6 @@ async fn sequential_steps(ws_url: &str, request: &str, warmup: usize, count: usi
     Ok(samples)
 }
 
-fn ws_url(http_url: &str) -> String {
-    format!("{}/ws", http_url.replacen("http://", "ws://", 1))
-}
-
 pub async fn openenv(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     if !Path::new(BENCH_ENV).join("env.py").is_file() {
         report.skipped.push(format!("OpenEnv: {BENCH_ENV} is not here: run `rayfine bench` from the repository root"));
@@ -175,7 +171,7 @@ pub async fn openenv(settings: &Settings, report: &mut Report) -> anyhow::Result
     let program = ServerProgram::locate()?;
     let server = NoAuthServer::start(Path::new(BENCH_ENV), &program, &[("MAX_CONCURRENT_ENVS", "10000")])?;
     let floor = FloorServer::start()?;
-    let (env_ws, floor_ws) = (ws_url(&server.url), ws_url(&floor.url("")));
+    let (env_ws, floor_ws) = (rayfine::openenv::session_url(&server.url)?, rayfine::openenv::session_url(&floor.url(""))?);
 
     // One step after another, beside a trivial `/call` of the same server and a WebSocket echo.
     let calls = settings.library_calls;

@@ -164,6 +164,26 @@ impl ServerClient {
         Ok(response.status().as_u16())
     }
 
+    /// Waits until a web server of an environment's own answers `GET /health` below 500 (it may
+    /// have no such route, or one of another shape), polling quickly at first; gives up early
+    /// once `gone` says the server cannot come any more. On failure: the last probe's error.
+    pub async fn wait_answering(&self, deadline: Instant, gone: &(dyn Fn() -> bool + Sync)) -> Result<()> {
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            let err = match self.probe(left.min(Duration::from_secs(5))).await {
+                Ok(status) if status < 500 => return Ok(()),
+                Ok(status) => Error::Protocol { url: format!("{}/health", self.base), status, detail: "the server answers with an error".into() },
+                Err(err) => err,
+            };
+            if gone() || Instant::now() + delay > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
     /// `GET /health`: `Ok(None)` when ready, `Ok(Some(health))` when the server answers but is not.
     pub async fn health(&self, timeout: Duration) -> Result<Option<Health>> {
         let url = format!("{}/health", self.base);

@@ -108,12 +108,12 @@ impl<A: Serialize, O: DeserializeOwned> OpenEnvClient<A, O> {
     pub async fn attach(env: &EnvironmentWrapper, transport: Transport) -> Result<Self> {
         let link = match transport {
             Transport::Http => Link::Http,
-            Transport::WebSocket | Transport::Auto => match Socket::open(&ws_url(env.url())?, env.token(), OPEN_TIMEOUT.min(env.call_timeout())).await {
+            Transport::WebSocket | Transport::Auto => match Socket::open(&session_url(env.url())?, env.token(), OPEN_TIMEOUT.min(env.call_timeout())).await {
                 Ok(socket) => Link::Socket(socket),
                 Err(OpenError::NoRoute(_)) if transport == Transport::Auto => Link::Http,
                 Err(OpenError::NoRoute(status)) => {
                     let detail = "the server refused the WebSocket upgrade, as servers without a `/ws` route do; use Transport::Http".into();
-                    return Err(Error::Protocol { url: ws_url(env.url())?, status, detail });
+                    return Err(Error::Protocol { url: session_url(env.url())?, status, detail });
                 }
                 Err(OpenError::Failed(err)) => return Err(err),
             },
@@ -195,13 +195,13 @@ impl<A: Serialize, O: DeserializeOwned> OpenEnvClient<A, O> {
             Err(err @ Error::Session { .. }) => return Err(self.env.stopped_or(err).await),
             Err(err) => return Err(err),
         };
-        let url = ws_url(self.env.url())?;
+        let url = socket.url();
         let kind = answer.get("type").and_then(Value::as_str).unwrap_or_default();
         let data = answer.get("data").cloned().unwrap_or(Value::Null);
         match kind {
-            "error" => Err(error_from_frame(&url, method, &data)),
+            "error" => Err(error_from_frame(url, method, &data)),
             kind if kind == expected => Ok(data),
-            other => Err(not_protocol(&url, format!("`{method}` was answered with a frame of type `{other}`, not `{expected}`"))),
+            other => Err(not_protocol(url, format!("`{method}` was answered with a frame of type `{other}`, not `{expected}`"))),
         }
     }
 }
@@ -218,7 +218,7 @@ impl<A, O> std::fmt::Debug for OpenEnvClient<A, O> {
 
 /// The session URL of a server: `ws://` for `http://`, path `/ws`. Rayfine is built without TLS
 /// (its environments are reached on loopback or through a tunnel), so `https://` is refused.
-fn ws_url(base: &str) -> Result<String> {
+pub fn session_url(base: &str) -> Result<String> {
     let base = base.trim_end_matches('/');
     match base.strip_prefix("http://") {
         Some(rest) => Ok(format!("ws://{rest}/ws")),
@@ -233,9 +233,9 @@ mod tests {
 
     #[test]
     fn the_session_url_is_the_servers_ws_route() {
-        assert_eq!(ws_url("http://127.0.0.1:8000").unwrap(), "ws://127.0.0.1:8000/ws");
-        assert_eq!(ws_url("http://host/env/").unwrap(), "ws://host/env/ws");
-        assert!(ws_url("https://host").unwrap_err().to_string().contains("no TLS"));
-        assert!(ws_url("ftp://host").is_err());
+        assert_eq!(session_url("http://127.0.0.1:8000").unwrap(), "ws://127.0.0.1:8000/ws");
+        assert_eq!(session_url("http://host/env/").unwrap(), "ws://host/env/ws");
+        assert!(session_url("https://host").unwrap_err().to_string().contains("no TLS"));
+        assert!(session_url("ftp://host").is_err());
     }
 }

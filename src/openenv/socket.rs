@@ -82,6 +82,11 @@ impl Socket {
         Ok(Socket { url: ws_url.to_string(), requests: Some(requests), ended, task })
     }
 
+    /// The session's URL (`ws://.../ws`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Sends `message` and returns the answer frame, within `timeout` (queueing included). A
     /// request that times out, or whose caller stops waiting (its future dropped), ends the
     /// session: the request may still run, and its answer would be taken for the next one's.

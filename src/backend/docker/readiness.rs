@@ -78,20 +78,9 @@ pub(super) async fn wait_for_server(mut events: UnboundedReceiver<ServerEvent>, 
 /// it answers anything below 500.
 pub(super) async fn wait_for_http(port: u16, deadline: Instant, exited: &AtomicBool) -> Result<(), String> {
     let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), None).map_err(|e| e.to_string())?;
-    let mut delay = Duration::from_millis(5);
-    loop {
-        if exited.load(Ordering::SeqCst) {
-            return Err("the container exited before its server answered".into());
-        }
-        let last = match client.probe(Duration::from_secs(2)).await {
-            Ok(status) if status < 500 => return Ok(()),
-            Ok(status) => format!("/health answered HTTP {status}"),
-            Err(err) => err.to_string(),
-        };
-        if Instant::now() + delay > deadline {
-            return Err(format!("not ready in time: {last}"));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(200));
+    match client.wait_answering(deadline, &|| exited.load(Ordering::SeqCst)).await {
+        Ok(()) => Ok(()),
+        Err(_) if exited.load(Ordering::SeqCst) => Err("the container exited before its server answered".into()),
+        Err(err) => Err(format!("not ready in time: {err}")),
     }
 }
