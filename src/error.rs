@@ -127,6 +127,26 @@ pub enum Error {
         /// What the server said.
         message: String,
     },
+    /// A pool has no replica to take a call: every one is being replaced, or none could be
+    /// started, until the call's time ran out.
+    #[error("pool `{pool}` has no replica serving: {detail}")]
+    NoReplica {
+        /// The pool's name.
+        pool: String,
+        /// What its replicas are doing.
+        detail: String,
+    },
+    /// The replica that held an affinity key's state (an episode) is gone; the state went with
+    /// it. The key is forgotten, so the next call with it starts afresh on another replica.
+    #[error("pool `{pool}`: the replica holding key `{key}` is gone ({reason}); its state is lost")]
+    ReplicaLost {
+        /// The pool's name.
+        pool: String,
+        /// The affinity key.
+        key: String,
+        /// What happened to the replica.
+        reason: String,
+    },
     /// The result is valid JSON but not of the type asked for.
     #[error("result of `{method}` does not have the expected type: {source}")]
     Decode {
@@ -200,6 +220,12 @@ fn fmt_logs(logs: &[String]) -> String {
     }
 }
 
+impl From<crate::docker::host::BadHost> for Error {
+    fn from(err: crate::docker::host::BadHost) -> Error {
+        Error::InvalidInput(err.to_string())
+    }
+}
+
 impl From<crate::docker::engine::EngineError> for Error {
     fn from(err: crate::docker::engine::EngineError) -> Error {
         Error::Engine(Box::new(err))
@@ -216,6 +242,28 @@ impl Error {
     /// Whether the error is one of not reaching the server at all (refused, reset, closed).
     pub(crate) fn is_connection(&self) -> bool {
         matches!(self, Error::Connection { .. })
+    }
+
+    /// Whether the request surely never reached a server: the connection itself could not be
+    /// made (refused, no route, nothing listening). A reset or close after connecting is not:
+    /// the call may have run. Only such calls may be retried elsewhere without the caller's say.
+    pub(crate) fn never_reached(&self) -> bool {
+        let Error::Connection { source, .. } = self else { return false };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(err) = cause {
+            if let Some(http) = err.downcast_ref::<reqwest::Error>() {
+                if http.is_connect() {
+                    return true;
+                }
+            }
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable) {
+                    return true;
+                }
+            }
+            cause = err.source();
+        }
+        false
     }
 
     /// Builds the error for a non-200 answer to a call.

@@ -42,6 +42,8 @@ mod http_client;
 #[cfg(feature = "client")]
 pub mod openenv;
 #[cfg(feature = "client")]
+pub mod pool;
+#[cfg(feature = "client")]
 mod programs;
 #[cfg(feature = "client")]
 mod random;
@@ -55,6 +57,10 @@ pub use client::{
 };
 #[cfg(feature = "client")]
 pub use detect::{EnvDetector, EnvType};
+#[cfg(feature = "client")]
+pub use docker::DockerHost;
+#[cfg(feature = "client")]
+pub use pool::{load_pool, Balancing, Pool, PoolOptions};
 #[cfg(feature = "client")]
 pub use error::{Error, Result};
 #[cfg(feature = "client")]

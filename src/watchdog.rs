@@ -84,8 +84,9 @@ impl Owner {
 }
 
 /// Waits until stdin ends (the owner closed it or died), then until the owner is really gone,
-/// then removes its containers, sweeping a few times. Blocking: it runs alone in its process.
-pub fn run(owner: Owner) -> Result<usize, WatchdogError> {
+/// then removes its containers from `engine` (`unix://` or `tcp://`; default `DOCKER_HOST`, else
+/// the default socket), sweeping a few times. Blocking: it runs alone in its process.
+pub fn run(owner: Owner, engine: Option<String>) -> Result<usize, WatchdogError> {
     let mut sink = [0u8; 64];
     let mut stdin = std::io::stdin().lock();
     while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
@@ -93,7 +94,7 @@ pub fn run(owner: Owner) -> Result<usize, WatchdogError> {
     while owner.is_alive() {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let engine = Engine::from_env();
+    let engine = Engine::at(engine);
     let gone_at = Instant::now();
     let mut removed = 0;
     for at in SWEEPS_AFTER_EXIT {
@@ -109,14 +110,16 @@ pub fn run(owner: Owner) -> Result<usize, WatchdogError> {
     Ok(removed)
 }
 
-/// Where the engine listens: `DOCKER_HOST` (`unix://` or plain `tcp://`), else the default socket.
+/// Where the engine listens: `unix://` or plain `tcp://`.
 struct Engine {
     endpoint: String,
 }
 
 impl Engine {
-    fn from_env() -> Engine {
-        Engine { endpoint: std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into()) }
+    /// The engine at `endpoint`, else `DOCKER_HOST`'s, else the default socket.
+    fn at(endpoint: Option<String>) -> Engine {
+        let endpoint = endpoint.or_else(|| std::env::var("DOCKER_HOST").ok()).filter(|e| !e.is_empty());
+        Engine { endpoint: endpoint.unwrap_or_else(|| "unix:///var/run/docker.sock".into()) }
     }
 
     /// Removes (forced, with volumes) every container of `owner` that is not kept; returns how

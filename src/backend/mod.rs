@@ -75,8 +75,8 @@ pub(crate) trait Launch {
 pub(crate) enum KillNow {
     /// Nothing more to do.
     Done,
-    /// Remove this container.
-    RemoveContainer(String),
+    /// Remove this container from this engine.
+    RemoveContainer(crate::docker::DockerHost, String),
 }
 
 /// A running environment's server, as its backend sees it.
@@ -94,6 +94,11 @@ pub(crate) trait Backend: Send + Sync {
 
     /// The engine's container id.
     fn container_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// The engine the container is on.
+    fn docker_host(&self) -> Option<&crate::docker::DockerHost> {
         None
     }
 

@@ -17,10 +17,10 @@ where
 {
     spec.name = format!("rayfine-{purpose}-{}", crate::random::hex(6)?);
     let id = engine.create_container(spec).await?;
-    cleanup::track_container(&id);
+    cleanup::track_container(engine.host(), &id);
     let outcome = step(id.clone()).await;
     match remove_and_wait(engine, &id).await {
-        Ok(()) => cleanup::untrack_container(&id),
+        Ok(()) => cleanup::untrack_container(engine.host(), &id),
         Err(err) => tracing::warn!("{err}"),
     }
     outcome

@@ -44,7 +44,7 @@ pub(crate) async fn check_env_syntax(engine: &Engine, image: &str, tag: &str) ->
         network_disabled: true,
         ..Default::default()
     };
-    crate::docker::owner_watch::ensure();
+    crate::docker::owner_watch::ensure(engine.host());
     with_scratch_container(engine, "check", spec, |id| async move { run_check(engine, &id, tag).await }).await
 }
 

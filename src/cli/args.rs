@@ -29,8 +29,9 @@ pub enum Command {
     Call(CallArgs),
     /// List the methods of a running environment.
     Methods(TargetArgs),
-    /// List running environments: kept processes, and every container Rayfine started.
-    Ps,
+    /// List running environments: kept processes, and every container Rayfine started, on
+    /// every host named.
+    Ps(HostArgs),
     /// Stop kept environments and remove Rayfine's containers.
     Cleanup(CleanupArgs),
     /// Serve an environment's env.py over HTTP (the in-container server).
@@ -122,6 +123,48 @@ pub struct RunArgs {
     pub container: ContainerArgs,
     #[command(flatten)]
     pub call: CallSpec,
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Start this many replicas of an image, spread over the hosts by free capacity, and send
+    /// the call to one of them (the least busy). With --keep, each is kept, labelled with the
+    /// pool's id: `rayfine ps` shows it, `rayfine cleanup POOL-ID` removes them all.
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<usize>,
+}
+
+/// The Docker engines to use (image sources, `ps`, `cleanup`).
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// A Docker engine: `local`, `unix:///path/docker.sock`, `tcp://host:port` (repeatable;
+    /// default: those `RAYFINE_HOSTS` names, else this machine's). A remote engine's containers
+    /// publish their ports on every address of that host: the token guards them.
+    #[arg(long = "host", value_name = "ENGINE")]
+    pub hosts: Vec<String>,
+}
+
+impl HostArgs {
+    /// The engines named, else `RAYFINE_HOSTS`'s, else this machine's.
+    pub fn resolve(&self) -> anyhow::Result<Vec<rayfine::DockerHost>> {
+        let mut hosts = Vec::new();
+        for text in &self.hosts {
+            let host = rayfine::DockerHost::parse(text)?;
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        if hosts.is_empty() {
+            hosts = rayfine::DockerHost::from_env()?;
+        }
+        if hosts.is_empty() {
+            hosts.push(rayfine::DockerHost::Local);
+        }
+        Ok(hosts)
+    }
+
+    /// Whether any engine was named on the command line.
+    pub fn given(&self) -> bool {
+        !self.hosts.is_empty()
+    }
 }
 
 /// Options of a container (image sources).
@@ -220,6 +263,8 @@ pub struct CleanupArgs {
     /// Remove containers whose owning process is gone (and that were not kept).
     #[arg(long)]
     pub orphans: bool,
+    #[command(flatten)]
+    pub hosts: HostArgs,
 }
 
 #[derive(Debug, Args)]

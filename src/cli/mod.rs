@@ -2,6 +2,7 @@
 
 pub mod args;
 mod output;
+mod pool;
 mod records;
 
 use std::time::Instant;
@@ -20,7 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_env(args, cli.json).await,
         Command::Call(args) => call(args, cli.json).await,
         Command::Methods(args) => methods(args, cli.json).await,
-        Command::Ps => ps(cli.json).await,
+        Command::Ps(hosts) => ps(&hosts, cli.json).await,
         Command::Cleanup(args) => cleanup(args, cli.json).await,
         Command::Serve(args) => {
             rayfine::server::exit_on_panic();
@@ -118,6 +119,23 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
     if args.env.iter().any(|item| item.starts_with("RAYFINE_LEASE=")) {
         anyhow::bail!("the lease is set with --lease SECONDS, not -e RAYFINE_LEASE (Rayfine sets that variable itself)");
     }
+    match &source {
+        Source::Image(_) => options = options.hosts(args.hosts.resolve()?),
+        _ if args.hosts.given() => anyhow::bail!("--host places images; a folder runs as a local process and a URL is served where it is"),
+        _ => {}
+    }
+    if let Some(replicas) = args.replicas {
+        if !matches!(source, Source::Image(_)) {
+            anyhow::bail!("--replicas starts copies of an image; `{}` is not one", args.source);
+        }
+        if args.call.arguments.get {
+            anyhow::bail!("--get is not served by a pool's balancing; call one replica by its URL instead");
+        }
+        return match args.keep {
+            true => pool::run_kept(options, replicas, args.call.method.is_some(), json).await,
+            false => pool::run(options, replicas, &args.call.method, kwargs, json).await,
+        };
+    }
     let started = Instant::now();
     let env = rayfine::load_env(options).await?;
     let ready_in = started.elapsed();
@@ -129,16 +147,7 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
             Source::Url(_) => None,
         };
         if let Some(source_text) = source_text {
-            records::save(&records::Record {
-                id: env.id().into(),
-                name: env.name().into(),
-                url: env.url().into(),
-                token: token_of(&env),
-                pid: env.pid().unwrap_or(0),
-                source: source_text,
-                container_id: env.container_id().map(str::to_string),
-                env_type: Some(env.env_type().as_str().to_string()),
-            })?;
+            records::save(&records::Record::of(&env, source_text))?;
             if !json {
                 eprintln!("kept running as {}; stop it with `rayfine cleanup {}`", env.id(), env.id());
             }
@@ -147,11 +156,6 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
         env.cleanup().await?;
     }
     outcome
-}
-
-/// A kept environment's record needs its token, so later commands can call it.
-fn token_of(env: &EnvironmentWrapper) -> String {
-    env.token().unwrap_or_default().to_string()
 }
 
 /// Says the environment is ready and what it offers, then makes the call, if any: a long call
@@ -212,7 +216,7 @@ async fn connect(target: &TargetArgs) -> anyhow::Result<(EnvironmentWrapper, Opt
 /// server process is gone (with the last lines of its log).
 async fn stopped(record: &records::Record) -> Option<rayfine::Error> {
     let reason = match &record.container_id {
-        Some(id) => rayfine::docker::describe_exit(id).await?,
+        Some(id) => rayfine::docker::describe_exit_on(&record.docker_host().ok()?, id).await?,
         None if records::is_alive(record.pid) => return None,
         None => format!("its server process {} is gone", record.pid),
     };
@@ -272,26 +276,34 @@ async fn methods(args: TargetArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Containers from the engine, or none (with a note) when no engine answers: `ps` and
-/// `cleanup` still serve process-mode environments on a machine without Docker.
-async fn managed_containers() -> Vec<ManagedContainer> {
-    match rayfine::docker::list_managed_containers().await {
-        Ok(containers) => containers,
-        Err(rayfine::Error::Engine(err)) if err.is_unavailable() => Vec::new(),
-        Err(err) => {
-            tracing::warn!("{err}");
-            Vec::new()
+/// Containers from every engine named, and the engines that answered. This machine's engine not
+/// answering is no error (`ps` and `cleanup` still serve process-mode environments on a machine
+/// without Docker); another's is said, and the others are still listed.
+async fn managed_containers(hosts: &[rayfine::DockerHost]) -> (Vec<ManagedContainer>, Vec<rayfine::DockerHost>) {
+    let listed = hosts.iter().map(|host| async move { (host, rayfine::docker::list_managed_containers_on(host).await) });
+    let mut containers = Vec::new();
+    let mut answered = Vec::new();
+    for (host, listing) in futures_util::future::join_all(listed).await {
+        match listing {
+            Ok(found) => {
+                containers.extend(found);
+                answered.push(host.clone());
+            }
+            Err(rayfine::Error::Engine(err)) if err.is_unavailable() && *host == rayfine::DockerHost::Local => {}
+            Err(err) => tracing::warn!("{host}: {err}"),
         }
     }
+    (containers, answered)
 }
 
-async fn ps(json: bool) -> anyhow::Result<()> {
-    let containers = managed_containers().await;
-    // A kept container's record outlives nothing: drop records of containers that are gone.
+async fn ps(hosts: &args::HostArgs, json: bool) -> anyhow::Result<()> {
+    let (containers, answered) = managed_containers(&hosts.resolve()?).await;
+    // A kept container's record outlives nothing: drop records of containers that are gone from
+    // an engine that was asked.
     let records: Vec<records::Record> = records::live()
         .into_iter()
         .filter(|r| match &r.container_id {
-            Some(id) if !containers.iter().any(|c| id.starts_with(&c.container_id)) => {
+            Some(id) if r.docker_host().is_ok_and(|h| answered.contains(&h)) && !containers.iter().any(|c| id.starts_with(&c.container_id)) => {
                 records::forget(&r.id);
                 false
             }
@@ -307,7 +319,7 @@ async fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
     if !args.all && !args.orphans && args.targets.is_empty() {
         anyhow::bail!("name what to stop (ids or names), or pass --all or --orphans");
     }
-    let containers = managed_containers().await;
+    let (containers, _) = managed_containers(&args.hosts.resolve()?).await;
     let mut doomed_containers: Vec<&ManagedContainer> = Vec::new();
     let mut chosen: Vec<records::Record> = Vec::new();
     if args.all {
@@ -318,21 +330,30 @@ async fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
         doomed_containers.extend(containers.iter().filter(|c| c.is_orphan()));
     }
     for target in &args.targets {
-        let matching: Vec<&ManagedContainer> =
-            containers.iter().filter(|c| c.env_id == *target || c.name == *target || (target.len() >= 6 && c.container_id.starts_with(target.as_str()))).collect();
+        let matching: Vec<&ManagedContainer> = containers
+            .iter()
+            .filter(|c| c.env_id == *target || c.name == *target || c.pool() == Some(target.as_str()) || (target.len() >= 6 && c.container_id.starts_with(target.as_str())))
+            .collect();
         if !matching.is_empty() {
             doomed_containers.extend(matching);
             continue;
         }
         chosen.push(records::find(target)?);
     }
-    doomed_containers.sort_by(|a, b| a.container_id.cmp(&b.container_id));
-    doomed_containers.dedup_by(|a, b| a.container_id == b.container_id);
+    doomed_containers.sort_by(|a, b| (&a.host, &a.container_id).cmp(&(&b.host, &b.container_id)));
+    doomed_containers.dedup_by(|a, b| a.host == b.host && a.container_id == b.container_id);
     for record in &chosen {
         records::stop(record);
     }
-    let container_ids: Vec<String> = doomed_containers.iter().map(|c| c.container_id.clone()).collect();
-    rayfine::docker::remove_containers(&container_ids).await?;
+    let mut by_host: std::collections::BTreeMap<&rayfine::DockerHost, Vec<String>> = std::collections::BTreeMap::new();
+    for container in &doomed_containers {
+        by_host.entry(&container.host).or_default().push(container.container_id.clone());
+    }
+    let removals = by_host.iter().map(|(host, ids)| rayfine::docker::remove_containers_on(host, ids));
+    let failures: Vec<String> = futures_util::future::join_all(removals).await.into_iter().filter_map(|r| r.err().map(|e| e.to_string())).collect();
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("; "));
+    }
     for container in &doomed_containers {
         records::forget(&container.env_id);
     }

@@ -35,7 +35,7 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
             serde_json::json!({
                 "id": c.env_id, "name": c.name, "mode": "docker", "container_id": c.container_id, "image": c.image,
                 "env_type": c.env_type, "state": c.state, "url": c.url(), "port": c.port, "owner_pid": c.owner_pid,
-                "owner_alive": c.owner_alive, "keep": c.keep, "orphan": c.is_orphan(),
+                "owner_alive": c.owner_alive, "keep": c.keep, "orphan": c.is_orphan(), "host": c.host, "pool": c.pool(),
             })
         }));
         println!("{}", serde_json::Value::Array(rows));
@@ -45,9 +45,22 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
         eprintln!("no environments are running");
         return;
     }
-    println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} SOURCE", "ID", "NAME", "MODE", "STATE", "URL", "OWNER");
+    // Where containers run, once some run elsewhere; the pool, once some are replicas.
+    let elsewhere = containers.iter().any(|c| c.host != rayfine::DockerHost::Local);
+    let pooled = containers.iter().any(|c| c.pool().is_some());
+    let extra = |host: &str, pool: &str| {
+        let mut text = String::new();
+        if elsewhere {
+            text.push_str(&format!("{host:<24} "));
+        }
+        if pooled {
+            text.push_str(&format!("{pool:<24} "));
+        }
+        text
+    };
+    println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}SOURCE", "ID", "NAME", "MODE", "STATE", "URL", "OWNER", extra("HOST", "POOL"));
     for r in records {
-        println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}", r.id, r.name, "process", "running", r.url, "kept", r.source);
+        println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}{}", r.id, r.name, "process", "running", r.url, "kept", extra("local", "-"), r.source);
     }
     for c in containers {
         let url = c.url().unwrap_or_else(|| "-".into());
@@ -57,7 +70,8 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
             (false, Some(pid), false) => format!("pid {pid} (gone)"),
             (false, None, _) => "unknown".to_string(),
         };
-        println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}", c.env_id, c.name, "docker", c.state, url, owner, c.image);
+        let pool = c.pool().unwrap_or("-");
+        println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}{}", c.env_id, c.name, "docker", c.state, url, owner, extra(&c.host.to_string(), pool), c.image);
     }
 }
 

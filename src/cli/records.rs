@@ -30,6 +30,35 @@ pub struct Record {
     /// Absent from records written before it existed (see [`Record::env_type`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_type: Option<String>,
+    /// The Docker engine of the container, when not this machine's (`tcp://host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl Record {
+    /// The record of a started environment (a folder's path or an image as `source`); it holds
+    /// the token, so later commands can call it.
+    pub fn of(env: &rayfine::EnvironmentWrapper, source: String) -> Record {
+        Record {
+            id: env.id().into(),
+            name: env.name().into(),
+            url: env.url().into(),
+            token: env.token().unwrap_or_default().to_string(),
+            pid: env.pid().unwrap_or(0),
+            source,
+            container_id: env.container_id().map(str::to_string),
+            env_type: Some(env.env_type().as_str().to_string()),
+            host: env.docker_host().filter(|h| **h != rayfine::DockerHost::Local).map(|h| h.to_string()),
+        }
+    }
+
+    /// The engine its container is on.
+    pub fn docker_host(&self) -> anyhow::Result<rayfine::DockerHost> {
+        match &self.host {
+            Some(text) => rayfine::DockerHost::parse(text).with_context(|| format!("the record of {}", self.id)),
+            None => Ok(rayfine::DockerHost::Local),
+        }
+    }
 }
 
 impl Record {
@@ -39,7 +68,7 @@ impl Record {
     pub async fn env_type(&self) -> anyhow::Result<rayfine::EnvType> {
         let recorded = match (&self.env_type, &self.container_id) {
             (Some(recorded), _) => Some(recorded.clone()),
-            (None, Some(container)) => rayfine::docker::list_managed_containers()
+            (None, Some(container)) => rayfine::docker::list_managed_containers_on(&self.docker_host()?)
                 .await
                 .ok()
                 .and_then(|containers| containers.into_iter().find(|c| container.starts_with(&c.container_id)))

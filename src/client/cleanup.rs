@@ -17,30 +17,32 @@ use std::sync::Arc;
 
 use super::running::Running;
 use crate::backend::KillNow;
+use crate::docker::DockerHost;
 
 static REGISTRY: Lazy<Mutex<BTreeMap<String, Arc<Running>>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
 
-/// Containers (ids, or names while being created) behind no registered environment: between
-/// create and ready, a Ctrl-C must still remove them.
-static PENDING_CONTAINERS: Lazy<Mutex<BTreeSet<String>>> = Lazy::new(|| Mutex::new(BTreeSet::new()));
+/// Containers (ids, or names while being created) behind no registered environment, with the
+/// engine each is on: between create and ready, a Ctrl-C must still remove them.
+static PENDING_CONTAINERS: Lazy<Mutex<BTreeSet<(DockerHost, String)>>> = Lazy::new(|| Mutex::new(BTreeSet::new()));
 
 /// Records a container this process must remove if it ends now.
-pub(crate) fn track_container(id: &str) {
-    PENDING_CONTAINERS.lock().insert(id.to_string());
+pub(crate) fn track_container(host: &DockerHost, id: &str) {
+    PENDING_CONTAINERS.lock().insert((host.clone(), id.to_string()));
 }
 
 /// Forgets a container: removed, or now behind a registered environment.
-pub(crate) fn untrack_container(id: &str) {
-    PENDING_CONTAINERS.lock().remove(id);
+pub(crate) fn untrack_container(host: &DockerHost, id: &str) {
+    PENDING_CONTAINERS.lock().remove(&(host.clone(), id.to_string()));
 }
 
 /// Takes ownership of a started environment; from now on it is ended with this process.
 pub(crate) fn register(env: Arc<Running>) {
     let container = env.backend.container_id().map(String::from);
+    let host = env.backend.docker_host().cloned();
     REGISTRY.lock().insert(env.id.clone(), env);
-    if let Some(container) = container {
+    if let (Some(container), Some(host)) = (container, host) {
         // From now on the registry covers it (and leaves it alone at exit if it is kept).
-        untrack_container(&container);
+        untrack_container(&host, &container);
     }
 }
 
@@ -87,11 +89,11 @@ pub(crate) fn kill_all_now() {
         let doomed: Vec<String> = registry.iter().filter(|(_, env)| !env.keep).map(|(id, _)| id.clone()).collect();
         doomed.into_iter().filter_map(|id| registry.remove(&id)).collect()
     };
-    let mut containers: Vec<String> = all
+    let mut containers: Vec<(DockerHost, String)> = all
         .iter()
         .filter_map(|env| match env.kill_now() {
             KillNow::Done => None,
-            KillNow::RemoveContainer(id) => Some(id),
+            KillNow::RemoveContainer(host, id) => Some((host, id)),
         })
         .collect();
     containers.extend(std::mem::take(&mut *PENDING_CONTAINERS.lock()));

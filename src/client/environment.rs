@@ -92,15 +92,30 @@ impl EnvironmentWrapper {
 
     /// Calls `method` with positional and keyword arguments and an optional timeout of its own.
     pub async fn call_with(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>) -> Result<Value> {
-        let (timeout, kwargs) = self.prepare_call(method, args, timeout, kwargs)?;
-        let result = match self.env_type() {
-            EnvType::Function => self.inner.client.call(method, args, &kwargs, timeout).await,
-            EnvType::Http => self.inner.client.call_http(method, &kwargs, timeout).await,
-        };
-        match result {
+        match self.call_unexplained(method, args, kwargs, timeout).await {
             Ok(value) => Ok(value),
             Err(err) => Err(self.explain(err).await),
         }
+    }
+
+    /// [`call_with`](Self::call_with) with a transport error left as it is, for a caller that
+    /// decides on it first (a pool retries a call that never reached its replica).
+    pub(crate) async fn call_unexplained(&self, method: &str, args: &[Value], kwargs: Value, timeout: Option<Duration>) -> Result<Value> {
+        let (timeout, kwargs) = self.prepare_call(method, args, timeout, kwargs)?;
+        match self.env_type() {
+            EnvType::Function => self.inner.client.call(method, args, &kwargs, timeout).await,
+            EnvType::Http => self.inner.client.call_http(method, &kwargs, timeout).await,
+        }
+    }
+
+    /// Whether its server has exited, as far as this process has seen.
+    pub(crate) fn has_exited(&self) -> bool {
+        self.inner.backend.has_exited()
+    }
+
+    /// The engine its container runs on, in Docker mode.
+    pub fn docker_host(&self) -> Option<&crate::docker::DockerHost> {
+        self.inner.backend.docker_host()
     }
 
     /// Calls the route `method` with `GET`, the kwargs as query parameters: for routes that take
@@ -212,7 +227,7 @@ impl EnvironmentWrapper {
 
     /// A connection error from a dead server says so, with how it ended and its last log lines.
     /// The broken connection is usually seen before the exit is, so the backend is given a moment.
-    async fn explain(&self, err: Error) -> Error {
+    pub(crate) async fn explain(&self, err: Error) -> Error {
         if !err.is_connection() {
             return err;
         }

@@ -20,6 +20,7 @@ use crate::backend::docker::DockerLaunch;
 use crate::backend::process::ProcessLaunch;
 use crate::backend::remote::RemoteLaunch;
 use crate::backend::{Launch, StartSpec};
+use crate::docker::placement::Placed;
 use crate::error::{Error, Result};
 use crate::http_client::ServerClient;
 use running::Running;
@@ -34,6 +35,16 @@ use running::Running;
 /// ```
 pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
     options.validate()?;
+    let placed = match options.source {
+        Source::Image(_) => crate::docker::placement::place(&options.docker_hosts()?, 1).await?.pop(),
+        _ => None,
+    };
+    start_env(options, placed).await
+}
+
+/// Starts what `options` name, an image on the engine placement chose (validated and placed by
+/// the caller), and registers it.
+pub(crate) async fn start_env(options: LoadOptions, placed: Option<Placed>) -> Result<EnvironmentWrapper> {
     cleanup::install_handlers();
     let name = options.display_name();
     let id = format!("{}-{}", slug(&name), crate::random::hex(4)?);
@@ -59,7 +70,8 @@ pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
             ProcessLaunch { folder, program: options.server_program.as_deref(), log_file: log_file.as_deref() }.start(&spec).await?
         }
         Source::Image(image) => {
-            let launch = DockerLaunch { image, limits: &options.limits, env_type: options.env_type, http_port: options.http_port, labels: &options.labels };
+            let host = placed.as_ref().map_or(&crate::docker::DockerHost::Local, |placed| &placed.host);
+            let launch = DockerLaunch { image, limits: &options.limits, env_type: options.env_type, http_port: options.http_port, labels: &options.labels, host };
             launch.start(&spec).await?
         }
     };

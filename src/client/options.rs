@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::docker::DockerHost;
 use crate::error::{Error, Result};
 
 /// Where the environment comes from.
@@ -123,6 +124,10 @@ pub struct LoadOptions {
     /// How long the server lives without hearing from this process (see [`LoadOptions::lease`]);
     /// `None`: no lease. Kept environments never have one.
     pub lease: Option<Duration>,
+    /// The Docker engines an image may run on (image sources); empty: those `RAYFINE_HOSTS`
+    /// names, else this machine's. With several, each start goes to the one with the most free
+    /// capacity, and an image a remote engine lacks is copied there from this machine's.
+    pub hosts: Vec<DockerHost>,
     /// The server program for process mode; found by [`ServerProgram::locate`] when unset.
     ///
     /// [`ServerProgram::locate`]: crate::ServerProgram::locate
@@ -145,6 +150,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("env_type", &self.env_type)
             .field("http_port", &self.http_port)
             .field("labels", &self.labels)
+            .field("hosts", &self.hosts)
             .field("server_program", &self.server_program)
             .field("lease", &self.lease)
             .finish()
@@ -167,6 +173,7 @@ impl LoadOptions {
             env_type: None,
             http_port: None,
             labels: BTreeMap::new(),
+            hosts: Vec::new(),
             server_program: None,
             lease: Some(super::lease::DEFAULT_LEASE),
         }
@@ -212,6 +219,33 @@ impl LoadOptions {
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> LoadOptions {
         self.labels.insert(key.into(), value.into());
         self
+    }
+
+    /// Adds a Docker engine the image may run on (see [`LoadOptions::hosts`]).
+    pub fn host(mut self, host: DockerHost) -> LoadOptions {
+        if !self.hosts.contains(&host) {
+            self.hosts.push(host);
+        }
+        self
+    }
+
+    /// The Docker engines the image may run on, instead of `RAYFINE_HOSTS` or this machine's.
+    pub fn hosts(mut self, hosts: impl IntoIterator<Item = DockerHost>) -> LoadOptions {
+        self.hosts.clear();
+        for host in hosts {
+            self = self.host(host);
+        }
+        self
+    }
+
+    /// The engines to place an image on: those given, else `RAYFINE_HOSTS`'s, else this
+    /// machine's.
+    pub(crate) fn docker_hosts(&self) -> Result<Vec<DockerHost>> {
+        if !self.hosts.is_empty() {
+            return Ok(self.hosts.clone());
+        }
+        let from_env = DockerHost::from_env()?;
+        Ok(if from_env.is_empty() { vec![DockerHost::Local] } else { from_env })
     }
 
     /// Options for an environment folder.
@@ -312,6 +346,9 @@ impl LoadOptions {
         }
         if let Source::Url(url) = &self.source {
             validate_url(url)?;
+        }
+        if !self.hosts.is_empty() && !matches!(self.source, Source::Image(_)) {
+            return Err(Error::InvalidInput("Docker hosts are for images: a folder runs as a local process, a URL is served where it is".into()));
         }
         let limits = &self.limits;
         if limits.memory_bytes.is_some_and(|m| m < 6 * 1024 * 1024) {

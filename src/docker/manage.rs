@@ -2,6 +2,7 @@
 //! (`--all`, `--orphans`) and the test suite's leak check.
 
 use super::engine::{short, Engine};
+use super::host::DockerHost;
 use super::removal::remove_and_wait;
 use crate::error::{Error, Result};
 use crate::labels;
@@ -9,6 +10,8 @@ use crate::labels;
 /// A container made by Rayfine, as `rayfine ps` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ManagedContainer {
+    /// The engine it is on.
+    pub host: DockerHost,
     /// The engine's container id (short form).
     pub container_id: String,
     /// The environment's registry id.
@@ -21,7 +24,7 @@ pub struct ManagedContainer {
     pub env_type: String,
     /// The engine's state: `running`, `exited`, ...
     pub state: String,
-    /// The host port on 127.0.0.1, when published.
+    /// The port published on its host (on 127.0.0.1 when that is this machine).
     pub port: Option<u16>,
     /// Process id of the owner.
     pub owner_pid: Option<u32>,
@@ -34,9 +37,14 @@ pub struct ManagedContainer {
 }
 
 impl ManagedContainer {
-    /// Where its server answers, when its port is published (on the host's loopback).
+    /// Where its server answers, when its port is published.
     pub fn url(&self) -> Option<String> {
-        self.port.map(|port| format!("http://127.0.0.1:{port}"))
+        self.port.map(|port| format!("http://{}:{port}", super::host::bracketed(self.host.client_address())))
+    }
+
+    /// The pool it is a replica of, if any.
+    pub fn pool(&self) -> Option<&str> {
+        self.labels.get(crate::pool::POOL_LABEL).map(String::as_str)
     }
 
     /// Left behind: not kept, and its owner is gone.
@@ -45,9 +53,14 @@ impl ManagedContainer {
     }
 }
 
-/// Every container labelled `rayfine.managed=true`, running or not.
+/// Every container labelled `rayfine.managed=true` on this machine's engine, running or not.
 pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
-    let engine = Engine::connect().await?;
+    list_managed_containers_on(&DockerHost::Local).await
+}
+
+/// Every container labelled `rayfine.managed=true` on `host`'s engine, running or not.
+pub async fn list_managed_containers_on(host: &DockerHost) -> Result<Vec<ManagedContainer>> {
+    let engine = Engine::connect_to(host).await?;
     let summaries = engine.list_containers(&format!("{}=true", labels::MANAGED)).await?;
     let mut containers: Vec<ManagedContainer> = summaries
         .into_iter()
@@ -56,6 +69,7 @@ pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
             let owner_pid = get(labels::OWNER_PID).parse().ok();
             let owner_start = get(labels::OWNER_START).parse().ok();
             ManagedContainer {
+                host: host.clone(),
                 container_id: short(&summary.id).to_string(),
                 env_id: get(labels::ENV_ID),
                 name: get(labels::NAME),
@@ -74,10 +88,15 @@ pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
     Ok(containers)
 }
 
-/// Stops and removes containers by id (full or short); waits until each is gone. The error
-/// names every container that is still there.
+/// Stops and removes containers of this machine's engine by id (full or short); waits until
+/// each is gone. The error names every container that is still there.
 pub async fn remove_containers(ids: &[String]) -> Result<()> {
-    let engine = Engine::connect().await?;
+    remove_containers_on(&DockerHost::Local, ids).await
+}
+
+/// [`remove_containers`] on `host`'s engine.
+pub async fn remove_containers_on(host: &DockerHost, ids: &[String]) -> Result<()> {
+    let engine = Engine::connect_to(host).await?;
     let removals = ids.iter().map(|id| remove_and_wait(&engine, id));
     let failures: Vec<Error> = futures_util::future::join_all(removals).await.into_iter().filter_map(Result::err).collect();
     match failures.len() {
@@ -107,11 +126,17 @@ pub async fn remove_image(tag: &str) -> Result<()> {
     }
 }
 
-/// How container `id` ended, as the engine tells it; `None` while it runs (or if the engine
-/// cannot be asked).
+/// How container `id` of the local engine ended, as the engine tells it; `None` while it runs
+/// (or if the engine cannot be asked).
 pub async fn describe_exit(id: &str) -> Option<String> {
+    describe_exit_on(&DockerHost::Local, id).await
+}
+
+/// How container `id` on `host` ended, as its engine tells it; `None` while it runs (or if the
+/// engine cannot be asked).
+pub async fn describe_exit_on(host: &DockerHost, id: &str) -> Option<String> {
     let short = short(id);
-    let engine = Engine::connect().await.ok()?;
+    let engine = Engine::connect_to(host).await.ok()?;
     match engine.inspect_container(id).await {
         Err(err) if err.is_not_found() => Some(format!("its container {short} is gone (it exited and was removed, or was removed from outside)")),
         Err(_) => None,

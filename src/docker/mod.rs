@@ -1,15 +1,22 @@
 //! Docker: the one connection to the engine ([`engine`]), and housekeeping of what Rayfine
 //! created in it (find by label, remove for sure, say how a container ended).
 
+mod distribute;
 pub(crate) mod engine;
+pub(crate) mod host;
 mod manage;
 pub(crate) mod owner_watch;
+pub(crate) mod placement;
 mod reference;
 mod removal;
 
 pub use crate::labels;
 pub use crate::programs::{is_static_elf, locate as locate_static_server, BUILD_COMMAND as STATIC_SERVER_BUILD_COMMAND};
-pub use engine::{is_available as docker_available, EngineError};
-pub use manage::{describe_exit, list_managed_containers, list_managed_images, remove_containers, remove_image, ManagedContainer};
+pub(crate) use distribute::ensure_image;
+pub use engine::{is_available as docker_available, Capacity, EngineError};
+pub use host::{BadHost, DockerHost, HOSTS_ENV};
+pub use manage::{
+    describe_exit, describe_exit_on, list_managed_containers, list_managed_containers_on, list_managed_images, remove_containers, remove_containers_on, remove_image, ManagedContainer,
+};
 pub(crate) use reference::validate_reference;
 pub(crate) use removal::{remove_and_wait, remove_now};

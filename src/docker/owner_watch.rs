@@ -1,29 +1,35 @@
-//! Starts this process's owner watchdog ([`crate::watchdog`]) before its first container, so that
-//! a container is removed even if this process is killed between creating and starting it.
+//! Starts this process's owner watchdogs ([`crate::watchdog`]), one per engine, before its first
+//! container there, so that a container is removed even if this process is killed between
+//! creating and starting it.
 
+use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
+use super::host::DockerHost;
 use crate::programs::ServerProgram;
 use crate::watchdog::Owner;
 
-/// The watchdog and the write end of its stdin, held for the life of this process: the kernel
-/// closes it when this process dies, which is the watchdog's signal.
-static WATCHDOG: Lazy<Mutex<Option<(Child, ChildStdin)>>> = Lazy::new(|| Mutex::new(None));
+/// Each engine's watchdog and the write end of its stdin, held for the life of this process: the
+/// kernel closes it when this process dies, which is the watchdog's signal.
+static WATCHDOGS: Lazy<Mutex<HashMap<DockerHost, (Child, ChildStdin)>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
-/// Starts the watchdog unless it runs; says once, as a warning, when it cannot be started.
-pub(crate) fn ensure() {
-    let mut watchdog = WATCHDOG.lock();
-    if let Some((child, _)) = watchdog.as_mut() {
+/// Starts the watchdog of `host`'s engine unless it runs; says once, as a warning, when it cannot
+/// be started.
+pub(crate) fn ensure(host: &DockerHost) {
+    let mut watchdogs = WATCHDOGS.lock();
+    if let Some((child, _)) = watchdogs.get_mut(host) {
         if matches!(child.try_wait(), Ok(None)) {
             return;
         }
     }
-    match start() {
-        Ok(started) => *watchdog = Some(started),
+    match start(host) {
+        Ok(started) => {
+            watchdogs.insert(host.clone(), started);
+        }
         Err(why) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -33,7 +39,7 @@ pub(crate) fn ensure() {
     }
 }
 
-fn start() -> Result<(Child, ChildStdin), String> {
+fn start(host: &DockerHost) -> Result<(Child, ChildStdin), String> {
     let owner = Owner::this_process().ok_or("cannot read this process's start time")?;
     let program = ServerProgram::locate()
         .or_else(|_| crate::programs::locate(None).map(|path| ServerProgram::at(&path)))
@@ -45,6 +51,8 @@ fn start() -> Result<(Child, ChildStdin), String> {
     command
         .arg("--watch-owner")
         .arg(owner.to_string())
+        .arg("--watch-engine")
+        .arg(host.engine_url())
         .stdin(Stdio::piped())
         // Nothing of ours that a caller waits on (a test's captured output) may stay open in it.
         .stdout(Stdio::null())

@@ -1,9 +1,11 @@
 //! Removing containers for sure: asked again while the engine refuses, confirmed by inspect, and
 //! from exit paths that have no async runtime.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::engine::{short, Engine, EngineError};
+use super::host::DockerHost;
 use crate::error::{Error, Result};
 
 /// How long a removal is asked for again before the container is reported as left behind. An
@@ -49,23 +51,31 @@ async fn remove_and_wait_within(engine: &Engine, id: &str, limit: Duration, ever
     }
 }
 
-/// Force-removes containers from a plain thread with a runtime of its own: for the exit paths
-/// (signal handler, panic hook, guard) that may run inside or outside an async runtime.
-pub(crate) fn remove_now(ids: Vec<String>) {
-    if ids.is_empty() {
+/// Force-removes containers, each on its engine, from a plain thread with a runtime of its own:
+/// for the exit paths (signal handler, panic hook, guard) that may run inside or outside an async
+/// runtime. Every engine is asked at once; one that does not answer holds up no other.
+pub(crate) fn remove_now(containers: Vec<(DockerHost, String)>) {
+    if containers.is_empty() {
         return;
+    }
+    let mut by_host: BTreeMap<DockerHost, Vec<String>> = BTreeMap::new();
+    for (host, id) in containers {
+        by_host.entry(host).or_default().push(id);
     }
     let worker = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         runtime.block_on(async {
-            let Ok(engine) = Engine::connect().await else { return };
-            let removals = ids.iter().map(|id| {
-                let engine = engine.clone();
-                async move {
-                    let _ = engine.remove_container(id).await;
-                }
+            let hosts = by_host.into_iter().map(|(host, ids)| async move {
+                let Ok(engine) = Engine::connect_to(&host).await else { return };
+                let removals = ids.iter().map(|id| {
+                    let engine = engine.clone();
+                    async move {
+                        let _ = engine.remove_container(id).await;
+                    }
+                });
+                futures_util::future::join_all(removals).await;
             });
-            let _ = tokio::time::timeout(REMOVE_NOW_LIMIT, futures_util::future::join_all(removals)).await;
+            let _ = tokio::time::timeout(REMOVE_NOW_LIMIT, futures_util::future::join_all(hosts)).await;
         });
     });
     let _ = worker.join();

@@ -72,6 +72,10 @@ pub struct ServerConfig {
     /// containers it left (see `rayfine::watchdog`). Started by the client, not by hand.
     #[arg(long = "watch-owner", value_name = "PID:START", hide = true)]
     pub watch_owner: Option<crate::watchdog::Owner>,
+    /// With --watch-owner: the engine to clean up (`unix://` or `tcp://`); default `DOCKER_HOST`,
+    /// else the default socket.
+    #[arg(long = "watch-engine", value_name = "URL", hide = true, requires = "watch_owner")]
+    pub watch_engine: Option<String>,
     /// A JSON file with the token and the environment's variables (the client copies it into the
     /// container so that `docker inspect` shows neither).
     #[arg(long = "secrets-file", env = crate::protocol::SECRETS_FILE_ENV)]

@@ -84,7 +84,8 @@ async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
 /// Runs the server from its configuration until SIGINT, SIGTERM or (if asked) stdin's end.
 pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     if let Some(owner) = config.watch_owner {
-        let watched = tokio::task::spawn_blocking(move || crate::watchdog::run(owner)).await;
+        let engine = config.watch_engine.clone();
+        let watched = tokio::task::spawn_blocking(move || crate::watchdog::run(owner, engine)).await;
         return watched.map_err(|err| ServeError::Config(format!("the watchdog stopped: {err}")))?.map(drop).map_err(Into::into);
     }
     let addr = format!("{}:{}", config.host, config.port);

@@ -35,7 +35,8 @@ use crate::client::cleanup;
 use crate::client::ContainerLimits;
 use crate::detect::EnvType;
 use crate::docker::engine::{short, Engine};
-use crate::docker::{describe_exit, remove_and_wait};
+use crate::docker::host::bracketed;
+use crate::docker::{describe_exit_on, ensure_image, remove_and_wait, DockerHost};
 use crate::error::{Error, Result};
 use shape::Shape;
 
@@ -59,12 +60,16 @@ pub(crate) struct DockerLaunch<'a> {
     pub http_port: Option<u16>,
     /// Labels of the caller's, besides Rayfine's own.
     pub labels: &'a BTreeMap<String, String>,
+    /// The engine to run it on.
+    pub host: &'a DockerHost,
 }
 
 type Input = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// A running environment container.
 pub(crate) struct DockerServer {
+    /// The engine it runs on.
+    host: DockerHost,
     /// The engine's container id.
     id: String,
     /// Our end of the container's stdin; closing it stops a function-based server.
@@ -80,6 +85,8 @@ pub(crate) struct DockerServer {
 struct Ports {
     server: u16,
     lease: Option<u16>,
+    /// Where renewals go, resolved, when the environment holds a lease.
+    lease_at: Option<std::net::SocketAddr>,
 }
 
 impl Launch for DockerLaunch<'_> {
@@ -98,20 +105,9 @@ impl Launch for DockerLaunch<'_> {
         let container_name = shape::container_name(spec.env_id);
         match (outcome, server) {
             (Ok(ports), Some(server)) => {
-                let url = format!("http://127.0.0.1:{}", ports.server);
-                // The `/call` server takes renewals on its own port; a supervised HTTP-based one
-                // on the supervisor's. The user's own HTTP server knows no token, so the client
-                // sends it none.
-                let renewals_at = match env_type {
-                    EnvType::Function => Some(ports.server),
-                    EnvType::Http => ports.lease,
-                };
-                let endpoint = Endpoint {
-                    url,
-                    token: (env_type == EnvType::Function).then(|| spec.token.to_string()),
-                    lease_at: spec.lease.and(renewals_at).map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
-                    env_type,
-                };
+                let url = published_url(self.host, ports.server);
+                // The user's own HTTP server knows no token, so the client sends it none.
+                let endpoint = Endpoint { url, token: (env_type == EnvType::Function).then(|| spec.token.to_string()), lease_at: ports.lease_at, env_type };
                 Ok((Box::new(server), endpoint))
             }
             (Ok(_), None) => Err(not_ready(spec, "the start ended without a container".into())),
@@ -138,7 +134,7 @@ impl Launch for DockerLaunch<'_> {
                 // at exit.
                 if create_sent {
                     let removed = tokio::time::timeout(FAILED_START_CLEANUP, async {
-                        let engine = Engine::connect().await?;
+                        let engine = Engine::connect_to(self.host).await?;
                         remove_and_wait(&engine, &container_name).await
                     })
                     .await;
@@ -170,40 +166,31 @@ impl DockerLaunch<'_> {
         logs: &Arc<LogRing>,
         exited: &Arc<AtomicBool>,
     ) -> Result<Ports> {
-        let engine = Engine::connect().await?;
-        let image = engine.inspect_image(self.image).await.map_err(|err| {
-            if err.is_not_found() {
-                Error::InvalidInput(format!(
-                    "no image `{}` in the local Docker engine: build one with `rayfine build <env-folder> -t {}`, or pull it",
-                    self.image, self.image
-                ))
-            } else {
-                err.into()
-            }
-        })?;
+        let engine = Engine::connect_to(self.host).await?;
+        let image = ensure_image(&engine, self.image).await?;
         let shape = Shape::decide(self, spec, &image)?;
         *env_type = shape.env_type;
         let files = shape.files(spec)?;
         if !spec.keep {
-            crate::docker::owner_watch::ensure();
+            crate::docker::owner_watch::ensure(self.host);
         }
         let container_spec = shape.container_spec(self, spec);
         // Tracked by name before it exists, so a Ctrl-C while the engine creates it removes it.
         let name = container_spec.name.clone();
-        cleanup::track_container(&name);
+        cleanup::track_container(self.host, &name);
         *create_sent = true;
         let created = engine.create_container(container_spec).await;
         let id = match created {
             Ok(id) => id,
             Err(err) => {
                 // Refused by the engine: nothing was made under the name.
-                cleanup::untrack_container(&name);
+                cleanup::untrack_container(self.host, &name);
                 return Err(err.into());
             }
         };
-        cleanup::track_container(&id);
-        cleanup::untrack_container(&name);
-        let server = server.insert(DockerServer { id: id.clone(), stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() });
+        cleanup::track_container(self.host, &id);
+        cleanup::untrack_container(self.host, &name);
+        let server = server.insert(DockerServer { host: self.host.clone(), id: id.clone(), stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() });
 
         if let Some(archive) = files {
             engine.copy_into(&id, archive).await?;
@@ -219,13 +206,38 @@ impl DockerLaunch<'_> {
         let published = |inside: u16| {
             facts.host_port(inside).ok_or_else(|| not_ready(spec, format!("the engine published no port for {inside}/tcp (container {})", facts.status)))
         };
-        let ports = Ports { server: published(shape.container_port)?, lease: shape.lease_port.map(published).transpose()? };
+        let mut ports = Ports { server: published(shape.container_port)?, lease: shape.lease_port.map(published).transpose()?, lease_at: None };
+        // The `/call` server takes renewals on its own port; a supervised HTTP-based one on the
+        // supervisor's.
+        let renewals_at = match shape.env_type {
+            EnvType::Function => Some(ports.server),
+            EnvType::Http => ports.lease,
+        };
+        if let Some(port) = spec.lease.and(renewals_at) {
+            ports.lease_at = Some(lease_address(self.host, port).await.map_err(|reason| not_ready(spec, reason))?);
+        }
         let ready = match shape.env_type {
-            EnvType::Function => readiness::wait_for_server(events_rx, ports.server, spec.deadline).await,
-            EnvType::Http => readiness::wait_for_http(ports.server, spec.deadline, exited).await,
+            EnvType::Function => readiness::wait_for_server(events_rx, &published_url(self.host, ports.server), spec.deadline).await,
+            EnvType::Http => readiness::wait_for_http(&published_url(self.host, ports.server), spec.deadline, exited).await,
         };
         ready.map_err(|reason| not_ready(spec, reason))?;
         Ok(ports)
+    }
+}
+
+/// Where a port the engine published is reached from here.
+fn published_url(host: &DockerHost, port: u16) -> String {
+    format!("http://{}:{port}", bracketed(host.client_address()))
+}
+
+/// Where lease renewals for a published port go: the host's address, resolved now (renewals are
+/// sent from a plain thread that resolves nothing). Without it the lease would lapse, so a name
+/// that does not resolve fails the start.
+async fn lease_address(host: &DockerHost, port: u16) -> std::result::Result<std::net::SocketAddr, String> {
+    match tokio::net::lookup_host((host.client_address(), port)).await.map(|mut found| found.next()) {
+        Ok(Some(address)) => Ok(address),
+        Ok(None) => Err(format!("{} resolves to no address, so the lease cannot be renewed", host.client_address())),
+        Err(err) => Err(format!("{} does not resolve ({err}), so the lease cannot be renewed", host.client_address())),
     }
 }
 
@@ -251,12 +263,12 @@ impl DockerServer {
         if let Some(mut input) = self.stdin.lock().await.take() {
             let _ = input.shutdown().await;
         }
-        let engine = Engine::connect().await?;
+        let engine = Engine::connect_to(&self.host).await?;
         if let Err(err) = engine.stop(&self.id, STOP_GRACE).await {
             tracing::debug!("{err}");
         }
         remove_and_wait(&engine, &self.id).await?;
-        cleanup::untrack_container(&self.id);
+        cleanup::untrack_container(&self.host, &self.id);
         Ok(())
     }
 }
@@ -267,11 +279,18 @@ impl Backend for DockerServer {
     }
 
     fn describe(&self) -> String {
-        format!("container {}", short(&self.id))
+        match self.host {
+            DockerHost::Local => format!("container {}", short(&self.id)),
+            ref host => format!("container {} on {host}", short(&self.id)),
+        }
     }
 
     fn container_id(&self) -> Option<&str> {
         Some(&self.id)
+    }
+
+    fn docker_host(&self) -> Option<&DockerHost> {
+        Some(&self.host)
     }
 
     fn stop(&self) -> BoxFuture<'_, Result<()>> {
@@ -279,7 +298,7 @@ impl Backend for DockerServer {
     }
 
     fn kill_now(&self) -> KillNow {
-        KillNow::RemoveContainer(self.id.clone())
+        KillNow::RemoveContainer(self.host.clone(), self.id.clone())
     }
 
     fn has_exited(&self) -> bool {
@@ -291,7 +310,7 @@ impl Backend for DockerServer {
     fn exit_description(&self, within: Duration) -> BoxFuture<'_, Option<String>> {
         Box::pin(async move {
             self.wait_exited(within).await;
-            match describe_exit(&self.id).await {
+            match describe_exit_on(&self.host, &self.id).await {
                 Some(ended) => Some(ended),
                 None if self.has_exited() => Some(format!("its container {} has exited", short(&self.id))),
                 None => None,

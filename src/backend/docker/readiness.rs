@@ -48,8 +48,8 @@ pub(super) async fn pump_output(mut output: impl Stream<Item = Output> + Unpin, 
     exited.store(true, Ordering::SeqCst);
 }
 
-/// Waits for the server's `ready` event, then checks the published port answers.
-pub(super) async fn wait_for_server(mut events: UnboundedReceiver<ServerEvent>, port: u16, deadline: Instant) -> Result<(), String> {
+/// Waits for the server's `ready` event, then checks the published port (at `url`) answers.
+pub(super) async fn wait_for_server(mut events: UnboundedReceiver<ServerEvent>, url: &str, deadline: Instant) -> Result<(), String> {
     let ready = async {
         while let Some(event) = events.recv().await {
             match event {
@@ -62,12 +62,12 @@ pub(super) async fn wait_for_server(mut events: UnboundedReceiver<ServerEvent>, 
     };
     ready.await?;
     // The event came from inside; make sure the path through the published port works too.
-    let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), None).map_err(|e| e.to_string())?;
+    let client = ServerClient::new(url, None).map_err(|e| e.to_string())?;
     let mut delay = Duration::from_millis(2);
     loop {
         match client.probe(Duration::from_secs(2)).await {
             Ok(_) => return Ok(()),
-            Err(err) if Instant::now() + delay > deadline => return Err(format!("the published port {port} does not answer: {err}")),
+            Err(err) if Instant::now() + delay > deadline => return Err(format!("the published port at {url} does not answer: {err}")),
             Err(_) => tokio::time::sleep(delay).await,
         }
         delay = (delay * 2).min(Duration::from_millis(100));
@@ -76,8 +76,8 @@ pub(super) async fn wait_for_server(mut events: UnboundedReceiver<ServerEvent>, 
 
 /// An HTTP-based environment is ready when `/health` says 200, or, if it has no such route, when
 /// it answers anything below 500.
-pub(super) async fn wait_for_http(port: u16, deadline: Instant, exited: &AtomicBool) -> Result<(), String> {
-    let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), None).map_err(|e| e.to_string())?;
+pub(super) async fn wait_for_http(url: &str, deadline: Instant, exited: &AtomicBool) -> Result<(), String> {
+    let client = ServerClient::new(url, None).map_err(|e| e.to_string())?;
     match client.wait_answering(deadline, &|| exited.load(Ordering::SeqCst)).await {
         Ok(()) => Ok(()),
         Err(_) if exited.load(Ordering::SeqCst) => Err("the container exited before its server answered".into()),

@@ -31,7 +31,10 @@ pub struct ContainerSpec {
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's cmd.
     pub cmd: Option<Vec<String>>,
-    /// Container ports (TCP) to publish on 127.0.0.1, each on a port the engine picks.
+    /// Container ports (TCP) to publish, each on a port the engine picks: on 127.0.0.1 on this
+    /// machine, on every address of another host (see [`DockerHost::publish_address`]).
+    ///
+    /// [`DockerHost::publish_address`]: crate::docker::DockerHost
     pub published: Vec<u16>,
     /// Keep stdin open for an attach, closed for good when that attach ends (`StdinOnce`).
     pub watch_stdin: bool,
@@ -106,10 +109,11 @@ pub struct Attached {
 impl Engine {
     /// Creates a container; returns its id.
     pub async fn create_container(&self, spec: ContainerSpec) -> EngineResult<String> {
-        let loopback = || Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]);
+        let address = self.host.publish_address();
+        let binding = || Some(vec![PortBinding { host_ip: Some(address.into()), host_port: Some(String::new()) }]);
         let exposed: Vec<String> = spec.published.iter().map(|port| format!("{port}/tcp")).collect();
         let host_config = HostConfig {
-            port_bindings: (!exposed.is_empty()).then(|| exposed.iter().map(|key| (key.clone(), loopback())).collect()),
+            port_bindings: (!exposed.is_empty()).then(|| exposed.iter().map(|key| (key.clone(), binding())).collect()),
             auto_remove: Some(spec.auto_remove),
             security_opt: spec.no_new_privileges.then(|| vec!["no-new-privileges:true".into()]),
             pids_limit: spec.pids_limit,

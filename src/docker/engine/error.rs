@@ -9,8 +9,10 @@ pub(crate) type Cause = bollard::errors::Error;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// No engine answers (no socket, no permission, or it does not speak HTTP).
-    #[error("cannot reach the Docker engine (is it running, and may this user use it?): {}", said(.source))]
+    #[error("cannot reach the Docker engine at {engine} (is it running, and may this user use it?): {}", said(.source))]
     Unavailable {
+        /// Where it was looked for.
+        engine: String,
         /// The client's error.
         #[source]
         source: Cause,
@@ -149,12 +151,46 @@ pub enum EngineError {
         #[source]
         source: Cause,
     },
+    /// Reading an image out of an engine (`docker save`) failed.
+    #[error("cannot export image {image} from {engine}: {}", said(.source))]
+    ExportImage {
+        /// The image.
+        image: String,
+        /// The engine it was read from.
+        engine: String,
+        /// The engine's error.
+        #[source]
+        source: Cause,
+    },
+    /// Loading an image into an engine (`docker load`) failed.
+    #[error("cannot import image {image} into {engine}: {}", said(.source))]
+    ImportImage {
+        /// The image.
+        image: String,
+        /// The engine it was loaded into.
+        engine: String,
+        /// The engine's error.
+        #[source]
+        source: Cause,
+    },
+    /// Asking an engine what it holds (`docker info`) failed.
+    #[error("cannot read the capacity of {engine}: {}", said(.source))]
+    Info {
+        /// The engine.
+        engine: String,
+        /// The engine's error.
+        #[source]
+        source: Cause,
+    },
 }
 
 impl EngineError {
     fn cause(&self) -> &Cause {
         match self {
-            EngineError::Unavailable { source }
+            EngineError::Unavailable { source, .. }
+            | EngineError::ExportImage { source, .. }
+            | EngineError::ImportImage { source, .. }
+            | EngineError::Info { source, .. }
             | EngineError::InspectImage { source, .. }
             | EngineError::Create { source, .. }
             | EngineError::Copy { source, .. }

@@ -14,10 +14,14 @@
 mod containers;
 mod error;
 mod images;
+mod transfer;
 
 use bollard::Docker;
 
+use super::host::DockerHost;
+
 pub use containers::{ContainerSpec, Output};
+pub use transfer::Capacity;
 pub use error::EngineError;
 pub(crate) use error::short;
 pub use images::{BuildEvent, BuildRequest, ImageFacts};
@@ -25,26 +29,50 @@ pub use images::{BuildEvent, BuildRequest, ImageFacts};
 /// Result of an engine operation.
 pub type EngineResult<T> = std::result::Result<T, EngineError>;
 
+/// Seconds bollard gives each request on engines Rayfine names itself, as for the default one.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
 /// A connection to one Docker engine.
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    /// Which engine it is, for placement and for messages.
+    host: DockerHost,
 }
 
 impl Engine {
     /// The engine `DOCKER_HOST` names (`unix://` or `tcp://`, as the Docker CLI reads it), else
     /// the default socket; API version agreed.
     pub async fn connect() -> EngineResult<Engine> {
-        let docker = Docker::connect_with_defaults().map_err(|source| EngineError::Unavailable { source })?;
-        let docker = docker.negotiate_version().await.map_err(|source| EngineError::Unavailable { source })?;
-        Ok(Engine { docker })
+        Engine::connect_to(&DockerHost::Local).await
+    }
+
+    /// The engine of `host`, API version agreed.
+    pub async fn connect_to(host: &DockerHost) -> EngineResult<Engine> {
+        let unavailable = |source| EngineError::Unavailable { engine: host.engine_url(), source };
+        let docker = match host {
+            DockerHost::Local => Docker::connect_with_defaults(),
+            DockerHost::Unix(path) => Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
+            DockerHost::Tcp { host: name, port } => {
+                let address = format!("http://{}:{port}", super::host::bracketed(name));
+                Docker::connect_with_http(&address, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+        }
+        .map_err(unavailable)?;
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
+        Ok(Engine { docker, host: host.clone() })
+    }
+
+    /// Which engine this is.
+    pub fn host(&self) -> &DockerHost {
+        &self.host
     }
 
     /// An engine at an `http://host:port` address, API version given: for tests that stand in a
     /// stub for the daemon.
     #[cfg(test)]
     pub(crate) fn at_http(address: &str) -> Engine {
-        Engine { docker: Docker::connect_with_http(address, 5, bollard::API_DEFAULT_VERSION).expect("a valid address") }
+        Engine { docker: Docker::connect_with_http(address, 5, bollard::API_DEFAULT_VERSION).expect("a valid address"), host: DockerHost::Local }
     }
 
     /// Whether the engine answers a ping.

@@ -1,0 +1,231 @@
+//! Which Docker engine: this machine's, or another host's, named as the Docker CLI names them
+//! (`unix:///run/docker.sock`, `tcp://10.0.0.2:2375`).
+//!
+//! Where an engine is decides where its containers' ports are published and how a client reaches
+//! them: an engine on this machine publishes on 127.0.0.1 only; an engine on another host must
+//! publish on that host's addresses (nothing else could reach them), so there the bearer token is
+//! all that guards an environment.
+
+use std::path::PathBuf;
+
+/// A host that cannot be used, and why; the crate's error turns it into invalid input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadHost(String);
+
+type Result<T> = std::result::Result<T, BadHost>;
+
+/// The Docker CLI's default port for an engine on plain TCP.
+const DEFAULT_TCP_PORT: u16 = 2375;
+
+/// The variable naming the hosts to place environments on, comma- or space-separated.
+pub const HOSTS_ENV: &str = "RAYFINE_HOSTS";
+
+/// A Docker engine Rayfine may run environments on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DockerHost {
+    /// This machine's engine, as `DOCKER_HOST` names it (else the default socket): the engine of
+    /// every command that names no host.
+    Local,
+    /// An engine's unix socket on this machine (a second engine, or one forwarded here).
+    Unix(PathBuf),
+    /// An engine on plain TCP at `host:port`, usually on another machine.
+    Tcp {
+        /// Its name or address, which is also where its containers are reached.
+        host: String,
+        /// The engine's port.
+        port: u16,
+    },
+}
+
+impl DockerHost {
+    /// Reads a host as a user writes it: `local`, `unix:///path`, `tcp://host[:port]`.
+    pub fn parse(text: &str) -> Result<DockerHost> {
+        let text = text.trim();
+        let bad = |why: &str| BadHost(format!("`{text}` is not a Docker host: {why}"));
+        if text.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if text == "local" {
+            return Ok(DockerHost::Local);
+        }
+        if let Some(path) = text.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(bad("a unix socket's path must be absolute (unix:///var/run/docker.sock)"));
+            }
+            return Ok(DockerHost::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = text.strip_prefix("tcp://") {
+            let rest = rest.trim_end_matches('/');
+            if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+                return Err(bad("a tcp:// host is `tcp://host[:port]`, with no user, path or query"));
+            }
+            let (host, port) = split_host_port(rest).ok_or_else(|| bad("its port is not a number from 1 to 65535"))?;
+            if host.is_empty() {
+                return Err(bad("it names no host"));
+            }
+            return Ok(DockerHost::Tcp { host: host.to_string(), port: port.unwrap_or(DEFAULT_TCP_PORT) });
+        }
+        if text.starts_with("ssh://") {
+            return Err(bad(
+                "ssh:// engines are not supported yet; listen on tcp:// on the remote host (`dockerd -H tcp://ADDRESS:2375`, \
+                 reachable from your machines only) and name that address",
+            ));
+        }
+        Err(bad("name it as `local`, `unix:///path/to/docker.sock` or `tcp://host:port`"))
+    }
+
+    /// The hosts `RAYFINE_HOSTS` names; empty when it is unset or blank.
+    pub fn from_env() -> Result<Vec<DockerHost>> {
+        match std::env::var(HOSTS_ENV) {
+            Ok(list) => DockerHost::parse_list(&list).map_err(|err| BadHost(format!("{HOSTS_ENV}: {err}"))),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Hosts separated by commas or whitespace, each once, in the order given.
+    pub fn parse_list(list: &str) -> Result<Vec<DockerHost>> {
+        let mut hosts = Vec::new();
+        for item in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
+            let host = DockerHost::parse(item)?;
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// Whether its containers run on this machine, so their ports can stay on 127.0.0.1.
+    pub fn is_on_this_machine(&self) -> bool {
+        !matches!(self, DockerHost::Tcp { .. })
+    }
+
+    /// The address a client connects to for a port its containers publish.
+    pub fn client_address(&self) -> &str {
+        match self {
+            DockerHost::Tcp { host, .. } => host,
+            _ => "127.0.0.1",
+        }
+    }
+
+    /// The address its containers' ports are published on: loopback on this machine, every
+    /// address of a remote host (the one the client uses may not be the engine's own, behind a
+    /// NAT or a name).
+    pub(crate) fn publish_address(&self) -> &'static str {
+        if self.is_on_this_machine() {
+            "127.0.0.1"
+        } else {
+            "0.0.0.0"
+        }
+    }
+
+    /// The engine's address as `DOCKER_HOST` takes it; for [`DockerHost::Local`], what
+    /// `DOCKER_HOST` says or the default socket.
+    pub fn engine_url(&self) -> String {
+        match self {
+            DockerHost::Local => std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
+            DockerHost::Unix(path) => format!("unix://{}", path.display()),
+            DockerHost::Tcp { host, port } => format!("tcp://{}:{port}", bracketed(host)),
+        }
+    }
+}
+
+impl std::fmt::Display for DockerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DockerHost::Local => f.write_str("local"),
+            other => f.write_str(&other.engine_url()),
+        }
+    }
+}
+
+/// Written as the user writes it (`local`, `tcp://host:port`), as in `rayfine ps --json`.
+impl serde::Serialize for DockerHost {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for DockerHost {
+    type Err = BadHost;
+
+    fn from_str(text: &str) -> Result<DockerHost> {
+        DockerHost::parse(text)
+    }
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` → host and port; None for a bad port.
+fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
+    let port_of = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after.strip_prefix(':') {
+            Some(port) => Some((host, Some(port_of(port)?))),
+            None if after.is_empty() => Some((host, None)),
+            None => None,
+        };
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, Some(port_of(port)?))),
+        // Several colons and no brackets: a bare IPv6 address.
+        Some(_) => Some((text, None)),
+        None => Some((text, None)),
+    }
+}
+
+/// An IPv6 address in brackets, for a URL.
+pub(crate) fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_parse_as_the_docker_cli_writes_them() {
+        assert_eq!(DockerHost::parse("local").unwrap(), DockerHost::Local);
+        assert_eq!(DockerHost::parse("unix:///tmp/d.sock").unwrap(), DockerHost::Unix("/tmp/d.sock".into()));
+        assert_eq!(DockerHost::parse("tcp://10.0.0.2:2376").unwrap(), DockerHost::Tcp { host: "10.0.0.2".into(), port: 2376 });
+        assert_eq!(DockerHost::parse("tcp://node-b/").unwrap(), DockerHost::Tcp { host: "node-b".into(), port: 2375 });
+        assert_eq!(DockerHost::parse("tcp://[fd00::2]:2375").unwrap(), DockerHost::Tcp { host: "fd00::2".into(), port: 2375 });
+        assert_eq!(DockerHost::parse("tcp://[fd00::2]:2375").unwrap().engine_url(), "tcp://[fd00::2]:2375");
+        assert_eq!(DockerHost::parse("tcp://node-b:9").unwrap().to_string(), "tcp://node-b:9");
+    }
+
+    #[test]
+    fn bad_hosts_are_refused_naming_the_problem() {
+        for (text, says) in [
+            ("", "empty"),
+            ("unix://docker.sock", "absolute"),
+            ("tcp://host:http", "port"),
+            ("tcp://host:0", "port"),
+            ("tcp://:2375", "no host"),
+            ("tcp://user@host", "no user"),
+            ("ssh://user@host", "not supported yet"),
+            ("http://host:2375", "tcp://host:port"),
+        ] {
+            let err = DockerHost::parse(text).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_list_is_split_on_commas_and_spaces_without_repeats() {
+        let hosts = DockerHost::parse_list("local, tcp://b:1 tcp://b:1,,unix:///x").unwrap();
+        assert_eq!(hosts, vec![DockerHost::Local, DockerHost::Tcp { host: "b".into(), port: 1 }, DockerHost::Unix("/x".into())]);
+        assert!(DockerHost::parse_list("local,bogus").is_err());
+    }
+
+    #[test]
+    fn only_remote_engines_publish_beyond_loopback() {
+        assert_eq!(DockerHost::Local.publish_address(), "127.0.0.1");
+        assert_eq!(DockerHost::Unix("/x".into()).client_address(), "127.0.0.1");
+        let remote = DockerHost::parse("tcp://10.0.0.2").unwrap();
+        assert_eq!((remote.publish_address(), remote.client_address()), ("0.0.0.0", "10.0.0.2"));
+    }
+}

@@ -1,0 +1,187 @@
+//! A second Docker engine, as a second host: its own network namespace with its own address
+//! (a veth pair to this machine), its own data root, exec root, containerd and socket, listening
+//! on plain TCP at that address. Dropping it stops the daemon and removes everything it made:
+//! processes, mounts, folders, the namespace and the veth pair.
+//!
+//! It is started with `nsenter --net` rather than `ip netns exec`, which remounts /sys and so
+//! loses the cgroup v1 mounts dockerd needs, and with a config file of its own (the host's
+//! daemon.json sets a data root). It never runs in this machine's namespace: a second dockerd
+//! there with `--bridge=none` deletes the first engine's docker0.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rayfine::DockerHost;
+
+/// The engine's port on its address.
+const PORT: u16 = 2375;
+
+pub struct SecondEngine {
+    /// The network namespace it runs in.
+    netns: String,
+    /// Its folder: data root, exec root, socket, log.
+    dir: PathBuf,
+    /// The dockerd process (nsenter execs into it).
+    daemon: Child,
+    /// Its address, in 10.231.N.0/24.
+    pub address: String,
+    /// How Rayfine names it.
+    pub host: DockerHost,
+}
+
+impl SecondEngine {
+    /// Starts one and waits until it answers; panics (after tearing down) with its log if not.
+    pub fn start() -> SecondEngine {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = (std::process::id() % 50) * 5 + NEXT.fetch_add(1, Ordering::SeqCst) % 5 + 1;
+        let netns = format!("rfeng{n}");
+        let (outside, inside) = (format!("rfe{n}a"), format!("rfe{n}b"));
+        let address = format!("10.231.{n}.2");
+        // Short: containerd's socket paths under it must fit in 108 bytes.
+        let dir = PathBuf::from(format!("/tmp/rfe{n}"));
+        // Left by a crashed earlier run with the same number.
+        teardown(&netns, &outside, &dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir.join("exec")).unwrap();
+        std::fs::write(dir.join("daemon.json"), "{}").unwrap();
+        for args in [
+            vec!["netns", "add", &netns],
+            vec!["link", "add", &outside, "type", "veth", "peer", "name", &inside],
+            vec!["link", "set", &inside, "netns", &netns],
+            vec!["addr", "add", &format!("10.231.{n}.1/24"), "dev", &outside],
+            vec!["link", "set", &outside, "up"],
+            vec!["netns", "exec", &netns, "ip", "addr", "add", &format!("{address}/24"), "dev", &inside],
+            vec!["netns", "exec", &netns, "ip", "link", "set", &inside, "up"],
+            vec!["netns", "exec", &netns, "ip", "link", "set", "lo", "up"],
+            vec!["netns", "exec", &netns, "ip", "route", "add", "default", "via", &format!("10.231.{n}.1")],
+        ] {
+            let output = Command::new("ip").args(&args).output().expect("run ip (iproute2)");
+            if !output.status.success() {
+                teardown(&netns, &outside, &dir);
+                panic!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+            }
+        }
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let socket = dir.join("docker.sock");
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg("dockerd")
+            .args(["--config-file", &path(&dir.join("daemon.json"))])
+            .args(["--data-root", &path(&dir.join("data"))])
+            .args(["--exec-root", &path(&dir.join("exec"))])
+            .args(["--pidfile", &path(&dir.join("docker.pid"))])
+            .args(["-H", &format!("unix://{}", path(&socket))])
+            .args(["-H", &format!("tcp://{address}:{PORT}")])
+            .args(["--tls=false", "--storage-driver", "fuse-overlayfs", "--cgroup-parent", &netns])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd under nsenter");
+        let host = DockerHost::parse(&format!("tcp://{address}:{PORT}")).unwrap();
+        let engine = SecondEngine { netns, dir, daemon, address, host };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !engine.docker(&["version", "--format", "{{.Server.Version}}"]).status.success() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(engine.dir.join("dockerd.log")).unwrap_or_default();
+                panic!("the second engine did not answer within 60 s; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        engine
+    }
+
+    /// The engine's address as the Docker CLI takes it.
+    pub fn url(&self) -> String {
+        self.host.engine_url()
+    }
+
+    /// Runs the Docker CLI against this engine.
+    pub fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker").arg("-H").arg(self.url()).args(args).output().expect("run docker")
+    }
+
+    /// The non-empty lines the Docker CLI prints against this engine.
+    pub fn docker_lines(&self, args: &[&str]) -> Vec<String> {
+        let output = self.docker(args);
+        String::from_utf8_lossy(&output.stdout).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+    }
+
+    /// Containers of a test scope on this engine.
+    pub fn containers(&self, scope: &str) -> Vec<String> {
+        self.docker_lines(&["ps", "-a", "--filter", &format!("label={}={scope}", super::docker_util::SCOPE_LABEL), "--format", "{{.ID}} {{.Status}} {{.Names}}"])
+    }
+
+    /// Waits (bounded) until no container of the scope is left here; panics naming them.
+    pub fn assert_no_container_left(&self, scope: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.containers(scope);
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "containers left on the second engine:\n{}", left.join("\n"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        // SAFETY: signals the daemon this helper started.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let outside = self.netns.replace("rfeng", "rfe") + "a";
+        teardown(&self.netns, &outside, &self.dir);
+    }
+}
+
+/// Removes what an engine numbered like this left: processes still running from its folder
+/// (containerd, shims, containers' processes), mounts under it, the folder, the namespace and the
+/// veth pair. Quiet about what is not there.
+fn teardown(netns: &str, outside: &str, dir: &Path) {
+    // With its slash, so engine 3's teardown leaves engine 31 alone.
+    let folder = format!("{}/", path(dir));
+    for _ in 0..50 {
+        let left = processes_under(&folder);
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            // SAFETY: processes started from this test engine's folder.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut under: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&folder)).collect();
+    // Deepest first.
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in under {
+        let _ = Command::new("umount").args(["-l", mount]).output();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = Command::new("ip").args(["netns", "del", netns]).output();
+    let _ = Command::new("ip").args(["link", "del", outside]).output();
+}
+
+/// Processes whose command line names `folder` (the engine's containerd and shims).
+fn processes_under(folder: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(folder)))
+        .collect()
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
