@@ -11,6 +11,7 @@ mod floor;
 mod memory;
 mod openenv;
 mod python;
+mod replicas;
 mod report;
 mod server;
 mod startup;
@@ -48,6 +49,10 @@ pub struct BenchArgs {
     /// Short runs and few samples: checks that everything works, the figures mean little.
     #[arg(long)]
     pub quick: bool,
+    /// A Docker engine for the pool and host sections (repeatable; default: `RAYFINE_HOSTS`,
+    /// else this machine's). With two or more, the fan-out over hosts runs too.
+    #[arg(long = "host", value_name = "ENGINE")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +66,8 @@ pub enum Section {
     Openenv,
     Build,
     FanOut,
+    Balancing,
+    Hosts,
 }
 
 /// Durations and sample counts.
@@ -73,6 +80,8 @@ pub struct Settings {
     pub fan_out: usize,
     pub builds: usize,
     pub library_calls: usize,
+    pub balancing_duration: Duration,
+    pub fan_out_hosts: usize,
 }
 
 impl Settings {
@@ -87,6 +96,8 @@ impl Settings {
             fan_out: if quick { 4 } else { 32 },
             builds: if quick { 1 } else { 3 },
             library_calls: if quick { 200 } else { 5000 },
+            balancing_duration: Duration::from_secs(if quick { 1 } else { 5 }),
+            fan_out_hosts: if quick { 8 } else { 64 },
         }
     }
 }
@@ -110,6 +121,11 @@ impl DockerBench {
         Ok(())
     }
 
+    /// The image of the balancing section's replicas.
+    pub fn replica_image(&self) -> String {
+        format!("rayfine-bench/replica:{}", self.run_id)
+    }
+
     fn reference_image(&self) -> String {
         format!("rayfine-bench/reference:{}", self.run_id)
     }
@@ -131,7 +147,7 @@ impl DockerBench {
             let _ = rayfine::docker::remove_containers(&ids).await;
         }
         // Children before parents: a parent whose child is still there is only untagged.
-        for image in [self.reference_image(), self.image.clone(), format!("{}-base", self.image)] {
+        for image in [self.reference_image(), self.image.clone(), format!("{}-base", self.image), self.replica_image(), format!("{}-base", self.replica_image())] {
             let _ = rayfine::docker::remove_image(&image).await;
         }
     }
@@ -214,12 +230,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         record(&mut report, "OpenEnv", outcome);
     }
 
-    let docker_sections = [Section::Build, Section::ColdStart, Section::FanOut].into_iter().any(wants);
+    let docker_sections = [Section::Build, Section::ColdStart, Section::FanOut, Section::Balancing, Section::Hosts].into_iter().any(wants);
     if args.no_docker {
         report.skipped.push("Docker sections: --no-docker".into());
     } else if docker_sections {
         let docker = DockerBench { image: format!("rayfine-bench/echo:{}", std::process::id()), base_image: args.base_image.clone(), run_id: std::process::id().to_string() };
-        let outcome = docker_sections_run(&docker, &settings, &wants, &mut report).await;
+        let hosts = hosts(&args)?;
+        let outcome = docker_sections_run(&docker, &settings, &hosts, &wants, &mut report).await;
+        replicas::remove_copies(&docker, &hosts).await;
         docker.remove_all().await;
         record(&mut report, "Docker sections", outcome);
     }
@@ -269,7 +287,19 @@ async fn wrk_sections(args: &BenchArgs, settings: &Settings, server: Option<&Pat
     outcome
 }
 
-async fn docker_sections_run(docker: &DockerBench, settings: &Settings, wants: &dyn Fn(Section) -> bool, report: &mut Report) -> anyhow::Result<()> {
+/// The engines `--host` names, else `RAYFINE_HOSTS`'s, else this machine's.
+fn hosts(args: &BenchArgs) -> anyhow::Result<Vec<rayfine::DockerHost>> {
+    let mut hosts = args.hosts.iter().map(|h| rayfine::DockerHost::parse(h)).collect::<Result<Vec<_>, _>>()?;
+    if hosts.is_empty() {
+        hosts = rayfine::DockerHost::from_env()?;
+    }
+    if hosts.is_empty() {
+        hosts.push(rayfine::DockerHost::Local);
+    }
+    Ok(hosts)
+}
+
+async fn docker_sections_run(docker: &DockerBench, settings: &Settings, hosts: &[rayfine::DockerHost], wants: &dyn Fn(Section) -> bool, report: &mut Report) -> anyhow::Result<()> {
     if !rayfine::docker::docker_available().await {
         bail!("no Docker engine answers (pass --no-docker to skip these sections)");
     }
@@ -289,6 +319,12 @@ async fn docker_sections_run(docker: &DockerBench, settings: &Settings, wants: &
     }
     if wants(Section::FanOut) {
         startup::fan_out(settings, docker, report).await?;
+    }
+    if wants(Section::Balancing) {
+        replicas::balancing(settings, docker, hosts, report).await?;
+    }
+    if wants(Section::Hosts) {
+        replicas::fan_out_over_hosts(settings, docker, hosts, report).await?;
     }
     Ok(())
 }

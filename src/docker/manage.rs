@@ -119,7 +119,12 @@ pub async fn list_managed_images() -> Result<Vec<String>> {
 
 /// Removes an image by tag; a missing one is not an error.
 pub async fn remove_image(tag: &str) -> Result<()> {
-    let engine = Engine::connect().await?;
+    remove_image_on(&DockerHost::Local, tag).await
+}
+
+/// [`remove_image`] on `host`'s engine.
+pub async fn remove_image_on(host: &DockerHost, tag: &str) -> Result<()> {
+    let engine = Engine::connect_to(host).await?;
     match engine.remove_image(tag).await {
         Err(err) if !err.is_not_found() => Err(err.into()),
         _ => Ok(()),

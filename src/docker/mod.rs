@@ -16,7 +16,8 @@ pub(crate) use distribute::ensure_image;
 pub use engine::{is_available as docker_available, Capacity, EngineError};
 pub use host::{BadHost, DockerHost, HOSTS_ENV};
 pub use manage::{
-    describe_exit, describe_exit_on, list_managed_containers, list_managed_containers_on, list_managed_images, remove_containers, remove_containers_on, remove_image, ManagedContainer,
+    describe_exit, describe_exit_on, list_managed_containers, list_managed_containers_on, list_managed_images, remove_containers, remove_containers_on, remove_image, remove_image_on,
+    ManagedContainer,
 };
 pub(crate) use reference::validate_reference;
 pub(crate) use removal::{remove_and_wait, remove_now};

@@ -1,7 +1,8 @@
 //! Pools: one handle over several replicas of an image, spread over Docker hosts, called like
 //! one environment.
 //!
-//! A call goes to the replica with the fewest calls in flight ([`Balancing`]). A call that never
+//! A call goes to the least loaded replica: fewest calls in flight, weighted by its recent
+//! latency ([`Balancing`]). A call that never
 //! reached its replica (the connection was refused: nothing listens there any more) is sent to
 //! another and the replica is checked at once; a call that may have run is never sent twice: it
 //! fails, saying why. A watcher ([`health`]) asks every replica's `/health` in the background,
@@ -29,7 +30,7 @@ use crate::docker::placement::place;
 use crate::docker::DockerHost;
 use crate::error::{Error, Result};
 use affinity::Affinity;
-use balance::Candidate;
+use balance::{Candidate, PeakEwma};
 
 /// The label that marks a replica's container with its pool's id, for `rayfine ps`.
 pub const POOL_LABEL: &str = "rayfine.pool";
@@ -51,10 +52,10 @@ pub struct PoolOptions {
 }
 
 impl PoolOptions {
-    /// `replicas` replicas, least-outstanding balancing, health every 2 s, replaced after 2
-    /// missed checks.
+    /// `replicas` replicas, least-loaded balancing, health every 2 s, replaced after 2 missed
+    /// checks.
     pub fn new(replicas: usize) -> PoolOptions {
-        PoolOptions { replicas, balancing: Balancing::LeastOutstanding, health_interval: DEFAULT_HEALTH_INTERVAL, unhealthy_after: 2 }
+        PoolOptions { replicas, balancing: Balancing::LeastLoaded, health_interval: DEFAULT_HEALTH_INTERVAL, unhealthy_after: 2 }
     }
 
     /// Sets the balancing.
@@ -86,11 +87,17 @@ pub(crate) struct Member {
     outstanding: AtomicUsize,
     /// Health checks missed in a row.
     missed: AtomicUsize,
+    /// Its recent latency, for balancing.
+    latency: Mutex<PeakEwma>,
 }
 
 impl Candidate for Arc<Member> {
     fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    fn latency(&self) -> f64 {
+        self.latency.lock().now()
     }
 }
 
@@ -215,7 +222,13 @@ pub async fn load_pool(options: LoadOptions, pool: PoolOptions) -> Result<Pool> 
 impl Shared {
     /// Adds a started replica to those taking calls.
     fn admit(&self, env: EnvironmentWrapper) {
-        let member = Arc::new(Member { seq: self.next_seq.fetch_add(1, Ordering::Relaxed), env, outstanding: AtomicUsize::new(0), missed: AtomicUsize::new(0) });
+        let member = Arc::new(Member {
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            env,
+            outstanding: AtomicUsize::new(0),
+            missed: AtomicUsize::new(0),
+            latency: Mutex::new(PeakEwma::default()),
+        });
         self.members.write().push(member);
         self.joined.notify_waiters();
     }
@@ -336,7 +349,10 @@ impl Pool {
             };
             let outcome = {
                 let _in_flight = InFlight::new(&member);
-                member.env.call_unexplained(method, args, kwargs.clone(), Some(timeout)).await
+                let sent = Instant::now();
+                let outcome = member.env.call_unexplained(method, args, kwargs.clone(), Some(timeout)).await;
+                member.latency.lock().observe(sent.elapsed());
+                outcome
             };
             let err = match outcome {
                 Ok(value) => return Ok(value),
