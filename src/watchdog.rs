@@ -7,8 +7,8 @@
 //! it, so before its first container, an owner starts this one (`rayfine-server --watch-owner
 //! PID:START`, in a process group of its own) and holds the only write end of its stdin. When the
 //! owner dies, the kernel closes that pipe; the watchdog then removes every container labelled with
-//! the owner's pid and start time and not kept, and sweeps again for thirty seconds, for creates
-//! that were still in flight in the engine.
+//! the owner's pid and start time and not kept (and its Swarm services and their secrets), and
+//! sweeps again for thirty seconds, for creates that were still in flight in the engine.
 //!
 //! It talks to the engine with a few lines of HTTP/1.0 over its socket rather than a Docker
 //! client library, so the small static `rayfine-server` can run it too.
@@ -122,8 +122,8 @@ impl Engine {
         Engine { endpoint: endpoint.unwrap_or_else(|| "unix:///var/run/docker.sock".into()) }
     }
 
-    /// Removes (forced, with volumes) every container of `owner` that is not kept; returns how
-    /// many it removed.
+    /// Removes (forced, with volumes) every container of `owner` that is not kept, then its Swarm
+    /// services and their secrets (on a manager); returns how many it removed.
     fn remove_containers_of(&self, owner: Owner) -> Result<usize, WatchdogError> {
         let filters = serde_json::json!({ "label": [
             format!("{}=true", labels::MANAGED),
@@ -131,17 +131,24 @@ impl Engine {
             format!("{}={}", labels::OWNER_START, owner.start),
             format!("{}=false", labels::KEEP),
         ]});
-        let path = format!("/containers/json?all=1&filters={}", percent_encode(&filters.to_string()));
-        let (status, body) = self.request("GET", &path)?;
-        if status != 200 {
-            return Err(self.error(format!("listing containers answered HTTP {status}: {}", String::from_utf8_lossy(&body))));
-        }
-        let listed: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|err| self.error(format!("the container list is not JSON: {err}")))?;
+        let query = percent_encode(&filters.to_string());
         let mut removed = 0;
-        for id in listed.iter().filter_map(|c| c.get("Id").and_then(|id| id.as_str())) {
-            match self.request("DELETE", &format!("/containers/{id}?force=1&v=1"))? {
-                (204 | 404 | 409, _) => removed += 1,
-                (status, body) => eprintln!("rayfine watchdog: removing {id} answered HTTP {status}: {}", String::from_utf8_lossy(&body)),
+        // Services before secrets: a secret a service still uses cannot be removed (a later
+        // sweep takes it).
+        for (kind, list, delete) in [("container", "/containers/json?all=1&filters=", "?force=1&v=1"), ("service", "/services?filters=", ""), ("secret", "/secrets?filters=", "")] {
+            let (status, body) = self.request("GET", &format!("{list}{query}"))?;
+            match status {
+                200 => {}
+                // Services and secrets only exist on a Swarm manager.
+                503 if kind != "container" => continue,
+                _ => return Err(self.error(format!("listing {kind}s answered HTTP {status}: {}", String::from_utf8_lossy(&body)))),
+            }
+            let listed: Vec<serde_json::Value> = serde_json::from_slice(&body).map_err(|err| self.error(format!("the {kind} list is not JSON: {err}")))?;
+            for id in listed.iter().filter_map(|c| c.get("Id").or_else(|| c.get("ID")).and_then(|id| id.as_str())) {
+                match self.request("DELETE", &format!("/{kind}s/{id}{delete}"))? {
+                    (200 | 204 | 404 | 409, _) => removed += 1,
+                    (status, body) => eprintln!("rayfine watchdog: removing {kind} {id} answered HTTP {status}: {}", String::from_utf8_lossy(&body)),
+                }
             }
         }
         Ok(removed)

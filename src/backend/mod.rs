@@ -10,6 +10,7 @@ pub(crate) mod docker;
 mod logs;
 pub(crate) mod process;
 pub(crate) mod remote;
+pub(crate) mod swarm;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -75,8 +76,8 @@ pub(crate) trait Launch {
 pub(crate) enum KillNow {
     /// Nothing more to do.
     Done,
-    /// Remove this container from this engine.
-    RemoveContainer(crate::docker::DockerHost, String),
+    /// Remove these from their engines.
+    Remove(Vec<crate::docker::Leftover>),
 }
 
 /// A running environment's server, as its backend sees it.
@@ -100,6 +101,12 @@ pub(crate) trait Backend: Send + Sync {
     /// The engine the container is on.
     fn docker_host(&self) -> Option<&crate::docker::DockerHost> {
         None
+    }
+
+    /// What of it lives in an engine (its container; a service and its secret), which the exit
+    /// paths remove unless it is kept.
+    fn leftovers(&self) -> Vec<crate::docker::Leftover> {
+        Vec::new()
     }
 
     /// Ends it gracefully (a short grace, then a kill) and waits until it is gone; an error says

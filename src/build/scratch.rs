@@ -5,7 +5,7 @@ use std::future::Future;
 
 use crate::client::cleanup;
 use crate::docker::engine::{ContainerSpec, Engine};
-use crate::docker::remove_and_wait;
+use crate::docker::{remove_and_wait, Leftover};
 use crate::error::Result;
 
 /// Creates a container from `spec` (named `rayfine-<purpose>-<random>`), runs `step` with its
@@ -17,10 +17,10 @@ where
 {
     spec.name = format!("rayfine-{purpose}-{}", crate::random::hex(6)?);
     let id = engine.create_container(spec).await?;
-    cleanup::track_container(engine.host(), &id);
+    cleanup::track(Leftover::Container(engine.host().clone(), id.clone()));
     let outcome = step(id.clone()).await;
     match remove_and_wait(engine, &id).await {
-        Ok(()) => cleanup::untrack_container(engine.host(), &id),
+        Ok(()) => cleanup::untrack(&Leftover::Container(engine.host().clone(), id.clone())),
         Err(err) => tracing::warn!("{err}"),
     }
     outcome

@@ -46,6 +46,8 @@ pub enum ModeArg {
     Auto,
     /// A local server process (not isolated).
     Process,
+    /// An image as a Swarm service, created on the first --host (a Swarm manager).
+    Swarm,
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +99,8 @@ impl From<EnvTypeArg> for rayfine::EnvType {
 pub struct RunArgs {
     /// Environment folder (with env.py), Docker image, or the URL of a running server.
     pub source: String,
-    /// How to run a folder.
+    /// How to run it: a folder as a local process (`auto`, `process`), an image in Docker
+    /// (`auto`) or as a Swarm service (`swarm`).
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: ModeArg,
     /// Environment variable for the environment, KEY=VALUE (repeatable).

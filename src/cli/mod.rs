@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use args::{byte_size, key_value, seconds, seconds_or_zero, BuildArgs, CallArgs, Cli, Command, ModeArg, RunArgs, TargetArgs};
-use rayfine::docker::ManagedContainer;
+use rayfine::docker::{ManagedContainer, ManagedService};
 use rayfine::{EnvironmentWrapper, ImageBuilder, LoadOptions, Mode, Source};
 
 /// Runs one command; the exit code follows from the error, if any (see `main`).
@@ -82,6 +82,7 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
         .mode(match args.mode {
             ModeArg::Auto => Mode::Auto,
             ModeArg::Process => Mode::Process,
+            ModeArg::Swarm => Mode::Swarm,
         })
         .startup_timeout(seconds(&args.startup_timeout, "--startup-timeout")?)
         .call_timeout(call_timeout)
@@ -118,6 +119,9 @@ async fn run_env(args: RunArgs, json: bool) -> anyhow::Result<()> {
     }
     if args.env.iter().any(|item| item.starts_with("RAYFINE_LEASE=")) {
         anyhow::bail!("the lease is set with --lease SECONDS, not -e RAYFINE_LEASE (Rayfine sets that variable itself)");
+    }
+    if args.keep && matches!(args.mode, ModeArg::Swarm) {
+        anyhow::bail!("--keep is not offered in Swarm mode yet: a kept service could not be called again by id; keep it in Docker mode, or hold the run open");
     }
     match &source {
         Source::Image(_) => options = options.hosts(args.hosts.resolve()?),
@@ -286,7 +290,8 @@ async fn managed_containers(hosts: &[rayfine::DockerHost]) -> (Vec<ManagedContai
     for (host, listing) in futures_util::future::join_all(listed).await {
         match listing {
             Ok(found) => {
-                containers.extend(found);
+                // A Swarm task's container is shown as its service.
+                containers.extend(found.into_iter().filter(|c| !c.labels.contains_key(SWARM_SERVICE_LABEL)));
                 answered.push(host.clone());
             }
             Err(rayfine::Error::Engine(err)) if err.is_unavailable() && *host == rayfine::DockerHost::Local => {}
@@ -296,8 +301,27 @@ async fn managed_containers(hosts: &[rayfine::DockerHost]) -> (Vec<ManagedContai
     (containers, answered)
 }
 
+/// The label the engine puts on a Swarm task's container.
+const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.id";
+
+/// Rayfine's Swarm services on every engine named (those that are managers).
+async fn managed_services(hosts: &[rayfine::DockerHost]) -> Vec<ManagedService> {
+    let listed = hosts.iter().map(|host| async move { (host, rayfine::docker::list_managed_services_on(host).await) });
+    let mut services = Vec::new();
+    for (host, listing) in futures_util::future::join_all(listed).await {
+        match listing {
+            Ok(found) => services.extend(found),
+            Err(rayfine::Error::Engine(err)) if err.is_unavailable() => {}
+            Err(err) => tracing::warn!("{host}: {err}"),
+        }
+    }
+    services
+}
+
 async fn ps(hosts: &args::HostArgs, json: bool) -> anyhow::Result<()> {
-    let (containers, answered) = managed_containers(&hosts.resolve()?).await;
+    let hosts = hosts.resolve()?;
+    let (containers, answered) = managed_containers(&hosts).await;
+    let services = managed_services(&hosts).await;
     // A kept container's record outlives nothing: drop records of containers that are gone from
     // an engine that was asked.
     let records: Vec<records::Record> = records::live()
@@ -311,7 +335,7 @@ async fn ps(hosts: &args::HostArgs, json: bool) -> anyhow::Result<()> {
             None => true,
         })
         .collect();
-    output::ps(&records, &containers, json);
+    output::ps(&records, &containers, &services, json);
     Ok(())
 }
 
@@ -319,7 +343,13 @@ async fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
     if !args.all && !args.orphans && args.targets.is_empty() {
         anyhow::bail!("name what to stop (ids or names), or pass --all or --orphans");
     }
-    let (containers, _) = managed_containers(&args.hosts.resolve()?).await;
+    let hosts = args.hosts.resolve()?;
+    let (containers, _) = managed_containers(&hosts).await;
+    let services = managed_services(&hosts).await;
+    let doomed_services: Vec<&ManagedService> = services
+        .iter()
+        .filter(|s| args.all || (args.orphans && s.is_orphan()) || args.targets.iter().any(|t| s.env_id == *t || s.name == *t || s.pool() == Some(t.as_str())))
+        .collect();
     let mut doomed_containers: Vec<&ManagedContainer> = Vec::new();
     let mut chosen: Vec<records::Record> = Vec::new();
     if args.all {
@@ -330,6 +360,9 @@ async fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
         doomed_containers.extend(containers.iter().filter(|c| c.is_orphan()));
     }
     for target in &args.targets {
+        if doomed_services.iter().any(|s| s.env_id == *target || s.name == *target || s.pool() == Some(target.as_str())) {
+            continue;
+        }
         let matching: Vec<&ManagedContainer> = containers
             .iter()
             .filter(|c| c.env_id == *target || c.name == *target || c.pool() == Some(target.as_str()) || (target.len() >= 6 && c.container_id.starts_with(target.as_str())))
@@ -350,14 +383,24 @@ async fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
         by_host.entry(&container.host).or_default().push(container.container_id.clone());
     }
     let removals = by_host.iter().map(|(host, ids)| rayfine::docker::remove_containers_on(host, ids));
-    let failures: Vec<String> = futures_util::future::join_all(removals).await.into_iter().filter_map(|r| r.err().map(|e| e.to_string())).collect();
+    let mut failures: Vec<String> = futures_util::future::join_all(removals).await.into_iter().filter_map(|r| r.err().map(|e| e.to_string())).collect();
+    let mut services_by_host: std::collections::BTreeMap<&rayfine::DockerHost, Vec<ManagedService>> = std::collections::BTreeMap::new();
+    for service in &doomed_services {
+        services_by_host.entry(&service.host).or_default().push((*service).clone());
+    }
+    let removals = services_by_host.iter().map(|(host, services)| rayfine::docker::remove_services_on(host, services));
+    failures.extend(futures_util::future::join_all(removals).await.into_iter().filter_map(|r| r.err().map(|e| e.to_string())));
     if !failures.is_empty() {
         anyhow::bail!("{}", failures.join("; "));
     }
     for container in &doomed_containers {
         records::forget(&container.env_id);
     }
-    let ids: Vec<&str> = chosen.iter().map(|r| r.id.as_str()).chain(doomed_containers.iter().map(|c| c.env_id.as_str())).collect();
+    for service in &doomed_services {
+        records::forget(&service.env_id);
+    }
+    let ids: Vec<&str> =
+        chosen.iter().map(|r| r.id.as_str()).chain(doomed_containers.iter().map(|c| c.env_id.as_str())).chain(doomed_services.iter().map(|s| s.env_id.as_str())).collect();
     if json {
         println!("{}", json!({ "removed": ids }));
     } else {

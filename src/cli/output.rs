@@ -3,7 +3,7 @@
 use rayfine::protocol::MethodInfo;
 
 use rayfine::build::{BuildProgress, BuildStage};
-use rayfine::docker::ManagedContainer;
+use rayfine::docker::{ManagedContainer, ManagedService};
 
 use super::records::Record;
 
@@ -25,7 +25,7 @@ pub fn methods(methods: &[MethodInfo]) {
 }
 
 /// Kept process-mode environments and every container Rayfine started. Tokens are never shown.
-pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
+pub fn ps(records: &[Record], containers: &[ManagedContainer], services: &[ManagedService], json: bool) {
     if json {
         let mut rows: Vec<_> = records
             .iter()
@@ -38,16 +38,22 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
                 "owner_alive": c.owner_alive, "keep": c.keep, "orphan": c.is_orphan(), "host": c.host, "pool": c.pool(),
             })
         }));
+        rows.extend(services.iter().map(|s| {
+            serde_json::json!({
+                "id": s.env_id, "name": s.name, "mode": "swarm", "service_id": s.service_id, "host": s.host, "pool": s.pool(),
+                "owner_pid": s.owner_pid, "owner_alive": s.owner_alive, "keep": s.keep, "orphan": s.is_orphan(),
+            })
+        }));
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
-    if records.is_empty() && containers.is_empty() {
+    if records.is_empty() && containers.is_empty() && services.is_empty() {
         eprintln!("no environments are running");
         return;
     }
     // Where containers run, once some run elsewhere; the pool, once some are replicas.
-    let elsewhere = containers.iter().any(|c| c.host != rayfine::DockerHost::Local);
-    let pooled = containers.iter().any(|c| c.pool().is_some());
+    let elsewhere = containers.iter().any(|c| c.host != rayfine::DockerHost::Local) || services.iter().any(|s| s.host != rayfine::DockerHost::Local);
+    let pooled = containers.iter().any(|c| c.pool().is_some()) || services.iter().any(|s| s.pool().is_some());
     let extra = |host: &str, pool: &str| {
         let mut text = String::new();
         if elsewhere {
@@ -64,14 +70,24 @@ pub fn ps(records: &[Record], containers: &[ManagedContainer], json: bool) {
     }
     for c in containers {
         let url = c.url().unwrap_or_else(|| "-".into());
-        let owner = match (c.keep, c.owner_pid, c.owner_alive) {
-            (true, _, _) => "kept".to_string(),
-            (false, Some(pid), true) => format!("pid {pid}"),
-            (false, Some(pid), false) => format!("pid {pid} (gone)"),
-            (false, None, _) => "unknown".to_string(),
-        };
         let pool = c.pool().unwrap_or("-");
+        let owner = owner(c.keep, c.owner_pid, c.owner_alive);
         println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}{}", c.env_id, c.name, "docker", c.state, url, owner, extra(&c.host.to_string(), pool), c.image);
+    }
+    for s in services {
+        let pool = s.pool().unwrap_or("-");
+        let owner = owner(s.keep, s.owner_pid, s.owner_alive);
+        println!("{:<28} {:<16} {:<8} {:<10} {:<22} {:<16} {}service {}", s.env_id, s.name, "swarm", "-", "-", owner, extra(&s.host.to_string(), pool), s.service_name);
+    }
+}
+
+/// Who owns an environment, for `ps`.
+fn owner(keep: bool, pid: Option<u32>, alive: bool) -> String {
+    match (keep, pid, alive) {
+        (true, _, _) => "kept".to_string(),
+        (false, Some(pid), true) => format!("pid {pid}"),
+        (false, Some(pid), false) => format!("pid {pid} (gone)"),
+        (false, None, _) => "unknown".to_string(),
     }
 }
 

@@ -17,32 +17,32 @@ use std::sync::Arc;
 
 use super::running::Running;
 use crate::backend::KillNow;
-use crate::docker::DockerHost;
+use crate::docker::Leftover;
 
 static REGISTRY: Lazy<Mutex<BTreeMap<String, Arc<Running>>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
 
-/// Containers (ids, or names while being created) behind no registered environment, with the
-/// engine each is on: between create and ready, a Ctrl-C must still remove them.
-static PENDING_CONTAINERS: Lazy<Mutex<BTreeSet<(DockerHost, String)>>> = Lazy::new(|| Mutex::new(BTreeSet::new()));
+/// Containers, services and secrets (ids, or names while being created) behind no registered
+/// environment, with the engine each is on: between create and ready, a Ctrl-C must still
+/// remove them.
+static PENDING: Lazy<Mutex<BTreeSet<Leftover>>> = Lazy::new(|| Mutex::new(BTreeSet::new()));
 
-/// Records a container this process must remove if it ends now.
-pub(crate) fn track_container(host: &DockerHost, id: &str) {
-    PENDING_CONTAINERS.lock().insert((host.clone(), id.to_string()));
+/// Records something this process must remove if it ends now.
+pub(crate) fn track(leftover: Leftover) {
+    PENDING.lock().insert(leftover);
 }
 
-/// Forgets a container: removed, or now behind a registered environment.
-pub(crate) fn untrack_container(host: &DockerHost, id: &str) {
-    PENDING_CONTAINERS.lock().remove(&(host.clone(), id.to_string()));
+/// Forgets it: removed, or now behind a registered environment.
+pub(crate) fn untrack(leftover: &Leftover) {
+    PENDING.lock().remove(leftover);
 }
 
 /// Takes ownership of a started environment; from now on it is ended with this process.
 pub(crate) fn register(env: Arc<Running>) {
-    let container = env.backend.container_id().map(String::from);
-    let host = env.backend.docker_host().cloned();
+    let covered = env.backend.leftovers();
     REGISTRY.lock().insert(env.id.clone(), env);
-    if let (Some(container), Some(host)) = (container, host) {
-        // From now on the registry covers it (and leaves it alone at exit if it is kept).
-        untrack_container(&host, &container);
+    // From now on the registry covers them (and leaves them alone at exit if kept).
+    for leftover in &covered {
+        untrack(leftover);
     }
 }
 
@@ -89,17 +89,17 @@ pub(crate) fn kill_all_now() {
         let doomed: Vec<String> = registry.iter().filter(|(_, env)| !env.keep).map(|(id, _)| id.clone()).collect();
         doomed.into_iter().filter_map(|id| registry.remove(&id)).collect()
     };
-    let mut containers: Vec<(DockerHost, String)> = all
+    let mut leftovers: Vec<Leftover> = all
         .iter()
-        .filter_map(|env| match env.kill_now() {
-            KillNow::Done => None,
-            KillNow::RemoveContainer(host, id) => Some((host, id)),
+        .flat_map(|env| match env.kill_now() {
+            KillNow::Done => Vec::new(),
+            KillNow::Remove(leftovers) => leftovers,
         })
         .collect();
-    containers.extend(std::mem::take(&mut *PENDING_CONTAINERS.lock()));
-    containers.sort();
-    containers.dedup();
-    crate::docker::remove_now(containers);
+    leftovers.extend(std::mem::take(&mut *PENDING.lock()));
+    leftovers.sort();
+    leftovers.dedup();
+    crate::docker::remove_now(leftovers);
 }
 
 /// Cleans up every environment when dropped: hold one in `main` so a normal return or an

@@ -19,6 +19,7 @@ pub use options::{ContainerLimits, LoadOptions, Mode, Source, DEFAULT_PIDS_LIMIT
 use crate::backend::docker::DockerLaunch;
 use crate::backend::process::ProcessLaunch;
 use crate::backend::remote::RemoteLaunch;
+use crate::backend::swarm::SwarmLaunch;
 use crate::backend::{Launch, StartSpec};
 use crate::docker::placement::Placed;
 use crate::error::{Error, Result};
@@ -36,7 +37,7 @@ use running::Running;
 pub async fn load_env(options: LoadOptions) -> Result<EnvironmentWrapper> {
     options.validate()?;
     let placed = match options.source {
-        Source::Image(_) => crate::docker::placement::place(&options.docker_hosts()?, 1).await?.pop(),
+        Source::Image(_) => crate::docker::placement::place_for(options.mode, &options.docker_hosts()?, 1).await?.pop(),
         _ => None,
     };
     start_env(options, placed).await
@@ -68,6 +69,10 @@ pub(crate) async fn start_env(options: LoadOptions, placed: Option<Placed>) -> R
             }
             let log_file = options.keep.then(|| kept_log_path(&id)).transpose()?;
             ProcessLaunch { folder, program: options.server_program.as_deref(), log_file: log_file.as_deref() }.start(&spec).await?
+        }
+        Source::Image(image) if options.mode == Mode::Swarm => {
+            let manager = placed.as_ref().map_or(&crate::docker::DockerHost::Local, |placed| &placed.host);
+            SwarmLaunch { image, limits: &options.limits, env_type: options.env_type, labels: &options.labels, manager }.start(&spec).await?
         }
         Source::Image(image) => {
             let host = placed.as_ref().map_or(&crate::docker::DockerHost::Local, |placed| &placed.host);

@@ -91,6 +91,9 @@ pub enum Mode {
     Auto,
     /// A server child process on 127.0.0.1: no isolation, no Docker needed.
     Process,
+    /// An image as a Swarm service on the first host named (a Swarm manager), which schedules
+    /// it on one of its nodes.
+    Swarm,
 }
 
 /// Options of [`load_env`](super::load_env).
@@ -346,6 +349,12 @@ impl LoadOptions {
         }
         if let Source::Url(url) = &self.source {
             validate_url(url)?;
+        }
+        if self.mode == Mode::Swarm && !matches!(self.source, Source::Image(_)) {
+            return Err(Error::InvalidInput("Swarm mode runs images: build the folder into one with `rayfine build`".into()));
+        }
+        if self.mode == Mode::Process && matches!(self.source, Source::Image(_)) {
+            return Err(Error::InvalidInput("process mode runs folders: an image runs in Docker or on Swarm".into()));
         }
         if !self.hosts.is_empty() && !matches!(self.source, Source::Image(_)) {
             return Err(Error::InvalidInput("Docker hosts are for images: a folder runs as a local process, a URL is served where it is".into()));

@@ -88,6 +88,95 @@ pub async fn list_managed_containers_on(host: &DockerHost) -> Result<Vec<Managed
     Ok(containers)
 }
 
+/// An environment Rayfine runs as a Swarm service, as `rayfine ps` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ManagedService {
+    /// The manager it was found on.
+    pub host: DockerHost,
+    /// The service's id.
+    pub service_id: String,
+    /// Its name (also its secret's).
+    pub service_name: String,
+    /// The environment's registry id.
+    pub env_id: String,
+    /// The environment's name.
+    pub name: String,
+    /// Process id of the owner.
+    pub owner_pid: Option<u32>,
+    /// Whether that owner still runs.
+    pub owner_alive: bool,
+    /// Meant to outlive its owner.
+    pub keep: bool,
+    /// All its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl ManagedService {
+    /// Left behind: not kept, and its owner is gone.
+    pub fn is_orphan(&self) -> bool {
+        !self.keep && !self.owner_alive
+    }
+
+    /// The pool it is a replica of, if any.
+    pub fn pool(&self) -> Option<&str> {
+        self.labels.get(crate::pool::POOL_LABEL).map(String::as_str)
+    }
+}
+
+/// Every service labelled `rayfine.managed=true` on `host` (none when it is no Swarm manager).
+pub async fn list_managed_services_on(host: &DockerHost) -> Result<Vec<ManagedService>> {
+    let engine = Engine::connect_to(host).await?;
+    let services = engine.list_services(&format!("{}=true", labels::MANAGED)).await?;
+    Ok(services
+        .into_iter()
+        .map(|service| {
+            let get = |key: &str| service.labels.get(key).cloned().unwrap_or_default();
+            let owner_pid = get(labels::OWNER_PID).parse().ok();
+            let owner_start = get(labels::OWNER_START).parse().ok();
+            ManagedService {
+                host: host.clone(),
+                env_id: get(labels::ENV_ID),
+                name: get(labels::NAME),
+                keep: get(labels::KEEP) == "true",
+                owner_pid,
+                owner_alive: labels::owner_alive(owner_pid, owner_start),
+                service_id: service.id,
+                service_name: service.name,
+                labels: service.labels.into_iter().collect(),
+            }
+        })
+        .collect())
+}
+
+/// Removes services and their secrets from `host`'s engine. The error names every one that
+/// could not be removed.
+pub async fn remove_services_on(host: &DockerHost, services: &[ManagedService]) -> Result<()> {
+    let engine = Engine::connect_to(host).await?;
+    let removals = services.iter().map(|service| {
+        let engine = engine.clone();
+        async move {
+            match engine.remove_service(&service.service_id).await {
+                Err(err) if !err.is_not_found() => return Err(Error::from(err)),
+                _ => {}
+            }
+            // The secret is named like the service; it is free once the service is gone.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match engine.remove_secret(&service.service_name).await {
+                    Err(err) if err.status() == Some(400) && std::time::Instant::now() < deadline => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    Err(err) if !err.is_not_found() => return Err(err.into()),
+                    _ => return Ok(()),
+                }
+            }
+        }
+    });
+    let failures: Vec<String> = futures_util::future::join_all(removals).await.into_iter().filter_map(|r| r.err().map(|e| e.to_string())).collect();
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(Error::InvalidInput(failures.join("; "))),
+    }
+}
+
 /// Stops and removes containers of this machine's engine by id (full or short); waits until
 /// each is gone. The error names every container that is still there.
 pub async fn remove_containers(ids: &[String]) -> Result<()> {

@@ -17,7 +17,7 @@ pub use engine::{is_available as docker_available, Capacity, EngineError};
 pub use host::{BadHost, DockerHost, HOSTS_ENV};
 pub use manage::{
     describe_exit, describe_exit_on, list_managed_containers, list_managed_containers_on, list_managed_images, remove_containers, remove_containers_on, remove_image, remove_image_on,
-    ManagedContainer,
+    ManagedContainer, list_managed_services_on, remove_services_on, ManagedService,
 };
 pub(crate) use reference::validate_reference;
-pub(crate) use removal::{remove_and_wait, remove_now};
+pub(crate) use removal::{remove_and_wait, remove_now, Leftover};

@@ -34,6 +34,20 @@ impl Drop for Placed {
     }
 }
 
+/// Places `count` starts: on Swarm, all on the first host (the manager; Swarm's scheduler picks
+/// the nodes); otherwise over `hosts` by free capacity ([`place`]).
+pub(crate) async fn place_for(mode: crate::client::Mode, hosts: &[DockerHost], count: usize) -> Result<Vec<Placed>> {
+    match (mode, hosts.first()) {
+        (crate::client::Mode::Swarm, Some(manager)) => {
+            if hosts.len() > 1 {
+                tracing::warn!("Swarm mode uses the first host named, {manager}, as the manager; the others are not used");
+            }
+            Ok(assign(vec![(manager.clone(), Capacity { cpus: 1, ..Capacity::default() })], count))
+        }
+        _ => place(hosts, count).await,
+    }
+}
+
 /// Places `count` starts over `hosts` by free capacity. An engine that does not answer is left
 /// out (with a warning); an error names each engine's problem when none answers. One host needs
 /// no question.

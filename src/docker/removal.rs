@@ -51,29 +51,56 @@ async fn remove_and_wait_within(engine: &Engine, id: &str, limit: Duration, ever
     }
 }
 
-/// Force-removes containers, each on its engine, from a plain thread with a runtime of its own:
+/// Something in an engine that this process must remove if it ends now, by id or by name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Leftover {
+    /// A container.
+    Container(DockerHost, String),
+    /// A Swarm service (its tasks go with it).
+    Service(DockerHost, String),
+    /// A Swarm secret (removed after the services that use it).
+    Secret(DockerHost, String),
+}
+
+impl Leftover {
+    fn host(&self) -> &DockerHost {
+        match self {
+            Leftover::Container(host, _) | Leftover::Service(host, _) | Leftover::Secret(host, _) => host,
+        }
+    }
+}
+
+/// Force-removes leftovers, each on its engine, from a plain thread with a runtime of its own:
 /// for the exit paths (signal handler, panic hook, guard) that may run inside or outside an async
-/// runtime. Every engine is asked at once; one that does not answer holds up no other.
-pub(crate) fn remove_now(containers: Vec<(DockerHost, String)>) {
-    if containers.is_empty() {
+/// runtime. Every engine is asked at once; one that does not answer holds up no other. Containers
+/// and services go first, then the secrets they used.
+pub(crate) fn remove_now(leftovers: Vec<Leftover>) {
+    if leftovers.is_empty() {
         return;
     }
-    let mut by_host: BTreeMap<DockerHost, Vec<String>> = BTreeMap::new();
-    for (host, id) in containers {
-        by_host.entry(host).or_default().push(id);
+    let mut by_host: BTreeMap<DockerHost, Vec<Leftover>> = BTreeMap::new();
+    for leftover in leftovers {
+        by_host.entry(leftover.host().clone()).or_default().push(leftover);
     }
     let worker = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         runtime.block_on(async {
-            let hosts = by_host.into_iter().map(|(host, ids)| async move {
+            let hosts = by_host.into_iter().map(|(host, leftovers)| async move {
                 let Ok(engine) = Engine::connect_to(&host).await else { return };
-                let removals = ids.iter().map(|id| {
+                let (secrets, first): (Vec<&Leftover>, Vec<&Leftover>) = leftovers.iter().partition(|l| matches!(l, Leftover::Secret(..)));
+                let remove = |leftover: &Leftover| {
                     let engine = engine.clone();
+                    let leftover = leftover.clone();
                     async move {
-                        let _ = engine.remove_container(id).await;
+                        let _ = match &leftover {
+                            Leftover::Container(_, id) => engine.remove_container(id).await,
+                            Leftover::Service(_, id) => engine.remove_service(id).await,
+                            Leftover::Secret(_, id) => engine.remove_secret(id).await,
+                        };
                     }
-                });
-                futures_util::future::join_all(removals).await;
+                };
+                futures_util::future::join_all(first.into_iter().map(remove)).await;
+                futures_util::future::join_all(secrets.into_iter().map(remove)).await;
             });
             let _ = tokio::time::timeout(REMOVE_NOW_LIMIT, futures_util::future::join_all(hosts)).await;
         });

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{Member, Shared};
 use crate::client::start_env;
-use crate::docker::placement::place;
+use crate::docker::placement::place_for;
 
 /// Longest wait between replacement attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -79,7 +79,7 @@ fn replace_missing(pool: &Arc<Shared>) {
         pool.replacing.fetch_add(1, Ordering::SeqCst);
         let pool = pool.clone();
         tokio::spawn(async move {
-            let started = match place(&pool.hosts, 1).await {
+            let started = match place_for(pool.template.mode, &pool.hosts, 1).await {
                 Ok(mut placed) => start_env(pool.template.clone(), placed.pop()).await,
                 Err(err) => Err(err),
             };

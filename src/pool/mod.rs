@@ -26,7 +26,7 @@ use serde_json::Value;
 pub use balance::Balancing;
 
 use crate::client::{start_env, EnvironmentWrapper, LoadOptions, Source};
-use crate::docker::placement::place;
+use crate::docker::placement::place_for;
 use crate::docker::DockerHost;
 use crate::error::{Error, Result};
 use affinity::Affinity;
@@ -193,7 +193,7 @@ pub async fn load_pool(options: LoadOptions, pool: PoolOptions) -> Result<Pool> 
         retired: Mutex::new(Vec::new()),
         failed_starts: AtomicUsize::new(0),
     });
-    let placed = place(&shared.hosts, shared.options.replicas).await?;
+    let placed = place_for(shared.template.mode, &shared.hosts, shared.options.replicas).await?;
     let starts = placed.into_iter().map(|placed| start_env(shared.template.clone(), Some(placed)));
     let mut started = Vec::new();
     let mut failure = None;

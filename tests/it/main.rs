@@ -15,4 +15,5 @@ mod python_worker;
 mod second_engine;
 mod server;
 mod stalled_engine;
+mod swarm;
 mod util;

@@ -20,7 +20,7 @@
 //! (creating, copying, attaching) counts against the start-up timeout as much as a slow server.
 
 mod readiness;
-mod shape;
+pub(crate) mod shape;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -36,7 +36,7 @@ use crate::client::ContainerLimits;
 use crate::detect::EnvType;
 use crate::docker::engine::{short, Engine};
 use crate::docker::host::bracketed;
-use crate::docker::{describe_exit_on, ensure_image, remove_and_wait, DockerHost};
+use crate::docker::{describe_exit_on, ensure_image, remove_and_wait, DockerHost, Leftover};
 use crate::error::{Error, Result};
 use shape::Shape;
 
@@ -177,19 +177,19 @@ impl DockerLaunch<'_> {
         let container_spec = shape.container_spec(self, spec);
         // Tracked by name before it exists, so a Ctrl-C while the engine creates it removes it.
         let name = container_spec.name.clone();
-        cleanup::track_container(self.host, &name);
+        cleanup::track(Leftover::Container(self.host.clone(), name.clone()));
         *create_sent = true;
         let created = engine.create_container(container_spec).await;
         let id = match created {
             Ok(id) => id,
             Err(err) => {
                 // Refused by the engine: nothing was made under the name.
-                cleanup::untrack_container(self.host, &name);
+                cleanup::untrack(&Leftover::Container(self.host.clone(), name.clone()));
                 return Err(err.into());
             }
         };
-        cleanup::track_container(self.host, &id);
-        cleanup::untrack_container(self.host, &name);
+        cleanup::track(Leftover::Container(self.host.clone(), id.clone()));
+        cleanup::untrack(&Leftover::Container(self.host.clone(), name.clone()));
         let server = server.insert(DockerServer { host: self.host.clone(), id: id.clone(), stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() });
 
         if let Some(archive) = files {
@@ -268,7 +268,7 @@ impl DockerServer {
             tracing::debug!("{err}");
         }
         remove_and_wait(&engine, &self.id).await?;
-        cleanup::untrack_container(&self.host, &self.id);
+        cleanup::untrack(&Leftover::Container(self.host.clone(), self.id.clone()));
         Ok(())
     }
 }
@@ -293,12 +293,16 @@ impl Backend for DockerServer {
         Some(&self.host)
     }
 
+    fn leftovers(&self) -> Vec<Leftover> {
+        vec![Leftover::Container(self.host.clone(), self.id.clone())]
+    }
+
     fn stop(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.remove())
     }
 
     fn kill_now(&self) -> KillNow {
-        KillNow::RemoveContainer(self.host.clone(), self.id.clone())
+        KillNow::Remove(self.leftovers())
     }
 
     fn has_exited(&self) -> bool {

@@ -14,14 +14,14 @@ use crate::labels;
 use crate::protocol::{Secrets, SECRETS_FILE_ENV, SECRETS_PATH, TOKEN_ENV};
 
 /// The port Rayfine's server listens on inside its container.
-pub(super) const SERVER_PORT: u16 = 8000;
+pub(crate) const SERVER_PORT: u16 = 8000;
 
 /// Where the supervisor is copied to in an HTTP-based environment's container.
 const SUPERVISOR_PATH: &str = "/rayfine/rayfine-server";
 
 /// The name of environment `env_id`'s container: what a start removes by when it never
 /// learnt the id.
-pub(super) fn container_name(env_id: &str) -> String {
+pub(crate) fn container_name(env_id: &str) -> String {
     format!("rayfine-{env_id}")
 }
 
@@ -121,15 +121,7 @@ impl Shape {
         if env_type == EnvType::Function {
             env.push(format!("RUST_LOG={}", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into())));
         }
-        let mut container_labels: HashMap<String, String> = launch.labels.clone().into_iter().collect();
-        container_labels.extend(labels::owned_by_this_process());
-        container_labels.extend([
-            (labels::VERSION.to_string(), labels::RAYFINE_VERSION.to_string()),
-            (labels::ENV_TYPE.to_string(), env_type.as_str().to_string()),
-            (labels::ENV_ID.to_string(), spec.env_id.to_string()),
-            (labels::NAME.to_string(), spec.name.to_string()),
-            (labels::KEEP.to_string(), spec.keep.to_string()),
-        ]);
+        let container_labels = environment_labels(launch.labels, spec, env_type);
         let limits = launch.limits;
         ContainerSpec {
             name: container_name(spec.env_id),
@@ -152,10 +144,25 @@ impl Shape {
     }
 }
 
+/// The labels of an environment's container (or service): the caller's, then Rayfine's, which
+/// win: managed, owner, version, type, id, name, kept.
+pub(crate) fn environment_labels(caller: &BTreeMap<String, String>, spec: &StartSpec<'_>, env_type: EnvType) -> HashMap<String, String> {
+    let mut all: HashMap<String, String> = caller.clone().into_iter().collect();
+    all.extend(labels::owned_by_this_process());
+    all.extend([
+        (labels::VERSION.to_string(), labels::RAYFINE_VERSION.to_string()),
+        (labels::ENV_TYPE.to_string(), env_type.as_str().to_string()),
+        (labels::ENV_ID.to_string(), spec.env_id.to_string()),
+        (labels::NAME.to_string(), spec.name.to_string()),
+        (labels::KEEP.to_string(), spec.keep.to_string()),
+    ]);
+    all
+}
+
 /// Splits the variables given for a container into the server's own settings (`RAYFINE_*`,
 /// `RUST_LOG`), which stay in its configuration where the server reads them, and the rest, which
 /// are the environment's and may be secrets.
-fn split_settings(vars: &BTreeMap<String, String>) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+pub(crate) fn split_settings(vars: &BTreeMap<String, String>) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     vars.iter().map(|(k, v)| (k.clone(), v.clone())).partition(|(k, _)| k.starts_with("RAYFINE_") || k == "RUST_LOG")
 }
 

@@ -173,6 +173,15 @@ pub enum EngineError {
         #[source]
         source: Cause,
     },
+    /// A Swarm operation (service, task, secret, node) failed.
+    #[error("cannot {what}: {}", said(.source))]
+    Swarm {
+        /// What was being done.
+        what: String,
+        /// The engine's error.
+        #[source]
+        source: Cause,
+    },
     /// Asking an engine what it holds (`docker info`) failed.
     #[error("cannot read the capacity of {engine}: {}", said(.source))]
     Info {
@@ -191,6 +200,7 @@ impl EngineError {
             | EngineError::ExportImage { source, .. }
             | EngineError::ImportImage { source, .. }
             | EngineError::Info { source, .. }
+            | EngineError::Swarm { source, .. }
             | EngineError::InspectImage { source, .. }
             | EngineError::Create { source, .. }
             | EngineError::Copy { source, .. }

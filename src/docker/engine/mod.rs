@@ -14,6 +14,7 @@
 mod containers;
 mod error;
 mod images;
+mod swarm;
 mod transfer;
 
 use bollard::Docker;
@@ -21,6 +22,7 @@ use bollard::Docker;
 use super::host::DockerHost;
 
 pub use containers::{ContainerSpec, Output};
+pub use swarm::{ServiceRequest, TaskFacts};
 pub use transfer::Capacity;
 pub use error::EngineError;
 pub(crate) use error::short;
