@@ -257,7 +257,9 @@ impl Error {
                 }
             }
             if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable) {
+                // The blocking client's connect; an unreachable host is not trusted: Linux can
+                // report it on a socket that had already sent the request.
+                if io.kind() == std::io::ErrorKind::ConnectionRefused {
                     return true;
                 }
             }

@@ -81,17 +81,22 @@ impl Launch for SwarmLaunch<'_> {
     async fn start(self, spec: &StartSpec<'_>) -> Result<(Box<dyn Backend>, Endpoint)> {
         let began = Instant::now();
         let mut made: Vec<Leftover> = Vec::new();
-        let steps = self.run_steps(spec, &mut made);
+        let last_seen = Mutex::new(None);
+        let steps = self.run_steps(spec, &mut made, &last_seen);
         let outcome = match tokio::time::timeout_at(spec.deadline.into(), steps).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(failed(spec, format!("not ready after {:.0} s", began.elapsed().as_secs_f64()), Vec::new())),
+            Err(_) => {
+                // Say where it was stuck: a task pending for want of a node, preparing, ...
+                let seen = last_seen.lock().clone().map(|task: String| format!(" ({task})")).unwrap_or_default();
+                Err(failed(spec, format!("not ready after {:.0} s{seen}", began.elapsed().as_secs_f64()), Vec::new()))
+            }
         };
         match outcome {
             Ok(started) => Ok(started),
             Err(err) => {
                 // Whatever was made goes (the exit path would otherwise, at the end).
                 if let Ok(engine) = Engine::connect_to(self.manager).await {
-                    remove_made(&engine, &made).await;
+                    remove_made(&engine, &made, &container_name(spec.env_id)).await;
                 }
                 Err(err)
             }
@@ -100,7 +105,7 @@ impl Launch for SwarmLaunch<'_> {
 }
 
 impl SwarmLaunch<'_> {
-    async fn run_steps(&self, spec: &StartSpec<'_>, made: &mut Vec<Leftover>) -> Result<(Box<dyn Backend>, Endpoint)> {
+    async fn run_steps(&self, spec: &StartSpec<'_>, made: &mut Vec<Leftover>, last_seen: &Mutex<Option<String>>) -> Result<(Box<dyn Backend>, Endpoint)> {
         let engine = Engine::connect_to(self.manager).await?;
         if !engine.is_swarm_manager().await? {
             return Err(Error::InvalidInput(format!("{} is not a Swarm manager: run `docker swarm init` there, or name a manager", self.manager)));
@@ -169,11 +174,11 @@ impl SwarmLaunch<'_> {
         swap_tracked(made, &service, Leftover::Service(self.manager.clone(), service_id.clone()));
 
         let logs = Arc::new(LogRing::new(spec.name));
-        let (node, port) = wait_running(&engine, &service_id, spec, &logs).await?;
+        let (node, port) = wait_running(&engine, &service_id, spec, &logs, last_seen).await?;
         let address = match engine.node_address(&node).await? {
             // A single node advertising loopback, or nothing usable: the manager's own address.
             Some(address) if address != "127.0.0.1" || self.manager.is_on_this_machine() => address,
-            _ => self.manager.client_address().to_string(),
+            _ => self.manager.client_address(),
         };
         let url = format!("http://{}:{port}", bracketed(&address));
         wait_ready(&engine, &service_id, &url, spec, &logs).await?;
@@ -211,17 +216,20 @@ fn swap_tracked(made: &mut [Leftover], by_name: &Leftover, by_id: Leftover) {
     }
 }
 
-/// Removes what a failed start made: the service, then its secret.
-async fn remove_made(engine: &Engine, made: &[Leftover]) {
+/// Removes what a failed start made: the service, then its secret. One known only by name (its
+/// create was under way when time ran out) stays tracked unless removed: the engine may still
+/// finish making it, and the exit path then removes it.
+async fn remove_made(engine: &Engine, made: &[Leftover], name: &str) {
     for leftover in made.iter().rev() {
-        let removed = match leftover {
-            Leftover::Service(_, id) => engine.remove_service(id).await,
-            Leftover::Secret(_, id) => remove_secret_when_free(engine, id).await,
-            Leftover::Container(_, id) => engine.remove_container(id).await,
+        let (removed, by_name) = match leftover {
+            Leftover::Service(_, id) => (engine.remove_service(id).await, id == name),
+            Leftover::Secret(_, id) => (remove_secret_when_free(engine, id).await, id == name),
+            Leftover::Container(_, id) => (engine.remove_container(id).await, false),
         };
         match removed {
             Ok(()) => cleanup::untrack(leftover),
-            Err(err) if err.is_not_found() => cleanup::untrack(leftover),
+            Err(err) if err.is_not_found() && !by_name => cleanup::untrack(leftover),
+            Err(err) if err.is_not_found() => {}
             Err(err) => tracing::warn!("{err}"),
         }
     }
@@ -241,9 +249,13 @@ async fn remove_secret_when_free(engine: &Engine, id: &str) -> crate::docker::en
 
 /// Waits until the service's task runs with its port published; returns its node and port. A
 /// task that ends or is refused fails the start with the swarm's reason and its logs.
-async fn wait_running(engine: &Engine, service_id: &str, spec: &StartSpec<'_>, logs: &LogRing) -> Result<(String, u16)> {
+async fn wait_running(engine: &Engine, service_id: &str, spec: &StartSpec<'_>, logs: &LogRing, last_seen: &Mutex<Option<String>>) -> Result<(String, u16)> {
     loop {
         let tasks = engine.service_tasks(service_id).await?;
+        *last_seen.lock() = Some(match tasks.first() {
+            Some(task) => format!("its task was {}{}", task.state, task.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()),
+            None => "the swarm had made no task yet".into(),
+        });
         if let Some(task) = tasks.first() {
             if task.ended {
                 return Err(task_failed(engine, task, spec, logs).await);
@@ -391,7 +403,7 @@ impl Backend for SwarmService {
     }
 
     fn describe(&self) -> String {
-        format!("Swarm service {} on {}", &self.id[..12.min(self.id.len())], self.manager)
+        format!("Swarm service {} on {}", crate::docker::engine::short(&self.id), self.manager)
     }
 
     fn docker_host(&self) -> Option<&DockerHost> {

@@ -318,8 +318,20 @@ async fn managed_services(hosts: &[rayfine::DockerHost]) -> Vec<ManagedService> 
     services
 }
 
+/// The engines named, and those kept environments' records name: a kept replica on another host
+/// is listed and removed without naming its host again.
+fn hosts_and_recorded(hosts: &args::HostArgs) -> anyhow::Result<Vec<rayfine::DockerHost>> {
+    let mut all = hosts.resolve()?;
+    for host in records::live().iter().filter_map(|r| r.docker_host().ok()) {
+        if !all.contains(&host) {
+            all.push(host);
+        }
+    }
+    Ok(all)
+}
+
 async fn ps(hosts: &args::HostArgs, json: bool) -> anyhow::Result<()> {
-    let hosts = hosts.resolve()?;
+    let hosts = hosts_and_recorded(hosts)?;
     let (containers, answered) = managed_containers(&hosts).await;
     let services = managed_services(&hosts).await;
     // A kept container's record outlives nothing: drop records of containers that are gone from
@@ -343,7 +355,7 @@ async fn cleanup(args: args::CleanupArgs, json: bool) -> anyhow::Result<()> {
     if !args.all && !args.orphans && args.targets.is_empty() {
         anyhow::bail!("name what to stop (ids or names), or pass --all or --orphans");
     }
-    let hosts = args.hosts.resolve()?;
+    let hosts = hosts_and_recorded(&args.hosts)?;
     let (containers, _) = managed_containers(&hosts).await;
     let services = managed_services(&hosts).await;
     let doomed_services: Vec<&ManagedService> = services

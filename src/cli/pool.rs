@@ -53,8 +53,8 @@ pub async fn run_kept(options: LoadOptions, replicas: usize, has_call: bool, jso
     if has_call {
         anyhow::bail!("with --keep, --replicas starts the replicas only: call one by its id afterwards (`rayfine ps` lists them)");
     }
-    if replicas == 0 {
-        anyhow::bail!("--replicas must be at least 1");
+    if replicas == 0 || replicas > rayfine::pool::MAX_REPLICAS {
+        anyhow::bail!("--replicas takes 1 to {}, not {replicas}", rayfine::pool::MAX_REPLICAS);
     }
     let Source::Image(image) = options.source.clone() else { anyhow::bail!("--replicas runs an image") };
     let pool_id = format!("{}-{:08x}", slug(&image), std::process::id().rotate_left(16) ^ nanos_now());

@@ -219,10 +219,15 @@ impl EnvironmentWrapper {
         }
     }
 
-    /// Stops the environment and removes it from the registry. Idempotent.
+    /// Stops the environment and removes it from the registry. Idempotent. If the stop fails,
+    /// it stays registered, so a later cleanup and the exit paths still try to remove it.
     pub async fn cleanup(&self) -> Result<()> {
         cleanup::unregister(&self.inner.id);
-        self.inner.stop().await
+        let stopped = self.inner.stop().await;
+        if stopped.is_err() {
+            cleanup::register(self.inner.clone());
+        }
+        stopped
     }
 
     /// A connection error from a dead server says so, with how it ended and its last log lines.

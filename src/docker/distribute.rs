@@ -23,25 +23,36 @@ type Gate = Arc<tokio::sync::Mutex<()>>;
 /// The facts of `image` on `target`, copying it there from this machine's engine first when
 /// `target` is another engine that lacks it.
 pub(crate) async fn ensure_image(target: &Engine, image: &str) -> Result<ImageFacts> {
+    if *target.host() == DockerHost::Local {
+        return target.inspect_image(image).await.map_err(|err| if err.is_not_found() { missing(image, "in the local Docker engine") } else { err.into() });
+    }
+    // The local engine's image is the one meant: a tag rebuilt here since the last copy is
+    // copied again, rather than the remote engine running the old one.
+    let source = Engine::connect().await?;
+    let wanted = match source.inspect_image(image).await {
+        Ok(facts) => Some(facts.id),
+        Err(err) if err.is_not_found() || err.is_unavailable() => None,
+        Err(err) => return Err(err.into()),
+    };
+    let current = |facts: &ImageFacts| wanted.as_ref().is_none_or(|id| *id == facts.id);
     match target.inspect_image(image).await {
-        Ok(facts) => return Ok(facts),
+        Ok(facts) if current(&facts) => return Ok(facts),
+        Ok(_) => {}
         Err(err) if !err.is_not_found() => return Err(err.into()),
-        Err(_) if *target.host() == DockerHost::Local => return Err(missing(image, "in the local Docker engine")),
         Err(_) => {}
     }
     let gate = COPIES.lock().entry((target.host().clone(), image.to_string())).or_default().clone();
     let _copying = gate.lock().await;
     // Someone else's copy may have finished while this one waited.
     if let Ok(facts) = target.inspect_image(image).await {
-        return Ok(facts);
+        if current(&facts) {
+            return Ok(facts);
+        }
     }
-    let source = Engine::connect().await?;
-    match source.inspect_image(image).await {
-        Ok(_) => {}
-        Err(err) if err.is_not_found() => return Err(missing(image, &format!("on {} nor in the local engine to copy it from", target.host()))),
-        Err(err) => return Err(err.into()),
+    if wanted.is_none() {
+        return Err(missing(image, &format!("on {} nor in the local engine to copy it from", target.host())));
     }
-    tracing::info!("copying image {image} to {} (it has no copy)", target.host());
+    tracing::info!("copying image {image} to {} (it has no copy, or an older one)", target.host());
     let started = Instant::now();
     let bytes = source.copy_image_to(image, target).await?;
     tracing::info!("copied image {image} to {}: {:.1} MB in {:.1} s", target.host(), bytes as f64 / 1e6, started.elapsed().as_secs_f64());

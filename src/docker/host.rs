@@ -60,6 +60,9 @@ impl DockerHost {
             if rest.contains('/') || rest.contains('?') || rest.contains('@') {
                 return Err(bad("a tcp:// host is `tcp://host[:port]`, with no user, path or query"));
             }
+            if rest.matches(':').count() > 1 && !rest.starts_with('[') {
+                return Err(bad("write an IPv6 address in brackets, as tcp://[fd00::2]:2375"));
+            }
             let (host, port) = split_host_port(rest).ok_or_else(|| bad("its port is not a number from 1 to 65535"))?;
             if host.is_empty() {
                 return Err(bad("it names no host"));
@@ -79,7 +82,8 @@ impl DockerHost {
     pub fn from_env() -> Result<Vec<DockerHost>> {
         match std::env::var(HOSTS_ENV) {
             Ok(list) => DockerHost::parse_list(&list).map_err(|err| BadHost(format!("{HOSTS_ENV}: {err}"))),
-            Err(_) => Ok(Vec::new()),
+            Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
+            Err(std::env::VarError::NotUnicode(_)) => Err(BadHost(format!("{HOSTS_ENV} is not valid UTF-8"))),
         }
     }
 
@@ -95,16 +99,22 @@ impl DockerHost {
         Ok(hosts)
     }
 
-    /// Whether its containers run on this machine, so their ports can stay on 127.0.0.1.
+    /// Whether its containers run on this machine, so their ports can stay on 127.0.0.1. The
+    /// local engine is on this machine unless `DOCKER_HOST` names a `tcp://` one.
     pub fn is_on_this_machine(&self) -> bool {
-        !matches!(self, DockerHost::Tcp { .. })
+        match self {
+            DockerHost::Tcp { .. } => false,
+            DockerHost::Local => local_tcp_engine().is_none(),
+            DockerHost::Unix(_) => true,
+        }
     }
 
     /// The address a client connects to for a port its containers publish.
-    pub fn client_address(&self) -> &str {
+    pub fn client_address(&self) -> String {
         match self {
-            DockerHost::Tcp { host, .. } => host,
-            _ => "127.0.0.1",
+            DockerHost::Tcp { host, .. } => host.clone(),
+            DockerHost::Local => local_tcp_engine().map_or_else(|| "127.0.0.1".to_string(), |(host, _)| host),
+            DockerHost::Unix(_) => "127.0.0.1".to_string(),
         }
     }
 
@@ -152,6 +162,19 @@ impl std::str::FromStr for DockerHost {
     fn from_str(text: &str) -> Result<DockerHost> {
         DockerHost::parse(text)
     }
+}
+
+/// The host and port of the engine `DOCKER_HOST` names, when that is a `tcp://` one (another
+/// machine's, as far as publishing goes).
+fn local_tcp_engine() -> Option<(String, Option<u16>)> {
+    let url = std::env::var("DOCKER_HOST").ok()?;
+    let rest = url.strip_prefix("tcp://")?.trim_end_matches('/');
+    let (host, port) = split_host_port(rest)?;
+    // The same machine under another name keeps loopback publishing.
+    if matches!(host, "127.0.0.1" | "localhost" | "::1") {
+        return None;
+    }
+    Some((host.to_string(), port))
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port` → host and port; None for a bad port.
@@ -206,6 +229,7 @@ mod tests {
             ("tcp://host:0", "port"),
             ("tcp://:2375", "no host"),
             ("tcp://user@host", "no user"),
+            ("tcp://fd00::2:2375", "brackets"),
             ("ssh://user@host", "not supported yet"),
             ("http://host:2375", "tcp://host:port"),
         ] {
@@ -226,6 +250,6 @@ mod tests {
         assert_eq!(DockerHost::Local.publish_address(), "127.0.0.1");
         assert_eq!(DockerHost::Unix("/x".into()).client_address(), "127.0.0.1");
         let remote = DockerHost::parse("tcp://10.0.0.2").unwrap();
-        assert_eq!((remote.publish_address(), remote.client_address()), ("0.0.0.0", "10.0.0.2"));
+        assert_eq!((remote.publish_address(), remote.client_address().as_str()), ("0.0.0.0", "10.0.0.2"));
     }
 }

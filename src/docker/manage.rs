@@ -39,7 +39,7 @@ pub struct ManagedContainer {
 impl ManagedContainer {
     /// Where its server answers, when its port is published.
     pub fn url(&self) -> Option<String> {
-        self.port.map(|port| format!("http://{}:{port}", super::host::bracketed(self.host.client_address())))
+        self.port.map(|port| format!("http://{}:{port}", super::host::bracketed(&self.host.client_address())))
     }
 
     /// The pool it is a replica of, if any.

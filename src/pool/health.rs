@@ -28,7 +28,8 @@ pub(super) fn watch(shared: Weak<Shared>) {
             remove_retired(&pool);
             replace_missing(&pool);
             let failed = pool.failed_starts.load(Ordering::SeqCst).min(6) as u32;
-            let pause = (pool.options.health_interval * 2u32.pow(failed)).min(MAX_BACKOFF.max(pool.options.health_interval));
+            let interval = pool.options.health_interval;
+            let pause = interval.checked_mul(2u32.pow(failed)).unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF.max(interval));
             // The pool is not held while waiting: dropping every handle ends the watcher.
             drop(pool);
             let _ = tokio::time::timeout(pause, wake.notified()).await;
@@ -46,6 +47,12 @@ async fn check(pool: &Arc<Shared>) {
         }
         if member.env.is_ready().await {
             member.missed.store(0, Ordering::SeqCst);
+            return None;
+        }
+        // A server busy with calls may be slow to answer its health check (a single-threaded
+        // web server in a long step): only an idle replica's silence counts. A dead one's calls
+        // fail or time out, and then it is idle.
+        if member.outstanding.load(Ordering::SeqCst) > 0 {
             return None;
         }
         let missed = member.missed.fetch_add(1, Ordering::SeqCst) + 1;
@@ -70,37 +77,58 @@ fn remove_retired(pool: &Arc<Shared>) {
     }
 }
 
-/// Starts as many replacements as the pool lacks, not counting those under way.
+/// Starts as many replacements as the pool lacks, not counting those under way. Serving and
+/// under-way replicas are counted under the members' lock, where a replacement's admission also
+/// happens, so the pool never grows past its width.
 fn replace_missing(pool: &Arc<Shared>) {
-    let serving = pool.members.read().len();
-    let under_way = pool.replacing.load(Ordering::SeqCst);
-    let missing = pool.options.replicas.saturating_sub(serving + under_way);
+    let missing = {
+        let members = pool.members.write();
+        if pool.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let missing = pool.options.replicas.saturating_sub(members.len() + pool.replacing.load(Ordering::SeqCst));
+        pool.replacing.fetch_add(missing, Ordering::SeqCst);
+        missing
+    };
     for _ in 0..missing {
-        pool.replacing.fetch_add(1, Ordering::SeqCst);
         let pool = pool.clone();
         tokio::spawn(async move {
-            let started = match place_for(pool.template.mode, &pool.hosts, 1).await {
-                Ok(mut placed) => start_env(pool.template.clone(), placed.pop()).await,
-                Err(err) => Err(err),
+            let started = if pool.closed.load(Ordering::SeqCst) {
+                Err(crate::Error::Closed(pool.name.clone()))
+            } else {
+                match place_for(pool.template.mode, &pool.hosts, 1).await {
+                    Ok(mut placed) => start_env(pool.template.clone(), placed.pop()).await,
+                    Err(err) => Err(err),
+                }
             };
             match started {
-                Ok(env) if pool.closed.load(Ordering::SeqCst) => {
-                    // Cleaned up while it started: it must not outlive the pool.
-                    let _ = env.cleanup().await;
-                }
                 Ok(env) => {
-                    tracing::info!("pool {}: replica {} replaces one taken out", pool.name, env.id());
-                    pool.failed_starts.store(0, Ordering::SeqCst);
-                    pool.replaced.fetch_add(1, Ordering::SeqCst);
-                    pool.admit(env);
+                    let id = env.id().to_string();
+                    match pool.admit(env, true) {
+                        Ok(()) => {
+                            tracing::info!("pool {}: replica {id} replaces one taken out", pool.name);
+                            pool.failed_starts.store(0, Ordering::SeqCst);
+                            pool.replaced.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Cleaned up while it started: it must not outlive the pool.
+                        Err(env) => {
+                            if let Err(err) = env.cleanup().await {
+                                tracing::warn!("removing replica {id} started for a pool cleaned up meanwhile: {err}");
+                            }
+                            pool.replacing.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
                 }
                 Err(err) => {
-                    tracing::warn!("pool {}: a replacement failed to start: {err}", pool.name);
-                    *pool.last_trouble.lock() = Some(format!("a replacement failed to start: {err}"));
-                    pool.failed_starts.fetch_add(1, Ordering::SeqCst);
+                    let _counted = pool.members.write();
+                    pool.replacing.fetch_sub(1, Ordering::SeqCst);
+                    if !pool.closed.load(Ordering::SeqCst) {
+                        tracing::warn!("pool {}: a replacement failed to start: {err}", pool.name);
+                        *pool.last_trouble.lock() = Some(format!("a replacement failed to start: {err}"));
+                        pool.failed_starts.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             }
-            pool.replacing.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -35,6 +35,10 @@ use balance::{Candidate, PeakEwma};
 /// The label that marks a replica's container with its pool's id, for `rayfine ps`.
 pub const POOL_LABEL: &str = "rayfine.pool";
 
+/// The most replicas one pool holds: a bound that catches a typo before it starts a million
+/// containers.
+pub const MAX_REPLICAS: usize = 1024;
+
 /// How often the watcher asks every replica whether it is healthy, by default.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -162,14 +166,14 @@ pub async fn load_pool(options: LoadOptions, pool: PoolOptions) -> Result<Pool> 
     if !matches!(options.source, Source::Image(_)) {
         return Err(Error::InvalidInput("a pool runs an image: name one (`LoadOptions::image`)".into()));
     }
-    if pool.replicas == 0 {
-        return Err(Error::InvalidInput("a pool needs at least one replica".into()));
+    if pool.replicas == 0 || pool.replicas > MAX_REPLICAS {
+        return Err(Error::InvalidInput(format!("a pool holds 1 to {MAX_REPLICAS} replicas, not {}", pool.replicas)));
     }
     if options.keep {
         return Err(Error::InvalidInput("a pool is not kept: its replicas are replaced by this process, and end with it".into()));
     }
-    if pool.health_interval < Duration::from_millis(100) || pool.unhealthy_after == 0 {
-        return Err(Error::InvalidInput("a pool's health interval must be at least 100 ms, and a replica may miss at least one check".into()));
+    if pool.health_interval < Duration::from_millis(100) || pool.health_interval > Duration::from_secs(3600) || pool.unhealthy_after == 0 {
+        return Err(Error::InvalidInput("a pool's health interval must be from 100 ms to an hour, and a replica may miss at least one check".into()));
     }
     let hosts = options.docker_hosts()?;
     let name = options.display_name();
@@ -213,24 +217,50 @@ pub async fn load_pool(options: LoadOptions, pool: PoolOptions) -> Result<Pool> 
         return Err(err);
     }
     for env in started {
-        shared.admit(env);
+        // Not closed yet: nobody else holds the pool.
+        let _ = shared.admit(env, false);
     }
     health::watch(Arc::downgrade(&shared));
     Ok(Pool { shared })
 }
 
 impl Shared {
-    /// Adds a started replica to those taking calls.
-    fn admit(&self, env: EnvironmentWrapper) {
-        let member = Arc::new(Member {
+    /// Adds a started replica to those taking calls (a replacement's end is counted under the
+    /// same lock, so the watcher never sees it both serving and under way). A pool closed
+    /// meanwhile gives it back, for the caller to remove.
+    fn admit(&self, env: EnvironmentWrapper, replacement: bool) -> std::result::Result<(), EnvironmentWrapper> {
+        let mut members = self.members.write();
+        if self.closed.load(Ordering::SeqCst) {
+            // Still counted as under way until the caller has removed it: cleanup waits for it.
+            return Err(env);
+        }
+        if replacement {
+            self.replacing.fetch_sub(1, Ordering::SeqCst);
+        }
+        members.push(Arc::new(Member {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             env,
             outstanding: AtomicUsize::new(0),
             missed: AtomicUsize::new(0),
             latency: Mutex::new(PeakEwma::default()),
-        });
-        self.members.write().push(member);
+        }));
+        drop(members);
         self.joined.notify_waiters();
+        Ok(())
+    }
+
+    /// Takes the replicas (serving and taken out) of a pool that is closing; from now on no
+    /// replica joins it.
+    fn close(&self) -> Vec<Arc<Member>> {
+        let mut members = {
+            let mut members = self.members.write();
+            self.closed.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *members)
+        };
+        members.append(&mut self.retired.lock());
+        self.suspect.notify_one();
+        self.joined.notify_waiters();
+        members
     }
 
     /// Takes a replica out of those taking calls (its calls in flight go on) and forgets its
@@ -371,6 +401,9 @@ impl Pool {
             let err = member.env.explain(err).await;
             if let Error::Stopped { reason, .. } = &err {
                 shared.take_out(member.seq, &format!("stopped during a call: {reason}"));
+                if let Some(key) = key {
+                    return Err(Error::ReplicaLost { pool: shared.name.clone(), key: key.into(), reason: format!("it stopped during the call: {err}") });
+                }
             }
             return Err(err);
         }
@@ -393,14 +426,11 @@ impl Pool {
         Ok(member)
     }
 
-    /// Ends the pool: no more calls or replacements; every replica is removed. Idempotent.
+    /// Ends the pool: no more calls or replacements; every replica is removed, and replacements
+    /// under way are waited for (each removes what it started). Idempotent.
     pub async fn cleanup(&self) -> Result<()> {
         let shared = &self.shared;
-        shared.closed.store(true, Ordering::SeqCst);
-        shared.suspect.notify_one();
-        shared.joined.notify_waiters();
-        let mut members: Vec<Arc<Member>> = std::mem::take(&mut *shared.members.write());
-        members.append(&mut shared.retired.lock());
+        let members = shared.close();
         let stops = members.iter().map(|m| m.env.cleanup());
         let mut first_error = None;
         for stopped in futures_util::future::join_all(stops).await {
@@ -408,7 +438,34 @@ impl Pool {
                 first_error = first_error.or(Some(err));
             }
         }
+        let deadline = Instant::now() + shared.template.startup_timeout + Duration::from_secs(30);
+        while shared.replacing.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// A pool whose every handle is dropped without cleanup: its replicas are removed in the
+/// background (on the runtime the last handle was dropped on), rather than living until the
+/// process exits.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let members = self.close();
+        if members.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("pool {} dropped outside an async runtime without cleanup: its replicas end with this process", self.name);
+            return;
+        };
+        runtime.spawn(async move {
+            for member in members {
+                if let Err(err) = member.env.cleanup().await {
+                    tracing::warn!("removing replica {} of a dropped pool: {err}", member.env.id());
+                }
+            }
+        });
     }
 }
 

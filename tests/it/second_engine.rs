@@ -34,20 +34,26 @@ pub struct SecondEngine {
 impl SecondEngine {
     /// Starts one and waits until it answers; panics (after tearing down) with its log if not.
     pub fn start() -> SecondEngine {
+        // A number is claimed by making its namespace, which fails if another test (of this run
+        // or of another running at once) has it; nothing of another's is ever torn down.
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = (std::process::id() % 50) * 5 + NEXT.fetch_add(1, Ordering::SeqCst) % 5 + 1;
+        let first = (std::process::id() % 50) * 5;
+        let n = (0..250)
+            .map(|k| (first + NEXT.fetch_add(1, Ordering::SeqCst) + k) % 250 + 1)
+            .find(|n| Command::new("ip").args(["netns", "add", &format!("rfeng{n}")]).output().is_ok_and(|o| o.status.success()))
+            .expect("a free network namespace name rfeng1..rfeng250 (ip netns add)");
         let netns = format!("rfeng{n}");
         let (outside, inside) = (format!("rfe{n}a"), format!("rfe{n}b"));
         let address = format!("10.231.{n}.2");
         // Short: containerd's socket paths under it must fit in 108 bytes.
         let dir = PathBuf::from(format!("/tmp/rfe{n}"));
-        // Left by a crashed earlier run with the same number.
-        teardown(&netns, &outside, &dir);
+        // What a crashed earlier run with this number left outside the namespace.
+        let _ = Command::new("ip").args(["link", "del", &outside]).output();
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::create_dir_all(dir.join("exec")).unwrap();
         std::fs::write(dir.join("daemon.json"), "{}").unwrap();
         for args in [
-            vec!["netns", "add", &netns],
             vec!["link", "add", &outside, "type", "veth", "peer", "name", &inside],
             vec!["link", "set", &inside, "netns", &netns],
             vec!["addr", "add", &format!("10.231.{n}.1/24"), "dev", &outside],

@@ -227,17 +227,18 @@ impl DockerLaunch<'_> {
 
 /// Where a port the engine published is reached from here.
 fn published_url(host: &DockerHost, port: u16) -> String {
-    format!("http://{}:{port}", bracketed(host.client_address()))
+    format!("http://{}:{port}", bracketed(&host.client_address()))
 }
 
 /// Where lease renewals for a published port go: the host's address, resolved now (renewals are
 /// sent from a plain thread that resolves nothing). Without it the lease would lapse, so a name
 /// that does not resolve fails the start.
 async fn lease_address(host: &DockerHost, port: u16) -> std::result::Result<std::net::SocketAddr, String> {
-    match tokio::net::lookup_host((host.client_address(), port)).await.map(|mut found| found.next()) {
+    let name = host.client_address();
+    match tokio::net::lookup_host((name.as_str(), port)).await.map(|mut found| found.next()) {
         Ok(Some(address)) => Ok(address),
-        Ok(None) => Err(format!("{} resolves to no address, so the lease cannot be renewed", host.client_address())),
-        Err(err) => Err(format!("{} does not resolve ({err}), so the lease cannot be renewed", host.client_address())),
+        Ok(None) => Err(format!("{name} resolves to no address, so the lease cannot be renewed")),
+        Err(err) => Err(format!("{name} does not resolve ({err}), so the lease cannot be renewed")),
     }
 }
 

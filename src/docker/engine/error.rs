@@ -253,7 +253,8 @@ pub(crate) fn said(source: &Cause) -> String {
 
 /// A container id as `docker ps` shows it.
 pub(crate) fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
+    // By characters: an engine that answers an odd id must not make this panic.
+    id.char_indices().nth(12).map_or(id, |(end, _)| &id[..end])
 }
 
 #[cfg(test)]
