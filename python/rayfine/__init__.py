@@ -30,7 +30,7 @@ __all__ = [
 ] + list(_errors_all)
 
 
-def _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit, startup_timeout, call_timeout, token, keep, lease, server_program):
+def _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit, startup_timeout, call_timeout, token, keep, lease, server_program, hosts):
     """The keyword arguments of load_env as the Rust side reads them; only those given."""
     if mode == "docker" and path is not None and image is None:
         # A folder in Docker mode: build it first, as `rayfine run --mode docker` does.
@@ -42,7 +42,7 @@ def _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, c
         "image": image, "path": path, "url": url, "mode": mode, "env_vars": env_vars, "name": name,
         "env_type": env_type, "mem_limit": mem_limit, "cpu_limit": cpu_limit,
         "startup_timeout": startup_timeout, "call_timeout": call_timeout, "token": token,
-        "keep": keep, "server_program": server_program,
+        "keep": keep, "server_program": server_program, "hosts": hosts,
     }
     options = {k: v for k, v in options.items() if v is not None}
     if lease is not _DEFAULT:
@@ -145,7 +145,7 @@ class Environment(_Handle):
 
 def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=None, name=None, env_type=None,
              mem_limit=None, cpu_limit=None, startup_timeout=None, call_timeout=None, token=None,
-             keep=False, lease=_DEFAULT, server_program=None):
+             keep=False, lease=_DEFAULT, server_program=None, hosts=None):
     """Starts an environment (or connects to one) and waits until it is ready.
 
     - ``image``: a Docker image, run as a container (isolated);
@@ -157,9 +157,13 @@ def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=None, nam
     ``cpu_limit`` bound a container; ``startup_timeout`` and ``call_timeout`` are in seconds
     (defaults 120 and 600); ``lease`` (seconds, default 60; ``None`` for none) is how long the
     environment outlives a frozen or killed interpreter; ``keep=True`` lets it outlive this one.
+    ``hosts`` names the Docker engines an image may run on (``["local", "tcp://10.0.0.2:2375"]``;
+    default ``RAYFINE_HOSTS``, else this machine's): it goes to the one with the most free
+    capacity, and an engine that lacks the image gets a copy. ``mode="swarm"`` runs the image as
+    a Swarm service on the first host, a Swarm manager.
     """
     options = _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
-                            startup_timeout, call_timeout, token, keep, lease, server_program)
+                            startup_timeout, call_timeout, token, keep, lease, server_program, hosts)
     return Environment(_rayfine.load_env(options))
 
 

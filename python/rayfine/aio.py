@@ -83,11 +83,11 @@ class AsyncEnvironment(_Handle):
 
 async def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=None, name=None, env_type=None,
                    mem_limit=None, cpu_limit=None, startup_timeout=None, call_timeout=None, token=None,
-                   keep=False, lease=_DEFAULT, server_program=None):
+                   keep=False, lease=_DEFAULT, server_program=None, hosts=None):
     """Awaitable :func:`rayfine.load_env`."""
     def make_options():
         return _load_options(image, path, url, mode, env_vars, name, env_type, mem_limit, cpu_limit,
-                             startup_timeout, call_timeout, token, keep, lease, server_program)
+                             startup_timeout, call_timeout, token, keep, lease, server_program, hosts)
 
     if mode == "docker" and path is not None and image is None:
         # The options of a folder in Docker mode include its build: run that off the loop.

@@ -11,7 +11,7 @@ use rayfine::{EnvType, LoadOptions, Mode, Source};
 /// The keys `load_env` understands.
 const KEYS: &[&str] = &[
     "image", "path", "url", "mode", "env_vars", "name", "env_type", "mem_limit", "cpu_limit", "startup_timeout", "call_timeout", "token", "keep",
-    "lease", "server_program",
+    "lease", "server_program", "hosts",
 ];
 
 pub fn load_options(given: &Bound<'_, PyDict>) -> PyResult<LoadOptions> {
@@ -48,7 +48,8 @@ pub fn load_options(given: &Bound<'_, PyDict>) -> PyResult<LoadOptions> {
     match text("mode")?.as_deref() {
         None | Some("auto") | Some("docker") => {}
         Some("process") | Some("local") => options = options.mode(Mode::Process),
-        Some(other) => return Err(PyValueError::new_err(format!("mode must be \"auto\", \"process\" or \"docker\", not {other:?}"))),
+        Some("swarm") => options = options.mode(Mode::Swarm),
+        Some(other) => return Err(PyValueError::new_err(format!("mode must be \"auto\", \"process\", \"docker\" or \"swarm\", not {other:?}"))),
     }
     if let Some(vars) = get("env_vars")? {
         let vars = vars.cast::<PyDict>().map_err(|_| wrong("env_vars", "a dict of str to str"))?;
@@ -98,6 +99,21 @@ pub fn load_options(given: &Bound<'_, PyDict>) -> PyResult<LoadOptions> {
     }
     if let Some(program) = text("server_program")? {
         options = options.server_program(program);
+    }
+    // Docker engines: a list of names, or one string of them separated by commas.
+    if let Some(hosts) = get("hosts")? {
+        let names: Vec<String> = match hosts.extract::<String>() {
+            Ok(list) => vec![list],
+            Err(_) => hosts.extract().map_err(|_| wrong("hosts", "a list of engine names (\"local\", \"tcp://host:port\", ...)"))?,
+        };
+        let mut parsed = Vec::new();
+        for name in &names {
+            parsed.extend(rayfine::DockerHost::parse_list(name).map_err(|err| PyValueError::new_err(err.to_string()))?);
+        }
+        if parsed.is_empty() {
+            return Err(PyValueError::new_err("hosts names no engine"));
+        }
+        options = options.hosts(parsed);
     }
     Ok(options)
 }

@@ -45,6 +45,15 @@ def test_an_image_is_loaded_with_env_vars_and_called_sync_and_async(counter_imag
     assert not container_exists(container)
 
 
+def test_hosts_name_the_engines_an_image_runs_on(counter_image):
+    # The local engine named twice, once by its socket: placement picks one, the image is there.
+    env = rayfine.load_env(counter_image, env_vars={"COUNTER_NAME": "hosts"}, hosts="local,unix:///var/run/docker.sock")
+    try:
+        assert env.mode == "docker" and env.increment() == 1
+    finally:
+        env.cleanup()
+
+
 def test_a_failing_constructor_in_a_container_is_start_failed(counter_image):
     with pytest.raises(rayfine.StartFailed) as failed:
         rayfine.load_env(counter_image)

@@ -105,6 +105,12 @@ def test_bad_options_are_named():
         rayfine.load_env(path=ECHO, lease=float("nan"))
     with pytest.raises(rayfine.InvalidInput):
         rayfine.load_env(path="/no/such/folder")
+    with pytest.raises(ValueError, match="bogus://x.*not a Docker host"):
+        rayfine.load_env("img:v1", hosts=["local", "bogus://x"])
+    with pytest.raises(ValueError, match="mode must be"):
+        rayfine.load_env("img:v1", mode="kubernetes")
+    with pytest.raises(rayfine.InvalidInput, match="Docker hosts are for images"):
+        rayfine.load_env(path=ECHO, hosts="local")
 
 
 def test_64_threads_call_at_once():
