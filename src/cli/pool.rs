@@ -53,27 +53,10 @@ pub async fn run_kept(options: LoadOptions, replicas: usize, has_call: bool, jso
     if has_call {
         anyhow::bail!("with --keep, --replicas starts the replicas only: call one by its id afterwards (`rayfine ps` lists them)");
     }
-    if replicas == 0 || replicas > rayfine::pool::MAX_REPLICAS {
-        anyhow::bail!("--replicas takes 1 to {}, not {replicas}", rayfine::pool::MAX_REPLICAS);
-    }
     let Source::Image(image) = options.source.clone() else { anyhow::bail!("--replicas runs an image") };
     let pool_id = format!("{}-{:08x}", slug(&image), std::process::id().rotate_left(16) ^ nanos_now());
     let options = options.label(rayfine::pool::POOL_LABEL, &pool_id);
-    let starts = (0..replicas).map(|_| rayfine::load_env(options.clone()));
-    let mut started = Vec::new();
-    let mut failure = None;
-    for outcome in futures_util::future::join_all(starts).await {
-        match outcome {
-            Ok(env) => started.push(env),
-            Err(err) => failure = failure.or(Some(err)),
-        }
-    }
-    if let Some(err) = failure {
-        for env in &started {
-            let _ = env.cleanup().await;
-        }
-        return Err(err.into());
-    }
+    let started = rayfine::pool::start_replicas(&options, replicas).await?;
     for env in &started {
         records::save(&records::Record::of(env, image.clone()))?;
     }

@@ -197,8 +197,26 @@ pub async fn load_pool(options: LoadOptions, pool: PoolOptions) -> Result<Pool> 
         retired: Mutex::new(Vec::new()),
         failed_starts: AtomicUsize::new(0),
     });
-    let placed = place_for(shared.template.mode, &shared.hosts, shared.options.replicas).await?;
-    let starts = placed.into_iter().map(|placed| start_env(shared.template.clone(), Some(placed)));
+    let started = start_replicas(&shared.template, shared.options.replicas).await?;
+    for env in started {
+        // Not closed yet: nobody else holds the pool.
+        let _ = shared.admit(env, false);
+    }
+    health::watch(Arc::downgrade(&shared));
+    Ok(Pool { shared })
+}
+
+/// Starts `count` environments of an image at once, placed over the hosts `options` names (see
+/// [`load_pool`]) and registered like any other; if any fails to start, those that did are
+/// removed and the first error is returned. What [`load_pool`] starts its replicas with, and
+/// what `rayfine run --replicas N --keep` keeps.
+pub async fn start_replicas(options: &LoadOptions, count: usize) -> Result<Vec<EnvironmentWrapper>> {
+    options.validate()?;
+    if count == 0 || count > MAX_REPLICAS {
+        return Err(Error::InvalidInput(format!("1 to {MAX_REPLICAS} replicas, not {count}")));
+    }
+    let placed = place_for(options.mode, &options.docker_hosts()?, count).await?;
+    let starts = placed.into_iter().map(|placed| start_env(options.clone(), Some(placed)));
     let mut started = Vec::new();
     let mut failure = None;
     for outcome in futures_util::future::join_all(starts).await {
@@ -207,21 +225,14 @@ pub async fn load_pool(options: LoadOptions, pool: PoolOptions) -> Result<Pool> 
             Err(err) => failure = failure.or(Some(err)),
         }
     }
-    if let Some(err) = failure {
-        let stops = started.iter().map(EnvironmentWrapper::cleanup);
-        for stopped in futures_util::future::join_all(stops).await {
-            if let Err(stop_err) = stopped {
-                tracing::warn!("removing a replica of a failed pool start: {stop_err}");
-            }
+    let Some(err) = failure else { return Ok(started) };
+    let stops = started.iter().map(EnvironmentWrapper::cleanup);
+    for stopped in futures_util::future::join_all(stops).await {
+        if let Err(stop_err) = stopped {
+            tracing::warn!("removing a replica of a failed start: {stop_err}");
         }
-        return Err(err);
     }
-    for env in started {
-        // Not closed yet: nobody else holds the pool.
-        let _ = shared.admit(env, false);
-    }
-    health::watch(Arc::downgrade(&shared));
-    Ok(Pool { shared })
+    Err(err)
 }
 
 impl Shared {
