@@ -15,8 +15,17 @@ pub struct BadHost(String);
 
 type Result<T> = std::result::Result<T, BadHost>;
 
-/// The Docker CLI's default port for an engine on plain TCP.
+/// The Docker CLI's default ports for an engine on plain TCP and on TLS.
 const DEFAULT_TCP_PORT: u16 = 2375;
+const DEFAULT_TLS_PORT: u16 = 2376;
+
+/// The certificates folder the Docker CLI would use for TLS: `DOCKER_CERT_PATH` (else
+/// `~/.docker`) when `DOCKER_TLS_VERIFY` is set to anything but empty or `0`.
+fn tls_from_env() -> Option<PathBuf> {
+    let verify = std::env::var("DOCKER_TLS_VERIFY").ok().filter(|v| !v.is_empty() && v != "0")?;
+    let _ = verify;
+    std::env::var_os("DOCKER_CERT_PATH").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker")))
+}
 
 /// The variable naming the hosts to place environments on, comma- or space-separated.
 pub const HOSTS_ENV: &str = "RAYFINE_HOSTS";
@@ -29,17 +38,21 @@ pub enum DockerHost {
     Local,
     /// An engine's unix socket on this machine (a second engine, or one forwarded here).
     Unix(PathBuf),
-    /// An engine on plain TCP at `host:port`, usually on another machine.
+    /// An engine on TCP at `host:port`, usually on another machine; with TLS when `certs` names
+    /// a folder of client certificates in Docker's layout (`ca.pem`, `cert.pem`, `key.pem`).
     Tcp {
         /// Its name or address, which is also where its containers are reached.
         host: String,
         /// The engine's port.
         port: u16,
+        /// TLS client certificates: `?certs=DIR` on the address, else `DOCKER_CERT_PATH` (or
+        /// `~/.docker`) when `DOCKER_TLS_VERIFY` is set, as the Docker CLI reads them.
+        certs: Option<PathBuf>,
     },
 }
 
 impl DockerHost {
-    /// Reads a host as a user writes it: `local`, `unix:///path`, `tcp://host[:port]`.
+    /// Reads a host as a user writes it: `local`, `unix:///path`, `tcp://host[:port][?certs=DIR]`.
     pub fn parse(text: &str) -> Result<DockerHost> {
         let text = text.trim();
         let bad = |why: &str| BadHost(format!("`{text}` is not a Docker host: {why}"));
@@ -56,9 +69,20 @@ impl DockerHost {
             return Ok(DockerHost::Unix(PathBuf::from(path)));
         }
         if let Some(rest) = text.strip_prefix("tcp://") {
+            let (rest, query) = match rest.split_once('?') {
+                Some((rest, query)) => (rest, Some(query)),
+                None => (rest, None),
+            };
+            let certs = match query {
+                None => tls_from_env(),
+                Some(query) => match query.strip_prefix("certs=") {
+                    Some(dir) if dir.starts_with('/') && !dir.contains('&') => Some(PathBuf::from(dir)),
+                    _ => return Err(bad("the only query a tcp:// host takes is `?certs=/absolute/folder` (TLS client certificates)")),
+                },
+            };
             let rest = rest.trim_end_matches('/');
-            if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-                return Err(bad("a tcp:// host is `tcp://host[:port]`, with no user, path or query"));
+            if rest.contains('/') || rest.contains('@') {
+                return Err(bad("a tcp:// host is `tcp://host[:port]`, with no user or path"));
             }
             if rest.matches(':').count() > 1 && !rest.starts_with('[') {
                 return Err(bad("write an IPv6 address in brackets, as tcp://[fd00::2]:2375"));
@@ -67,7 +91,8 @@ impl DockerHost {
             if host.is_empty() {
                 return Err(bad("it names no host"));
             }
-            return Ok(DockerHost::Tcp { host: host.to_string(), port: port.unwrap_or(DEFAULT_TCP_PORT) });
+            let port = port.unwrap_or(if certs.is_some() { DEFAULT_TLS_PORT } else { DEFAULT_TCP_PORT });
+            return Ok(DockerHost::Tcp { host: host.to_string(), port, certs });
         }
         if text.starts_with("ssh://") {
             return Err(bad(
@@ -135,7 +160,15 @@ impl DockerHost {
         match self {
             DockerHost::Local => std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
             DockerHost::Unix(path) => format!("unix://{}", path.display()),
-            DockerHost::Tcp { host, port } => format!("tcp://{}:{port}", bracketed(host)),
+            DockerHost::Tcp { host, port, .. } => format!("tcp://{}:{port}", bracketed(host)),
+        }
+    }
+
+    /// The folder of TLS client certificates, for an engine reached over TLS.
+    pub fn tls_certs(&self) -> Option<&std::path::Path> {
+        match self {
+            DockerHost::Tcp { certs: Some(certs), .. } => Some(certs),
+            _ => None,
         }
     }
 }
@@ -144,6 +177,7 @@ impl std::fmt::Display for DockerHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DockerHost::Local => f.write_str("local"),
+            DockerHost::Tcp { certs: Some(certs), .. } => write!(f, "{}?certs={}", self.engine_url(), certs.display()),
             other => f.write_str(&other.engine_url()),
         }
     }
@@ -213,9 +247,9 @@ mod tests {
     fn hosts_parse_as_the_docker_cli_writes_them() {
         assert_eq!(DockerHost::parse("local").unwrap(), DockerHost::Local);
         assert_eq!(DockerHost::parse("unix:///tmp/d.sock").unwrap(), DockerHost::Unix("/tmp/d.sock".into()));
-        assert_eq!(DockerHost::parse("tcp://10.0.0.2:2376").unwrap(), DockerHost::Tcp { host: "10.0.0.2".into(), port: 2376 });
-        assert_eq!(DockerHost::parse("tcp://node-b/").unwrap(), DockerHost::Tcp { host: "node-b".into(), port: 2375 });
-        assert_eq!(DockerHost::parse("tcp://[fd00::2]:2375").unwrap(), DockerHost::Tcp { host: "fd00::2".into(), port: 2375 });
+        assert_eq!(DockerHost::parse("tcp://10.0.0.2:2376").unwrap(), DockerHost::Tcp { host: "10.0.0.2".into(), port: 2376, certs: None });
+        assert_eq!(DockerHost::parse("tcp://node-b/").unwrap(), DockerHost::Tcp { host: "node-b".into(), port: 2375, certs: None });
+        assert_eq!(DockerHost::parse("tcp://[fd00::2]:2375").unwrap(), DockerHost::Tcp { host: "fd00::2".into(), port: 2375, certs: None });
         assert_eq!(DockerHost::parse("tcp://[fd00::2]:2375").unwrap().engine_url(), "tcp://[fd00::2]:2375");
         assert_eq!(DockerHost::parse("tcp://node-b:9").unwrap().to_string(), "tcp://node-b:9");
     }
@@ -241,8 +275,19 @@ mod tests {
     #[test]
     fn a_list_is_split_on_commas_and_spaces_without_repeats() {
         let hosts = DockerHost::parse_list("local, tcp://b:1 tcp://b:1,,unix:///x").unwrap();
-        assert_eq!(hosts, vec![DockerHost::Local, DockerHost::Tcp { host: "b".into(), port: 1 }, DockerHost::Unix("/x".into())]);
+        assert_eq!(hosts, vec![DockerHost::Local, DockerHost::Tcp { host: "b".into(), port: 1, certs: None }, DockerHost::Unix("/x".into())]);
         assert!(DockerHost::parse_list("local,bogus").is_err());
+    }
+
+    #[test]
+    fn a_certs_folder_makes_a_tls_host_on_the_tls_port() {
+        let host = DockerHost::parse("tcp://node-b?certs=/etc/rayfine/node-b").unwrap();
+        assert_eq!(host, DockerHost::Tcp { host: "node-b".into(), port: 2376, certs: Some("/etc/rayfine/node-b".into()) });
+        assert_eq!(host.to_string(), "tcp://node-b:2376?certs=/etc/rayfine/node-b");
+        assert_eq!(DockerHost::parse(&host.to_string()).unwrap(), host, "what ps shows reads back");
+        for bad in ["tcp://node-b?certs=relative", "tcp://node-b?tls=1", "tcp://node-b?certs=/a&b=c"] {
+            assert!(DockerHost::parse(bad).unwrap_err().to_string().contains("certs=/absolute/folder"), "{bad}");
+        }
     }
 
     #[test]

@@ -20,6 +20,15 @@ static WATCHDOGS: Lazy<Mutex<HashMap<DockerHost, (Child, ChildStdin)>>> = Lazy::
 /// Starts the watchdog of `host`'s engine unless it runs; says once, as a warning, when it cannot
 /// be started.
 pub(crate) fn ensure(host: &DockerHost) {
+    if host.tls_certs().is_some() {
+        // The watchdog speaks plain HTTP (it is part of the small static server): an engine
+        // behind TLS relies on stdin's end and the lease, and `cleanup --orphans`.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("no owner watchdog for TLS engines such as {host}: if this process is killed by SIGKILL between creating and starting a container there, `rayfine cleanup --orphans` removes it")
+        });
+        return;
+    }
     let mut watchdogs = WATCHDOGS.lock();
     if let Some((child, _)) = watchdogs.get_mut(host) {
         if matches!(child.try_wait(), Ok(None)) {

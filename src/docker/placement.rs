@@ -105,7 +105,7 @@ mod tests {
     use super::*;
 
     fn host(name: &str) -> DockerHost {
-        DockerHost::Tcp { host: name.into(), port: 2375 }
+        DockerHost::Tcp { host: name.into(), port: 2375, certs: None }
     }
 
     #[test]

@@ -150,6 +150,36 @@ fn an_owner_killed_by_sigkill_leaves_both_engines_empty_and_the_cli_spans_both()
     scope.finish();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_behind_tls_is_reached_with_client_certificates_and_refused_without() {
+    let scope = DockerScope::new("tls");
+    let env_dir = EnvCopy::of("counter");
+    let tag = scope.tag("counter");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let certs_path = certs.path().to_path_buf();
+    let engine = tokio::task::spawn_blocking(move || SecondEngine::start_tls(&certs_path)).await.unwrap();
+    assert!(engine.host.tls_certs().is_some());
+
+    // The image is copied over TLS, the environment runs there and is called with its token.
+    let env = rayfine::load_env(scope.options(&tag).env_var("COUNTER_NAME", "tls").host(engine.host.clone()).startup_timeout(Duration::from_secs(120))).await.unwrap();
+    assert!(env.url().starts_with(&format!("http://{}:", engine.address)));
+    assert_eq!(env.call("increment", json!({})).await.unwrap(), 1);
+    env.cleanup().await.unwrap();
+    engine.assert_no_container_left(&scope.id, Duration::from_secs(15));
+
+    // Without the certificates: refused, naming the engine; with a folder that lacks one: named.
+    let plain = DockerHost::Tcp { host: engine.address.clone(), port: 2376, certs: None };
+    let err = rayfine::load_env(scope.options(&tag).host(plain)).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("cannot reach the Docker engine at tcp://{}:2376", engine.address)), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let missing = DockerHost::Tcp { host: engine.address.clone(), port: 2376, certs: Some(empty.path().to_path_buf()) };
+    let err = rayfine::load_env(scope.options(&tag).host(missing)).await.unwrap_err().to_string();
+    assert!(err.contains("ca.pem, which is missing"), "{err}");
+    drop(engine);
+    scope.finish();
+}
+
 #[tokio::test]
 #[ignore = "run in a child process by the SIGKILL test above"]
 async fn child_holds_a_pool() {

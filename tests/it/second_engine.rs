@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use rayfine::DockerHost;
 
-/// The engine's port on its address.
+/// The engine's port on its address, plain and with TLS.
 const PORT: u16 = 2375;
+const TLS_PORT: u16 = 2376;
 
 pub struct SecondEngine {
     /// The network namespace it runs in.
@@ -29,11 +30,42 @@ pub struct SecondEngine {
     pub address: String,
     /// How Rayfine names it.
     pub host: DockerHost,
+    /// The Docker CLI's TLS flags for it, when it speaks TLS.
+    cli_tls: Vec<String>,
+}
+
+/// A CA, the engine's server certificate for its address, and a client certificate, made with
+/// openssl: `ca.pem`, `server-cert.pem`, `server-key.pem`, and the client's `cert.pem` and
+/// `key.pem` (Docker's layout for a client's folder).
+pub fn make_certificates(dir: &Path, address: &str) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(output.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    };
+    std::fs::write(dir.join("server.ext"), format!("subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth\n")).unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=rayfine-test-ca"]);
+    for (name, subject) in [("server", "/CN=rayfine-test-engine"), ("client", "/CN=rayfine-test-client")] {
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}-key.pem"), "-out", &format!("{name}.csr"), "-subj", subject]);
+        run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", &format!("{name}-cert.pem"), "-days", "2", "-extfile", &format!("{name}.ext")]);
+    }
+    std::fs::copy(dir.join("client-cert.pem"), dir.join("cert.pem")).unwrap();
+    std::fs::copy(dir.join("client-key.pem"), dir.join("key.pem")).unwrap();
 }
 
 impl SecondEngine {
     /// Starts one and waits until it answers; panics (after tearing down) with its log if not.
     pub fn start() -> SecondEngine {
+        SecondEngine::start_with(None)
+    }
+
+    /// One that speaks only TLS, with client certificates made in `certs` (see
+    /// [`make_certificates`]), on port 2376.
+    pub fn start_tls(certs: &Path) -> SecondEngine {
+        SecondEngine::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&Path>) -> SecondEngine {
         // A number is claimed by making its namespace, which fails if another test (of this run
         // or of another running at once) has it; nothing of another's is ever torn down.
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -71,6 +103,18 @@ impl SecondEngine {
         }
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         let socket = dir.join("docker.sock");
+        let port = if certs.is_some() { TLS_PORT } else { PORT };
+        let (daemon_tls, cli_tls): (Vec<String>, Vec<String>) = match certs {
+            Some(certs) => {
+                make_certificates(certs, &address);
+                let file = |name: &str| path(&certs.join(name));
+                (
+                    vec!["--tlsverify".into(), "--tlscacert".into(), file("ca.pem"), "--tlscert".into(), file("server-cert.pem"), "--tlskey".into(), file("server-key.pem")],
+                    vec!["--tlsverify".into(), "--tlscacert".into(), file("ca.pem"), "--tlscert".into(), file("cert.pem"), "--tlskey".into(), file("key.pem")],
+                )
+            }
+            None => (vec!["--tls=false".into()], Vec::new()),
+        };
         let daemon = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{netns}"))
             .arg("dockerd")
@@ -79,15 +123,19 @@ impl SecondEngine {
             .args(["--exec-root", &path(&dir.join("exec"))])
             .args(["--pidfile", &path(&dir.join("docker.pid"))])
             .args(["-H", &format!("unix://{}", path(&socket))])
-            .args(["-H", &format!("tcp://{address}:{PORT}")])
-            .args(["--tls=false", "--storage-driver", "fuse-overlayfs", "--cgroup-parent", &netns])
+            .args(["-H", &format!("tcp://{address}:{port}")])
+            .args(&daemon_tls)
+            .args(["--storage-driver", "fuse-overlayfs", "--cgroup-parent", &netns])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start dockerd under nsenter");
-        let host = DockerHost::parse(&format!("tcp://{address}:{PORT}")).unwrap();
-        let engine = SecondEngine { netns, dir, daemon, address, host };
+        let host = match certs {
+            Some(certs) => DockerHost::parse(&format!("tcp://{address}:{port}?certs={}", path(certs))).unwrap(),
+            None => DockerHost::Tcp { host: address.clone(), port, certs: None },
+        };
+        let engine = SecondEngine { netns, dir, daemon, address, host, cli_tls };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !engine.docker(&["version", "--format", "{{.Server.Version}}"]).status.success() {
             if Instant::now() > deadline {
@@ -106,7 +154,7 @@ impl SecondEngine {
 
     /// Runs the Docker CLI against this engine.
     pub fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker").arg("-H").arg(self.url()).args(args).output().expect("run docker")
+        Command::new("docker").args(&self.cli_tls).arg("-H").arg(self.url()).args(args).output().expect("run docker")
     }
 
     /// The non-empty lines the Docker CLI prints against this engine.

@@ -17,6 +17,14 @@ pub enum EngineError {
         #[source]
         source: Cause,
     },
+    /// A TLS engine's client certificates are not all there.
+    #[error("cannot reach the Docker engine at {engine}: its TLS client certificates need {}, which is missing", .missing.display())]
+    Certificates {
+        /// The engine.
+        engine: String,
+        /// The file that is missing.
+        missing: std::path::PathBuf,
+    },
     /// Reading an image's configuration failed (404: no such image).
     #[error("cannot inspect image {image}: {}", said(.source))]
     InspectImage {
@@ -194,8 +202,9 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    fn cause(&self) -> &Cause {
-        match self {
+    fn cause(&self) -> Option<&Cause> {
+        Some(match self {
+            EngineError::Certificates { .. } => return None,
             EngineError::Unavailable { source, .. }
             | EngineError::ExportImage { source, .. }
             | EngineError::ImportImage { source, .. }
@@ -216,12 +225,12 @@ impl EngineError {
             | EngineError::ListContainers { source }
             | EngineError::ListImages { source }
             | EngineError::RemoveImage { source, .. } => source,
-        }
+        })
     }
 
     /// The HTTP status the daemon answered, when it answered at all.
     pub fn status(&self) -> Option<u16> {
-        match self.cause() {
+        match self.cause()? {
             bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
             _ => None,
         }
@@ -239,7 +248,7 @@ impl EngineError {
 
     /// No engine answered at all.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, EngineError::Unavailable { .. })
+        matches!(self, EngineError::Unavailable { .. } | EngineError::Certificates { .. })
     }
 }
 

@@ -55,9 +55,17 @@ impl Engine {
         let docker = match host {
             DockerHost::Local => Docker::connect_with_defaults(),
             DockerHost::Unix(path) => Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
-            DockerHost::Tcp { host: name, port } => {
+            DockerHost::Tcp { host: name, port, certs: None } => {
                 let address = format!("http://{}:{port}", super::host::bracketed(name));
                 Docker::connect_with_http(&address, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            DockerHost::Tcp { host: name, port, certs: Some(certs) } => {
+                let [ca, cert, key] = ["ca.pem", "cert.pem", "key.pem"].map(|file| certs.join(file));
+                if let Some(missing) = [&ca, &cert, &key].into_iter().find(|file| !file.is_file()) {
+                    return Err(EngineError::Certificates { engine: host.to_string(), missing: missing.clone() });
+                }
+                let address = format!("{}:{port}", super::host::bracketed(name));
+                Docker::connect_with_ssl(&address, &key, &cert, &ca, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             }
         }
         .map_err(unavailable)?;
