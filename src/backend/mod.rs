@@ -70,6 +70,17 @@ pub(crate) trait Launch {
     fn start(self, spec: &StartSpec<'_>) -> impl Future<Output = Result<(Box<dyn Backend>, Endpoint)>> + Send;
 }
 
+/// Where lease renewals for a port published at `host` go, resolved now (renewals are sent from
+/// a plain thread that resolves nothing). Without it the lease would lapse, so a name that does
+/// not resolve fails the start, with this reason.
+pub(crate) async fn lease_address(host: &str, port: u16) -> std::result::Result<std::net::SocketAddr, String> {
+    match tokio::net::lookup_host((host, port)).await.map(|mut found| found.next()) {
+        Ok(Some(address)) => Ok(address),
+        Ok(None) => Err(format!("{host} resolves to no address, so the lease cannot be renewed")),
+        Err(err) => Err(format!("{host} does not resolve ({err}), so the lease cannot be renewed")),
+    }
+}
+
 /// What a kill on an exit path could not do itself: the engine must be asked, and exit paths
 /// ask for all their containers in one batch.
 #[derive(Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::docker::shape::{container_name, environment_labels, split_settings, SERVER_PORT};
-use super::{Backend, BoxFuture, Endpoint, KillNow, Launch, LogRing, StartSpec, LOG_LINES_IN_ERRORS};
+use super::{lease_address, Backend, BoxFuture, Endpoint, KillNow, Launch, LogRing, StartSpec, LOG_LINES_IN_ERRORS};
 use crate::client::cleanup;
 use crate::client::ContainerLimits;
 use crate::detect::EnvType;
@@ -183,13 +183,7 @@ impl SwarmLaunch<'_> {
         let url = format!("http://{}:{port}", bracketed(&address));
         wait_ready(&engine, &service_id, &url, spec, &logs).await?;
         let lease_at = match spec.lease {
-            Some(_) => Some(
-                tokio::net::lookup_host((address.as_str(), port))
-                    .await
-                    .ok()
-                    .and_then(|mut found| found.next())
-                    .ok_or_else(|| failed(spec, format!("{address} does not resolve, so the lease cannot be renewed"), Vec::new()))?,
-            ),
+            Some(_) => Some(lease_address(&address, port).await.map_err(|reason| failed(spec, reason, Vec::new()))?),
             None => None,
         };
         let server = SwarmService {
@@ -223,7 +217,7 @@ async fn remove_made(engine: &Engine, made: &[Leftover], name: &str) {
     for leftover in made.iter().rev() {
         let (removed, by_name) = match leftover {
             Leftover::Service(_, id) => (engine.remove_service(id).await, id == name),
-            Leftover::Secret(_, id) => (remove_secret_when_free(engine, id).await, id == name),
+            Leftover::Secret(_, id) => (engine.remove_secret_when_free(id).await, id == name),
             Leftover::Container(_, id) => (engine.remove_container(id).await, false),
         };
         match removed {
@@ -231,18 +225,6 @@ async fn remove_made(engine: &Engine, made: &[Leftover], name: &str) {
             Err(err) if err.is_not_found() && !by_name => cleanup::untrack(leftover),
             Err(err) if err.is_not_found() => {}
             Err(err) => tracing::warn!("{err}"),
-        }
-    }
-}
-
-/// Removes a secret, asking again while the engine says a service still uses it (a service's
-/// removal takes a moment to be seen).
-async fn remove_secret_when_free(engine: &Engine, id: &str) -> crate::docker::engine::EngineResult<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match engine.remove_secret(id).await {
-            Err(err) if err.status() == Some(400) && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => return other,
         }
     }
 }
@@ -386,7 +368,7 @@ impl SwarmService {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        match remove_secret_when_free(&engine, &self.secret_id).await {
+        match engine.remove_secret_when_free(&self.secret_id).await {
             Err(err) if !err.is_not_found() => return Err(err.into()),
             _ => {}
         }

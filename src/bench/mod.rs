@@ -289,14 +289,8 @@ async fn wrk_sections(args: &BenchArgs, settings: &Settings, server: Option<&Pat
 
 /// The engines `--host` names, else `RAYFINE_HOSTS`'s, else this machine's.
 fn hosts(args: &BenchArgs) -> anyhow::Result<Vec<rayfine::DockerHost>> {
-    let mut hosts = args.hosts.iter().map(|h| rayfine::DockerHost::parse(h)).collect::<Result<Vec<_>, _>>()?;
-    if hosts.is_empty() {
-        hosts = rayfine::DockerHost::from_env()?;
-    }
-    if hosts.is_empty() {
-        hosts.push(rayfine::DockerHost::Local);
-    }
-    Ok(hosts)
+    let given = args.hosts.iter().map(|h| rayfine::DockerHost::parse(h)).collect::<Result<Vec<_>, _>>()?;
+    Ok(rayfine::DockerHost::given_or_default(given)?)
 }
 
 async fn docker_sections_run(docker: &DockerBench, settings: &Settings, hosts: &[rayfine::DockerHost], wants: &dyn Fn(Section) -> bool, report: &mut Report) -> anyhow::Result<()> {

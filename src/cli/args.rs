@@ -155,13 +155,7 @@ impl HostArgs {
                 hosts.push(host);
             }
         }
-        if hosts.is_empty() {
-            hosts = rayfine::DockerHost::from_env()?;
-        }
-        if hosts.is_empty() {
-            hosts.push(rayfine::DockerHost::Local);
-        }
-        Ok(hosts)
+        Ok(rayfine::DockerHost::given_or_default(hosts)?)
     }
 
     /// Whether any engine was named on the command line.

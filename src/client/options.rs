@@ -244,11 +244,7 @@ impl LoadOptions {
     /// The engines to place an image on: those given, else `RAYFINE_HOSTS`'s, else this
     /// machine's.
     pub(crate) fn docker_hosts(&self) -> Result<Vec<DockerHost>> {
-        if !self.hosts.is_empty() {
-            return Ok(self.hosts.clone());
-        }
-        let from_env = DockerHost::from_env()?;
-        Ok(if from_env.is_empty() { vec![DockerHost::Local] } else { from_env })
+        Ok(DockerHost::given_or_default(self.hosts.clone())?)
     }
 
     /// Options for an environment folder.

@@ -22,8 +22,7 @@ const DEFAULT_TLS_PORT: u16 = 2376;
 /// The certificates folder the Docker CLI would use for TLS: `DOCKER_CERT_PATH` (else
 /// `~/.docker`) when `DOCKER_TLS_VERIFY` is set to anything but empty or `0`.
 fn tls_from_env() -> Option<PathBuf> {
-    let verify = std::env::var("DOCKER_TLS_VERIFY").ok().filter(|v| !v.is_empty() && v != "0")?;
-    let _ = verify;
+    std::env::var("DOCKER_TLS_VERIFY").ok().filter(|v| !v.is_empty() && v != "0")?;
     std::env::var_os("DOCKER_CERT_PATH").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker")))
 }
 
@@ -110,6 +109,15 @@ impl DockerHost {
             Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
             Err(std::env::VarError::NotUnicode(_)) => Err(BadHost(format!("{HOSTS_ENV} is not valid UTF-8"))),
         }
+    }
+
+    /// The hosts that apply: those given, else those `RAYFINE_HOSTS` names, else this machine's.
+    pub fn given_or_default(given: Vec<DockerHost>) -> Result<Vec<DockerHost>> {
+        if !given.is_empty() {
+            return Ok(given);
+        }
+        let from_env = DockerHost::from_env()?;
+        Ok(if from_env.is_empty() { vec![DockerHost::Local] } else { from_env })
     }
 
     /// Hosts separated by commas or whitespace, each once, in the order given.

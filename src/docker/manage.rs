@@ -160,13 +160,9 @@ pub async fn remove_services_on(host: &DockerHost, services: &[ManagedService]) 
                 _ => {}
             }
             // The secret is named like the service; it is free once the service is gone.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                match engine.remove_secret(&service.service_name).await {
-                    Err(err) if err.status() == Some(400) && std::time::Instant::now() < deadline => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-                    Err(err) if !err.is_not_found() => return Err(err.into()),
-                    _ => return Ok(()),
-                }
+            match engine.remove_secret_when_free(&service.service_name).await {
+                Err(err) if !err.is_not_found() => Err(err.into()),
+                _ => Ok(()),
             }
         }
     });

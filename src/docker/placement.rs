@@ -51,7 +51,7 @@ pub(crate) async fn place_for(mode: crate::client::Mode, hosts: &[DockerHost], c
 /// Places `count` starts over `hosts` by free capacity. An engine that does not answer is left
 /// out (with a warning); an error names each engine's problem when none answers. One host needs
 /// no question.
-pub(crate) async fn place(hosts: &[DockerHost], count: usize) -> Result<Vec<Placed>> {
+async fn place(hosts: &[DockerHost], count: usize) -> Result<Vec<Placed>> {
     if hosts.is_empty() {
         return Err(Error::InvalidInput("no Docker host to place environments on".into()));
     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use rayfine::DockerHost;
 
+use super::util::processes_mentioning;
+
 /// The engine's port on its address, plain and with TLS.
 const PORT: u16 = 2375;
 const TLS_PORT: u16 = 2376;
@@ -204,7 +206,7 @@ fn teardown(netns: &str, outside: &str, dir: &Path) {
     // With its slash, so engine 3's teardown leaves engine 31 alone.
     let folder = format!("{}/", path(dir));
     for _ in 0..50 {
-        let left = processes_under(&folder);
+        let left: Vec<i32> = processes_mentioning(&folder).iter().filter_map(|line| line.split_whitespace().next()?.parse().ok()).collect();
         if left.is_empty() {
             break;
         }
@@ -224,16 +226,6 @@ fn teardown(netns: &str, outside: &str, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     let _ = Command::new("ip").args(["netns", "del", netns]).output();
     let _ = Command::new("ip").args(["link", "del", outside]).output();
-}
-
-/// Processes whose command line names `folder` (the engine's containerd and shims).
-fn processes_under(folder: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(folder)))
-        .collect()
 }
 
 fn path(p: &Path) -> String {

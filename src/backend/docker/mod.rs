@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{Backend, BoxFuture, Endpoint, KillNow, Launch, LogRing, StartSpec, LOG_LINES_IN_ERRORS};
+use super::{lease_address, Backend, BoxFuture, Endpoint, KillNow, Launch, LogRing, StartSpec, LOG_LINES_IN_ERRORS};
 use crate::client::cleanup;
 use crate::client::ContainerLimits;
 use crate::detect::EnvType;
@@ -214,7 +214,7 @@ impl DockerLaunch<'_> {
             EnvType::Http => ports.lease,
         };
         if let Some(port) = spec.lease.and(renewals_at) {
-            ports.lease_at = Some(lease_address(self.host, port).await.map_err(|reason| not_ready(spec, reason))?);
+            ports.lease_at = Some(lease_address(&self.host.client_address(), port).await.map_err(|reason| not_ready(spec, reason))?);
         }
         let ready = match shape.env_type {
             EnvType::Function => readiness::wait_for_server(events_rx, &published_url(self.host, ports.server), spec.deadline).await,
@@ -228,18 +228,6 @@ impl DockerLaunch<'_> {
 /// Where a port the engine published is reached from here.
 fn published_url(host: &DockerHost, port: u16) -> String {
     format!("http://{}:{port}", bracketed(&host.client_address()))
-}
-
-/// Where lease renewals for a published port go: the host's address, resolved now (renewals are
-/// sent from a plain thread that resolves nothing). Without it the lease would lapse, so a name
-/// that does not resolve fails the start.
-async fn lease_address(host: &DockerHost, port: u16) -> std::result::Result<std::net::SocketAddr, String> {
-    let name = host.client_address();
-    match tokio::net::lookup_host((name.as_str(), port)).await.map(|mut found| found.next()) {
-        Ok(Some(address)) => Ok(address),
-        Ok(None) => Err(format!("{name} resolves to no address, so the lease cannot be renewed")),
-        Err(err) => Err(format!("{name} does not resolve ({err}), so the lease cannot be renewed")),
-    }
 }
 
 /// A start that failed for a reason of its own (not an engine error); the logs are added by

@@ -87,6 +87,18 @@ impl Engine {
         self.docker.delete_secret(id).await.map_err(|source| EngineError::Swarm { what: format!("remove secret {id}"), source })
     }
 
+    /// Removes a secret, asking again for up to 10 s while the engine says a service still uses
+    /// it (a service's removal takes a moment to be seen); 404 when there is none.
+    pub async fn remove_secret_when_free(&self, id: &str) -> EngineResult<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.remove_secret(id).await {
+                Err(err) if err.status() == Some(400) && std::time::Instant::now() < deadline => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                other => return other,
+            }
+        }
+    }
+
     /// Creates a service of one task that is never restarted, its port published on its node,
     /// no virtual IP (the VIP balancer needs IPVS in the kernel; Rayfine balances itself).
     pub async fn create_service(&self, request: ServiceRequest) -> EngineResult<String> {
