@@ -23,6 +23,7 @@ pub mod exit_status;
 pub mod labels;
 pub mod protocol;
 pub mod server;
+pub mod ssh_tunnel;
 pub mod watchdog;
 
 #[cfg(feature = "client")]

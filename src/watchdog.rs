@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::labels;
+use crate::ssh_tunnel::{SshTarget, Tunnel};
 
 /// When, after the owner is gone, the engine is swept again: a create sent just before the owner
 /// died may still be completing, slowly on a loaded engine.
@@ -84,7 +85,7 @@ impl Owner {
 }
 
 /// Waits until stdin ends (the owner closed it or died), then until the owner is really gone,
-/// then removes its containers from `engine` (`unix://` or `tcp://`; default `DOCKER_HOST`, else
+/// then removes its containers from `engine` (`unix://`, `tcp://` or `ssh://`; default `DOCKER_HOST`, else
 /// the default socket), sweeping a few times. Blocking: it runs alone in its process.
 pub fn run(owner: Owner, engine: Option<String>) -> Result<usize, WatchdogError> {
     let mut sink = [0u8; 64];
@@ -94,12 +95,12 @@ pub fn run(owner: Owner, engine: Option<String>) -> Result<usize, WatchdogError>
     while owner.is_alive() {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let engine = Engine::at(engine);
+    let mut engine = Engine::at(engine);
     let gone_at = Instant::now();
     let mut removed = 0;
     for at in SWEEPS_AFTER_EXIT {
         std::thread::sleep(at.saturating_sub(gone_at.elapsed()));
-        match engine.remove_containers_of(owner) {
+        match engine.reachable().and_then(|engine| engine.remove_containers_of(owner)) {
             Ok(count) => removed += count,
             Err(err) => eprintln!("rayfine watchdog: {err}"),
         }
@@ -110,16 +111,30 @@ pub fn run(owner: Owner, engine: Option<String>) -> Result<usize, WatchdogError>
     Ok(removed)
 }
 
-/// Where the engine listens: `unix://` or plain `tcp://`.
+/// Where the engine listens: `unix://`, plain `tcp://`, or `ssh://` through a tunnel of the
+/// watchdog's own (the owner's died with the owner).
 struct Engine {
     endpoint: String,
+    /// The open tunnel of an `ssh://` engine.
+    tunnel: Option<Tunnel>,
 }
 
 impl Engine {
     /// The engine at `endpoint`, else `DOCKER_HOST`'s, else the default socket.
     fn at(endpoint: Option<String>) -> Engine {
         let endpoint = endpoint.or_else(|| std::env::var("DOCKER_HOST").ok()).filter(|e| !e.is_empty());
-        Engine { endpoint: endpoint.unwrap_or_else(|| "unix:///var/run/docker.sock".into()) }
+        Engine { endpoint: endpoint.unwrap_or_else(|| "unix:///var/run/docker.sock".into()), tunnel: None }
+    }
+
+    /// The engine, ready for requests: for an `ssh://` one, with its tunnel open (opened again
+    /// if ssh ended since the last sweep).
+    fn reachable(&mut self) -> Result<&Engine, WatchdogError> {
+        if self.endpoint.starts_with("ssh://") && !self.tunnel.as_mut().is_some_and(Tunnel::is_alive) {
+            self.tunnel = None;
+            let target = SshTarget::parse(&self.endpoint).map_err(|why| self.error(why))?;
+            self.tunnel = Some(Tunnel::open(&target).map_err(|err| self.error(err.to_string()))?);
+        }
+        Ok(self)
     }
 
     /// Removes (forced, with volumes) every container of `owner` that is not kept, then its Swarm
@@ -163,7 +178,8 @@ impl Engine {
         let request = format!("{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
         let mut answer = Vec::new();
         let io = |err: std::io::Error| self.error(err.to_string());
-        if let Some(socket) = self.endpoint.strip_prefix("unix://") {
+        let tunnel_socket = self.tunnel.as_ref().map(|t| t.socket().to_string_lossy().into_owned());
+        if let Some(socket) = tunnel_socket.as_deref().or_else(|| self.endpoint.strip_prefix("unix://")) {
             let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(io)?;
             stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
             stream.write_all(request.as_bytes()).map_err(io)?;
@@ -174,7 +190,7 @@ impl Engine {
             stream.write_all(request.as_bytes()).map_err(io)?;
             stream.read_to_end(&mut answer).map_err(io)?;
         } else {
-            return Err(self.error("only unix:// and tcp:// engines are watched".into()));
+            return Err(self.error("only unix://, tcp:// and ssh:// engines are watched".into()));
         }
         parse_response(&answer).ok_or_else(|| self.error("the answer is not HTTP".into()))
     }

@@ -157,7 +157,7 @@ def load_env(image=None, *, path=None, url=None, mode="auto", env_vars=None, nam
     ``cpu_limit`` bound a container; ``startup_timeout`` and ``call_timeout`` are in seconds
     (defaults 120 and 600); ``lease`` (seconds, default 60; ``None`` for none) is how long the
     environment outlives a frozen or killed interpreter; ``keep=True`` lets it outlive this one.
-    ``hosts`` names the Docker engines an image may run on (``["local", "tcp://10.0.0.2:2375"]``;
+    ``hosts`` names the Docker engines an image may run on (``["local", "tcp://10.0.0.2:2375", "ssh://ops@10.0.0.3"]``;
     default ``RAYFINE_HOSTS``, else this machine's): it goes to the one with the most free
     capacity, and an engine that lacks the image gets a copy. ``mode="swarm"`` runs the image as
     a Swarm service on the first host, a Swarm manager.

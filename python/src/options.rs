@@ -104,7 +104,7 @@ pub fn load_options(given: &Bound<'_, PyDict>) -> PyResult<LoadOptions> {
     if let Some(hosts) = get("hosts")? {
         let names: Vec<String> = match hosts.extract::<String>() {
             Ok(list) => vec![list],
-            Err(_) => hosts.extract().map_err(|_| wrong("hosts", "a list of engine names (\"local\", \"tcp://host:port\", ...)"))?,
+            Err(_) => hosts.extract().map_err(|_| wrong("hosts", "a list of engine names (\"local\", \"tcp://host:port\", \"ssh://user@host\", ...)"))?,
         };
         let mut parsed = Vec::new();
         for name in &names {

@@ -138,7 +138,7 @@ pub struct RunArgs {
 /// The Docker engines to use (image sources, `ps`, `cleanup`).
 #[derive(Debug, Args)]
 pub struct HostArgs {
-    /// A Docker engine: `local`, `unix:///path/docker.sock`, `tcp://host:port` (repeatable;
+    /// A Docker engine: `local`, `unix:///path/docker.sock`, `tcp://host:port`, `ssh://user@host` (repeatable;
     /// default: those `RAYFINE_HOSTS` names, else this machine's). A remote engine's containers
     /// publish their ports on every address of that host: the token guards them.
     #[arg(long = "host", value_name = "ENGINE")]

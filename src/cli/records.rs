@@ -30,7 +30,7 @@ pub struct Record {
     /// Absent from records written before it existed (see [`Record::env_type`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_type: Option<String>,
-    /// The Docker engine of the container, when not this machine's (`tcp://host:port`).
+    /// The Docker engine of the container, when not this machine's (`tcp://host:port`, `ssh://user@host`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
 }

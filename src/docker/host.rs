@@ -6,7 +6,13 @@
 //! publish on that host's addresses (nothing else could reach them), so there the bearer token is
 //! all that guards an environment.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+
+pub use crate::ssh_tunnel::SshTarget;
 
 /// A host that cannot be used, and why; the crate's error turns it into invalid input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,10 +54,14 @@ pub enum DockerHost {
         /// `~/.docker`) when `DOCKER_TLS_VERIFY` is set, as the Docker CLI reads them.
         certs: Option<PathBuf>,
     },
+    /// An engine on another machine reached through `ssh` (see [`crate::ssh_tunnel`]); its
+    /// containers' ports are published on that machine's addresses.
+    Ssh(SshTarget),
 }
 
 impl DockerHost {
-    /// Reads a host as a user writes it: `local`, `unix:///path`, `tcp://host[:port][?certs=DIR]`.
+    /// Reads a host as a user writes it: `local`, `unix:///path`, `tcp://host[:port][?certs=DIR]`,
+    /// `ssh://[user@]host[:port][?socket=/path]`.
     pub fn parse(text: &str) -> Result<DockerHost> {
         let text = text.trim();
         let bad = |why: &str| BadHost(format!("`{text}` is not a Docker host: {why}"));
@@ -94,12 +104,9 @@ impl DockerHost {
             return Ok(DockerHost::Tcp { host: host.to_string(), port, certs });
         }
         if text.starts_with("ssh://") {
-            return Err(bad(
-                "ssh:// engines are not supported yet; listen on tcp:// on the remote host (`dockerd -H tcp://ADDRESS:2375`, \
-                 reachable from your machines only) and name that address",
-            ));
+            return SshTarget::parse(text).map(DockerHost::Ssh).map_err(|why| bad(&why));
         }
-        Err(bad("name it as `local`, `unix:///path/to/docker.sock` or `tcp://host:port`"))
+        Err(bad("name it as `local`, `unix:///path/to/docker.sock`, `tcp://host:port` or `ssh://user@host`"))
     }
 
     /// The hosts `RAYFINE_HOSTS` names; empty when it is unset or blank.
@@ -136,8 +143,8 @@ impl DockerHost {
     /// local engine is on this machine unless `DOCKER_HOST` names a `tcp://` one.
     pub fn is_on_this_machine(&self) -> bool {
         match self {
-            DockerHost::Tcp { .. } => false,
-            DockerHost::Local => local_tcp_engine().is_none(),
+            DockerHost::Tcp { .. } | DockerHost::Ssh(_) => false,
+            DockerHost::Local => local_tcp_engine().is_none() && local_ssh_engine().is_none(),
             DockerHost::Unix(_) => true,
         }
     }
@@ -146,6 +153,8 @@ impl DockerHost {
     pub fn client_address(&self) -> String {
         match self {
             DockerHost::Tcp { host, .. } => host.clone(),
+            DockerHost::Ssh(target) => ssh_address(target),
+            DockerHost::Local if local_ssh_engine().is_some() => local_ssh_engine().map(|target| ssh_address(&target)).unwrap_or_default(),
             DockerHost::Local => local_tcp_engine().map_or_else(|| "127.0.0.1".to_string(), |(host, _)| host),
             DockerHost::Unix(_) => "127.0.0.1".to_string(),
         }
@@ -169,6 +178,7 @@ impl DockerHost {
             DockerHost::Local => std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
             DockerHost::Unix(path) => format!("unix://{}", path.display()),
             DockerHost::Tcp { host, port, .. } => format!("tcp://{}:{port}", bracketed(host)),
+            DockerHost::Ssh(target) => target.to_string(),
         }
     }
 
@@ -204,6 +214,24 @@ impl std::str::FromStr for DockerHost {
     fn from_str(text: &str) -> Result<DockerHost> {
         DockerHost::parse(text)
     }
+}
+
+/// Where each SSH host's published ports are reached: the address ssh resolves its name to (an
+/// alias of `~/.ssh/config` is not a name anything else can resolve), asked once.
+fn ssh_address(target: &SshTarget) -> String {
+    static RESOLVED: Lazy<Mutex<HashMap<SshTarget, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+    if let Some(address) = RESOLVED.lock().get(target) {
+        return address.clone();
+    }
+    let address = target.resolved_address();
+    RESOLVED.lock().insert(target.clone(), address.clone());
+    address
+}
+
+/// The engine `DOCKER_HOST` names when that is an `ssh://` one, as the Docker CLI allows.
+pub(crate) fn local_ssh_engine() -> Option<SshTarget> {
+    let url = std::env::var("DOCKER_HOST").ok()?;
+    url.starts_with("ssh://").then(|| SshTarget::parse(&url).ok()).flatten()
 }
 
 /// The host and port of the engine `DOCKER_HOST` names, when that is a `tcp://` one (another
@@ -272,8 +300,8 @@ mod tests {
             ("tcp://:2375", "no host"),
             ("tcp://user@host", "no user"),
             ("tcp://fd00::2:2375", "brackets"),
-            ("ssh://user@host", "not supported yet"),
-            ("http://host:2375", "tcp://host:port"),
+            ("ssh://user@host/path", "no path"),
+            ("http://host:2375", "ssh://user@host"),
         ] {
             let err = DockerHost::parse(text).unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");
@@ -285,6 +313,10 @@ mod tests {
         let hosts = DockerHost::parse_list("local, tcp://b:1 tcp://b:1,,unix:///x").unwrap();
         assert_eq!(hosts, vec![DockerHost::Local, DockerHost::Tcp { host: "b".into(), port: 1, certs: None }, DockerHost::Unix("/x".into())]);
         assert!(DockerHost::parse_list("local,bogus").is_err());
+        let ssh = DockerHost::parse("ssh://ops@node-c:2222?socket=/run/docker.sock").unwrap();
+        assert_eq!(ssh.to_string(), "ssh://ops@node-c:2222?socket=/run/docker.sock");
+        assert_eq!(DockerHost::parse(&ssh.engine_url()).unwrap(), ssh, "the watchdog reads back what it is given");
+        assert!(!ssh.is_on_this_machine());
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod openenv_client;
 mod python_package;
 mod python_worker;
 mod second_engine;
+mod ssh_hosts;
 mod server;
 mod stalled_engine;
 mod swarm;

@@ -34,6 +34,17 @@ pub struct SecondEngine {
     pub host: DockerHost,
     /// The Docker CLI's TLS flags for it, when it speaks TLS.
     cli_tls: Vec<String>,
+    /// An sshd in its namespace, when started (see [`SecondEngine::start_sshd`]).
+    sshd: Option<Child>,
+}
+
+/// How to reach a second engine over SSH: its `ssh://` host and the ssh command (own key and
+/// known hosts, no user configuration) for `RAYFINE_SSH_COMMAND`.
+pub struct SshLogin {
+    /// `ssh://root@ADDRESS?socket=/tmp/rfeN/docker.sock`.
+    pub url: String,
+    /// `ssh -F /dev/null -i KEY -o UserKnownHostsFile=FILE ...`.
+    pub ssh_command: String,
 }
 
 /// A CA, the engine's server certificate for its address, and a client certificate, made with
@@ -137,7 +148,7 @@ impl SecondEngine {
             Some(certs) => DockerHost::parse(&format!("tcp://{address}:{port}?certs={}", path(certs))).unwrap(),
             None => DockerHost::Tcp { host: address.clone(), port, certs: None },
         };
-        let engine = SecondEngine { netns, dir, daemon, address, host, cli_tls };
+        let engine = SecondEngine { netns, dir, daemon, address, host, cli_tls, sshd: None };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !engine.docker(&["version", "--format", "{{.Server.Version}}"]).status.success() {
             if Instant::now() > deadline {
@@ -147,6 +158,59 @@ impl SecondEngine {
             std::thread::sleep(Duration::from_millis(200));
         }
         engine
+    }
+
+    /// Starts an OpenSSH server on the engine's address (port 22, in its namespace) that lets
+    /// root in with a key made here, and waits until it accepts a login.
+    pub fn start_sshd(&mut self) -> SshLogin {
+        let keygen = |file: &str| {
+            let output = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(self.dir.join(file)).output().expect("run ssh-keygen (openssh-client)");
+            assert!(output.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        keygen("host_key");
+        keygen("client_key");
+        let read = |file: &str| std::fs::read_to_string(self.dir.join(file)).unwrap();
+        std::fs::write(self.dir.join("authorized_keys"), read("client_key.pub")).unwrap();
+        let host_key = read("host_key.pub").split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        std::fs::write(self.dir.join("known_hosts"), format!("{} {host_key}\n", self.address)).unwrap();
+        let dir = path(&self.dir);
+        std::fs::write(
+            self.dir.join("sshd_config"),
+            format!(
+                "ListenAddress {}:22\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\nPidFile {dir}/sshd.pid\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 StrictModes no\nAllowStreamLocalForwarding yes\nLogLevel VERBOSE\n",
+                self.address
+            ),
+        )
+        .unwrap();
+        // sshd's privilege separation folder; Debian's package makes it only at boot.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let log = std::fs::File::create(self.dir.join("sshd.log")).unwrap();
+        let sshd = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.netns))
+            .args(["/usr/sbin/sshd", "-D", "-e", "-f", &format!("{dir}/sshd_config")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd (openssh-server) under nsenter");
+        self.sshd = Some(sshd);
+        let login = SshLogin {
+            url: format!("ssh://root@{}?socket={}", self.address, path(&self.dir.join("docker.sock"))),
+            ssh_command: format!("ssh -F /dev/null -i {dir}/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile={dir}/known_hosts -o StrictHostKeyChecking=yes"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let probe = Command::new("sh").arg("-c").arg(format!("{} -o BatchMode=yes root@{} true", login.ssh_command, self.address)).stdin(Stdio::null()).output().unwrap();
+            if probe.status.success() {
+                return login;
+            }
+            if Instant::now() > deadline {
+                panic!("sshd did not let the test key in within 30 s: {}\nits log:\n{}", String::from_utf8_lossy(&probe.stderr), read("sshd.log"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The engine's address as the Docker CLI takes it.
@@ -186,6 +250,10 @@ impl SecondEngine {
 
 impl Drop for SecondEngine {
     fn drop(&mut self) {
+        if let Some(mut sshd) = self.sshd.take() {
+            let _ = sshd.kill();
+            let _ = sshd.wait();
+        }
         // SAFETY: signals the daemon this helper started.
         unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -200,13 +268,18 @@ impl Drop for SecondEngine {
 }
 
 /// Removes what an engine numbered like this left: processes still running from its folder
-/// (containerd, shims, containers' processes), mounts under it, the folder, the namespace and the
-/// veth pair. Quiet about what is not there.
+/// (containerd, shims, containers' processes) or in its namespace (sshd's sessions), mounts under
+/// it, the folder, the namespace and the veth pair. Quiet about what is not there.
 fn teardown(netns: &str, outside: &str, dir: &Path) {
     // With its slash, so engine 3's teardown leaves engine 31 alone.
     let folder = format!("{}/", path(dir));
     for _ in 0..50 {
-        let left: Vec<i32> = processes_mentioning(&folder).iter().filter_map(|line| line.split_whitespace().next()?.parse().ok()).collect();
+        let in_namespace = Command::new("ip").args(["netns", "pids", netns]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let left: Vec<i32> = processes_mentioning(&folder)
+            .iter()
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+            .chain(in_namespace.split_whitespace().filter_map(|pid| pid.parse().ok()))
+            .collect();
         if left.is_empty() {
             break;
         }

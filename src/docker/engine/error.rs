@@ -25,6 +25,15 @@ pub enum EngineError {
         /// The file that is missing.
         missing: std::path::PathBuf,
     },
+    /// The SSH tunnel to an `ssh://` engine could not be opened.
+    #[error("cannot reach the Docker engine at {engine}: {source}")]
+    Tunnel {
+        /// The engine.
+        engine: String,
+        /// What ssh said.
+        #[source]
+        source: crate::ssh_tunnel::TunnelError,
+    },
     /// Reading an image's configuration failed (404: no such image).
     #[error("cannot inspect image {image}: {}", said(.source))]
     InspectImage {
@@ -204,7 +213,7 @@ pub enum EngineError {
 impl EngineError {
     fn cause(&self) -> Option<&Cause> {
         Some(match self {
-            EngineError::Certificates { .. } => return None,
+            EngineError::Certificates { .. } | EngineError::Tunnel { .. } => return None,
             EngineError::Unavailable { source, .. }
             | EngineError::ExportImage { source, .. }
             | EngineError::ImportImage { source, .. }
@@ -248,7 +257,7 @@ impl EngineError {
 
     /// No engine answered at all.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, EngineError::Unavailable { .. } | EngineError::Certificates { .. })
+        matches!(self, EngineError::Unavailable { .. } | EngineError::Certificates { .. } | EngineError::Tunnel { .. })
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod images;
 mod swarm;
 mod transfer;
+mod tunnels;
 
 use bollard::Docker;
 
@@ -43,7 +44,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The engine `DOCKER_HOST` names (`unix://` or `tcp://`, as the Docker CLI reads it), else
+    /// The engine `DOCKER_HOST` names (`unix://`, `tcp://` or `ssh://`, as the Docker CLI reads it), else
     /// the default socket; API version agreed.
     pub async fn connect() -> EngineResult<Engine> {
         Engine::connect_to(&DockerHost::Local).await
@@ -52,7 +53,10 @@ impl Engine {
     /// The engine of `host`, API version agreed.
     pub async fn connect_to(host: &DockerHost) -> EngineResult<Engine> {
         let unavailable = |source| EngineError::Unavailable { engine: host.engine_url(), source };
+        let local_ssh = matches!(host, DockerHost::Local).then(super::host::local_ssh_engine).flatten();
         let docker = match host {
+            DockerHost::Ssh(target) => Ok(tunnels::connect(target).await?),
+            DockerHost::Local if local_ssh.is_some() => Ok(tunnels::connect(local_ssh.as_ref().expect("checked")).await?),
             DockerHost::Local => Docker::connect_with_defaults(),
             DockerHost::Unix(path) => Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
             DockerHost::Tcp { host: name, port, certs: None } => {
