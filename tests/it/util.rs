@@ -68,11 +68,28 @@ impl EnvCopy {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("processes left behind for {}:\n{}", self.path_str(), left.join("\n"));
+                let described: Vec<String> = left.iter().map(|line| format!("{line}\n{}", where_it_waits(line))).collect();
+                panic!("processes left behind for {}:\n{}", self.path_str(), described.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Where a leftover process ("pid cmdline") is: its state, parent and process group, and each
+/// thread's state and kernel wait channel, so that a process that outlived its server says why.
+fn where_it_waits(line: &str) -> String {
+    let Some(pid) = line.split_whitespace().next() else { return String::new() };
+    let proc = Path::new("/proc").join(pid);
+    let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+    let wanted = ["State", "PPid", "Threads", "SigBlk", "SigIgn", "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"];
+    let mut said: Vec<String> = status.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).map(|l| format!("  {l}")).collect();
+    for task in std::fs::read_dir(proc.join("task")).into_iter().flatten().flatten() {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+        let state = read("stat").rsplit(") ").next().and_then(|rest| rest.split_whitespace().next()).unwrap_or("?").to_string();
+        said.push(format!("  thread {} {} state {state} wchan {} stack: {}", task.file_name().to_string_lossy(), read("comm").trim(), read("wchan"), read("stack").lines().take(4).collect::<Vec<_>>().join(" | ")));
+    }
+    said.join("\n")
 }
 
 /// Live (non-zombie) processes whose command line contains `needle`, as "pid cmdline".
