@@ -37,6 +37,8 @@ struct Batch {
     succeeded: usize,
     /// Whole-session times of the successful ones, in seconds.
     totals: Vec<f64>,
+    /// When each phase of the successful ones ended, in seconds from their start.
+    phases: [Vec<f64>; 4],
     /// One failure's reason, for the report.
     first_failure: Option<String>,
 }
@@ -47,14 +49,21 @@ impl Batch {
     }
 }
 
-/// One session by OpenEnv's method; its whole time.
-async fn session(ws_url: String, wait_seconds: f64) -> Result<Duration, String> {
+/// The phases of a session, for `RAYFINE_BENCH_VERBOSE`: connected, reset answered, step
+/// answered, closed.
+const PHASES: [&str; 4] = ["connect", "reset", "step", "close"];
+
+/// One session by OpenEnv's method; its whole time, and when each phase ended (from the start).
+async fn session(ws_url: String, wait_seconds: f64) -> Result<(Duration, [Duration; 4]), String> {
     let started = Instant::now();
+    let mut phases = [Duration::ZERO; 4];
     let run = async {
         let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.map_err(|err| format!("connect: {err}"))?;
-        for request in [r#"{"type":"reset","data":{}}"#.to_string(), format!(r#"{{"type":"step","data":{{"wait_seconds":{wait_seconds}}}}}"#)] {
+        phases[0] = started.elapsed();
+        for (i, request) in [r#"{"type":"reset","data":{}}"#.to_string(), format!(r#"{{"type":"step","data":{{"wait_seconds":{wait_seconds}}}}}"#)].into_iter().enumerate() {
             socket.send(Message::text(request)).await.map_err(|err| format!("send: {err}"))?;
             answer(&mut socket).await?;
+            phases[i + 1] = started.elapsed();
         }
         socket.send(Message::text(r#"{"type":"close"}"#)).await.map_err(|err| format!("send close: {err}"))?;
         // The server answers `close` by closing: wait for that, as the client's `async with` does.
@@ -66,7 +75,10 @@ async fn session(ws_url: String, wait_seconds: f64) -> Result<Duration, String> 
         Ok::<(), String>(())
     };
     match tokio::time::timeout(SESSION_TIMEOUT, run).await {
-        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Ok(())) => {
+            phases[3] = started.elapsed();
+            Ok((started.elapsed(), phases))
+        }
         Ok(Err(err)) => Err(err),
         Err(_) => Err(format!("no answer within {SESSION_TIMEOUT:?}")),
     }
@@ -92,12 +104,15 @@ async fn answer(socket: &mut Socket) -> Result<(), String> {
 /// `sessions` sessions at once against `ws_url`.
 async fn batch(ws_url: &str, sessions: usize, wait_seconds: f64) -> Batch {
     let tasks: Vec<_> = (0..sessions).map(|_| tokio::spawn(session(ws_url.to_string(), wait_seconds))).collect();
-    let mut outcome = Batch { sessions, succeeded: 0, totals: Vec::with_capacity(sessions), first_failure: None };
+    let mut outcome = Batch { sessions, succeeded: 0, totals: Vec::with_capacity(sessions), phases: Default::default(), first_failure: None };
     for task in tasks {
         match task.await {
-            Ok(Ok(total)) => {
+            Ok(Ok((total, phases))) => {
                 outcome.succeeded += 1;
                 outcome.totals.push(total.as_secs_f64());
+                for (all, phase) in outcome.phases.iter_mut().zip(phases) {
+                    all.push(phase.as_secs_f64());
+                }
             }
             Ok(Err(why)) => {
                 outcome.first_failure.get_or_insert(why);
@@ -131,6 +146,8 @@ async fn repeated(ws_url: &str, sessions: usize, wait_seconds: f64, repetitions:
                 percentile(&outcome.totals, 99.0),
                 percentile(&outcome.totals, 100.0)
             );
+            let ended: Vec<String> = PHASES.iter().zip(&outcome.phases).map(|(name, at)| format!("{name} p50 {:.3} p99 {:.3}", median(at), percentile(at, 99.0))).collect();
+            eprintln!("  phases ended at: {}", ended.join(", "));
         }
         worst.success = worst.success.min(outcome.success_rate());
         worst.p50 = worst.p50.max(median(&outcome.totals));
@@ -196,7 +213,10 @@ pub async fn openenv(settings: &Settings, report: &mut Report) -> anyhow::Result
     );
 
     // OpenEnv's scaling method.
-    let (grid, repetitions): (&[usize], usize) = if quick { (&[256], 1) } else { (&[1024, 2048, 4096], 3) };
+    let (default_grid, repetitions): (&[usize], usize) = if quick { (&[256], 1) } else { (&[1024, 2048, 4096], 3) };
+    // RAYFINE_BENCH_SESSIONS=4096 measures only those sizes (while profiling one of them).
+    let chosen: Vec<usize> = std::env::var("RAYFINE_BENCH_SESSIONS").map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect()).unwrap_or_default();
+    let grid = if chosen.is_empty() { default_grid } else { &chosen[..] };
     let wait = 1.0;
     report.settings.push(format!(
         "OpenEnv sessions at scale: {repetitions} repetition(s) per size, the worst shown (lowest success, highest P50 and P99 of a successful session's whole time, connect to closed); \

@@ -1,5 +1,7 @@
 //! The real server over a real socket against the example environments and fixtures.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use crate::util::{http, EnvCopy, RunningServer};
@@ -271,6 +273,37 @@ fn short_sync_calls_move_to_the_loop_thread_and_a_slow_one_moves_back() {
     calls_until_inline(&server, "nap");
     threads_of(&server, "nap", r#"{"seconds":0.05}"#, 1);
     assert_eq!(threads_of(&server, "nap", "{}", 1), ["rayfine-sync"]);
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn short_sync_calls_stay_inline_while_the_pool_is_crowded_and_the_gil_switches_less_often() {
+    let env = EnvCopy::of("threads");
+    let (server, _) = RunningServer::start(&env, &[]);
+    calls_until_inline(&server, "where");
+    let interval = |server: &RunningServer| http("POST", &server.url("/switch_interval"), "{}", None).1["result"].as_f64().unwrap();
+    assert_eq!(interval(&server), 0.005, "CPython's default");
+    // 300 sync calls sleeping at once, each on a pool thread of its own.
+    let url = server.url("/nap");
+    let naps: Vec<_> = (0..300)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || http("POST", &url, r#"{"seconds": 6}"#, None))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while interval(&server) != 0.05 {
+        assert!(Instant::now() < deadline, "300 sync calls in flight did not raise the switch interval");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A short method still runs on the loop's thread: a hand-off would cost more than the call.
+    assert_eq!(threads_of(&server, "where", "{}", 3), ["MainThread"; 3]);
+    for nap in naps {
+        let (status, body) = nap.join().unwrap();
+        assert_eq!((status, body["result"].as_str()), (200, Some("rayfine-sync")), "{body}");
+    }
+    assert_eq!(interval(&server), 0.005, "back to the default once the pool is quiet");
     drop(server);
     env.assert_no_process_left();
 }

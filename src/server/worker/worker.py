@@ -27,8 +27,10 @@ server. A module env (functions only) cannot be isolated: its instances all name
 
 Async methods run as tasks on one event loop, which also reads the channel, so an async call costs
 no thread switch. Sync methods run on a pool of threads that grows on demand, and each thread writes
-its own reply. A sync method whose recent runs were all short runs on the loop's thread itself when
-nothing else is in flight: handing it to a pool thread would cost more than the call.
+its own reply. A sync method whose recent runs were all short runs on the loop's thread itself, even
+while other calls are in flight: handing it to a pool thread would cost more than the call, and under
+load (thousands of OpenEnv sessions resetting while others sleep in `step`) those hand-offs, each a
+thread wake-up and a GIL transfer, were most of the worker's time.
 
 On a virtual machine, waking a sleeping thread costs tens of microseconds, more than a trivial
 call. So after each message the loop polls the channel for a short while (RAYFINE_WORKER_SPIN_US)
@@ -101,6 +103,15 @@ SPIN_SECONDS = int(os.environ.get("RAYFINE_WORKER_SPIN_US", "0")) / 1e6
 INLINE_SYNC = os.environ.get("RAYFINE_INLINE_SYNC", "1") not in ("0", "false", "no", "off")
 INLINE_AFTER = 16
 INLINE_LIMIT = 0.001
+# CPython's GIL: every thread waiting for it wakes each switch interval (5 ms) to ask for it. With
+# thousands of sync calls finishing at once (OpenEnv sessions all stepping a `time.sleep`), those
+# wake-ups became most of the worker's CPU, in the kernel (measured: 6 s of system time in 5 s
+# of wall time at 4,096 sessions), and stretched a 1 s step to 3.7 s. While that many calls are
+# in flight, the interval is raised: the threads hand the GIL on when they block, as these do
+# within microseconds, and a CPU-bound method may hold it up to CROWDED_SWITCH before the loop
+# gets a turn, which at that load it waits for anyway.
+CROWDED_THREADS = 256
+CROWDED_SWITCH = 0.05
 _write_lock = threading.Lock()
 
 
@@ -598,6 +609,8 @@ class Environment:
 
     def __init__(self, module):
         self.module = module
+        # How many session constructors in a row took less than INLINE_LIMIT (see Opening).
+        self.short_constructions = 0
         actor_class = vars(module).get("Actor")
         self.actor_class = actor_class if inspect.isclass(actor_class) else None
         self.methods = {}
@@ -690,6 +703,9 @@ class SyncPool:
         self.lock = threading.Lock()
         self.threads = 0
         self.idle = 0
+        # Whether CROWDED_THREADS calls or more are in flight, and the interval to go back to.
+        self.crowded = False
+        self.switch = sys.getswitchinterval()
 
     def submit(self, call_id, method, func, args, kwargs):
         """Hands the call to the pool; False when no thread exists nor can be started."""
@@ -700,6 +716,9 @@ class SyncPool:
                 self.threads += 1
             else:
                 self.idle -= 1
+            if not self.crowded and self.threads - self.idle >= CROWDED_THREADS:
+                self.crowded = True
+                sys.setswitchinterval(CROWDED_SWITCH)
         if grow:
             try:
                 threading.Thread(target=self.run, args=(job,), name="rayfine-sync", daemon=True).start()
@@ -726,6 +745,9 @@ class SyncPool:
             send(method.run_sync(call_id, func, args, kwargs))
             with self.lock:
                 self.idle += 1
+                if self.crowded and self.threads - self.idle < CROWDED_THREADS // 4:
+                    self.crowded = False
+                    sys.setswitchinterval(self.switch)
             job = self.jobs.get()
 
 
@@ -772,24 +794,35 @@ class SpinningSelector(selectors.DefaultSelector):
 
 
 class Opening:
-    """The pool's job that makes session instance K: an Actor constructor may be slow, so it runs
-    where a sync call would, never on the loop's thread (unless no thread can be had at all). The
-    loop's thread then registers the instance and answers (`Worker.opened`): only that thread
-    changes the instances, so a close that arrives meanwhile needs no lock to find its way."""
+    """The job that makes session instance K: an Actor constructor may be slow, so it runs on the
+    pool until constructors have been short INLINE_AFTER times in a row (then on the loop's thread,
+    as a short sync method does: thousands of sessions opening at once would otherwise each pay a
+    thread hand-off), or when no thread can be had. The loop's thread registers the instance and
+    answers (`Worker.opened`): only that thread changes the instances, so a close that arrives
+    meanwhile needs no lock to find its way."""
 
-    __slots__ = ("worker", "key")
+    __slots__ = ("worker", "key", "inline", "made")
     name = "Actor()"  # in the pool's log lines
 
     def __init__(self, worker, key):
         self.worker = worker
         self.key = key
+        self.inline = False  # run by the loop's thread, which registers it itself
+        self.made = None
 
     def run_sync(self, call_id, func, args, kwargs):
+        env = self.worker.env
+        started = time.perf_counter()
         try:
-            methods, failure = self.worker.env.new_instance(), None
+            methods, failure = env.new_instance(), None
         except BaseException as exc:  # noqa: B902 - a constructor's error goes to the caller
             methods, failure = None, raised_message(call_id, exc)
-        self.worker.loop.call_soon_threadsafe(self.worker.opened, call_id, self.key, methods, failure)
+        # As for a method: constructors that were all short run on the loop's thread.
+        env.short_constructions = env.short_constructions + 1 if time.perf_counter() - started < INLINE_LIMIT else 0
+        if self.inline:
+            self.made = (methods, failure)
+        else:
+            self.worker.loop.call_soon_threadsafe(self.worker.opened, call_id, self.key, methods, failure)
         return b""  # the loop's thread answers
 
 
@@ -884,8 +917,7 @@ class Worker:
         if method.is_async:
             task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
             self.tasks[call_id] = task
-        elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
-              and self.pool.threads == self.pool.idle):  # pool.busy() == 0, without the call
+        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER:
             send(self.run_inline(call_id, method, func, args, kwargs))
         elif not self.pool.submit(call_id, method, func, args, kwargs):
             # No thread can be had: running it here stalls other calls until it returns, but it
@@ -897,8 +929,7 @@ class Worker:
         if method.is_async:
             task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
             self.tasks[call_id] = task
-        elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
-              and self.pool.threads == self.pool.idle):
+        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER:
             send(self.run_inline(call_id, method, func, args, kwargs))
         elif not self.pool.submit(call_id, method, func, args, kwargs):
             send(self.run_inline(call_id, method, func, args, kwargs))
@@ -951,8 +982,10 @@ class Worker:
             return
         self.opening[key] = []
         job = Opening(self, key)
-        if not self.pool.submit(call_id, job, None, (), {}):
-            send(self.run_inline(call_id, job, None, (), {}))
+        if (INLINE_SYNC and self.env.short_constructions >= INLINE_AFTER) or not self.pool.submit(call_id, job, None, (), {}):
+            job.inline = True
+            self.run_inline(call_id, job, None, (), {})
+            self.opened(call_id, key, *job.made)
 
     def opened(self, call_id, key, methods, failure):
         """On the loop's thread, after instance `key`'s constructor ran: registers it (or says
