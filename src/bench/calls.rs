@@ -42,12 +42,13 @@ pub fn call_cost(settings: &Settings, env: &Target<'_>, floor: &FloorServer, rep
     let echo = measure(&floor.url("/echo"), None, &ping, 1, duration, scratch)?;
     for (what, method) in [("trivial sync call (`ping`), p50", "ping"), ("trivial async call (`aping`), p50", "aping")] {
         let m = measure(&call_url, env.token, &body(method, "{}"), 1, duration, scratch)?;
-        let met = m.p50_us <= 90.0 && m.p50_us <= 3.0 * echo.p50_us && m.bad_status == 0;
+        // Round two's target (issue 15): ratios to the same run's floor, which move with the machine.
+        let met = m.p50_us <= 1.2 * echo.p50_us && m.p99_us <= 2.0 * echo.p99_us && m.bad_status == 0;
         report.push(
             Row::new(CALL_COST, what, Figure::micros(m.p50_us))
                 .p99(Figure::micros(m.p99_us))
                 .floor("plain HTTP echo (axum)", Figure::micros(echo.p50_us), Some(Figure::micros(echo.p99_us)))
-                .target("p50 ≤ 90 µs and ≤ 3× floor", met),
+                .target("p50 ≤ 1.2× floor, p99 ≤ 2× floor's", met),
         );
     }
     Ok(())
@@ -102,7 +103,7 @@ pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, re
             .p99(Figure::micros(m.p99_us))
             .floor("plain HTTP echo (axum)", Figure::per_second(echo.per_second), Some(Figure::micros(echo.p99_us)));
         if connections == 64 {
-            row = row.target("≥ 16,500/s", m.per_second >= 16_500.0 && m.bad_status == 0);
+            row = row.target("≥ 70% of floor", m.per_second >= 0.7 * echo.per_second && m.bad_status == 0);
         }
         if m.bad_status > 0 || m.failures > 0 {
             row.what.push_str(&format!(" ({} errors, {} failures)", m.bad_status, m.failures));

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// else this machine's). With two or more, the fan-out over hosts runs too.
     #[arg(long = "host", value_name = "ENGINE")]
     pub hosts: Vec<String>,
+    /// Run the whole bench N times and report, per row, the median over the runs, its spread
+    /// (lowest to highest) and its ratio to the floor, with how many runs met the target.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -179,7 +183,43 @@ impl Drop for ScratchDir {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let settings = Settings::new(&args);
+    let repeat = args.repeat as usize;
+    let mut reports = Vec::with_capacity(repeat);
+    let mut failures: Vec<String> = Vec::new();
+    for round in 1..=repeat {
+        if repeat > 1 {
+            eprintln!("rayfine bench: run {round} of {repeat}");
+        }
+        let (report, failed) = run_once(&args).await?;
+        reports.push(report);
+        for section in failed {
+            if !failures.contains(&section) {
+                failures.push(section);
+            }
+        }
+    }
+    let took = format!("the whole run took {:.0} s", started.elapsed().as_secs_f64());
+    let (markdown, json) = if repeat == 1 {
+        let mut report = reports.pop().expect("one run");
+        report.settings.push(took);
+        (report.markdown(), serde_json::to_string_pretty(&report)?)
+    } else {
+        let mut summary = report::Repeated::of(&reports);
+        summary.settings.push(took);
+        (summary.markdown(), serde_json::to_string_pretty(&serde_json::json!({ "summary": summary, "runs": reports }))?)
+    };
+    println!("{markdown}");
+    std::fs::write(&args.output, json + "\n").with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!("rayfine bench: the same figures as JSON in {}", args.output.display());
+    if !failures.is_empty() {
+        bail!("{} section(s) failed: {}", failures.len(), failures.join(", "));
+    }
+    Ok(())
+}
+
+/// One run of the sections asked for: its report and the sections that failed.
+async fn run_once(args: &BenchArgs) -> anyhow::Result<(Report, Vec<String>)> {
+    let settings = Settings::new(args);
     if !settings.env_folder.join("env.py").is_file() {
         bail!(
             "`{}` is not an environment folder: run `rayfine bench` from the repository root, or pass --env with a folder like environments/echo",
@@ -218,7 +258,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         record(&mut report, "cold start (process)", outcome);
     }
     if wants(Section::CallCost) || wants(Section::Throughput) || wants(Section::Scale) {
-        let outcome = wrk_sections(&args, &settings, static_server.as_deref(), open_files, &mut report).await;
+        let outcome = wrk_sections(args, &settings, static_server.as_deref(), open_files, &mut report).await;
         record(&mut report, "wrk sections", outcome);
     }
     if wants(Section::Python) {
@@ -235,23 +275,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.skipped.push("Docker sections: --no-docker".into());
     } else if docker_sections {
         let docker = DockerBench { image: format!("rayfine-bench/echo:{}", std::process::id()), base_image: args.base_image.clone(), run_id: std::process::id().to_string() };
-        let hosts = hosts(&args)?;
+        let hosts = hosts(args)?;
         let outcome = docker_sections_run(&docker, &settings, &hosts, &wants, &mut report).await;
         replicas::remove_copies(&docker, &hosts).await;
         docker.remove_all().await;
         record(&mut report, "Docker sections", outcome);
     }
 
-    report.settings.push(format!("the whole run took {:.0} s", started.elapsed().as_secs_f64()));
-    let markdown = report.markdown();
-    println!("{markdown}");
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&args.output, json + "\n").with_context(|| format!("cannot write {}", args.output.display()))?;
-    eprintln!("rayfine bench: the same figures as JSON in {}", args.output.display());
-    if !failures.is_empty() {
-        bail!("{} section(s) failed: {}", failures.len(), failures.join(", "));
-    }
-    Ok(())
+    Ok((report, failures))
 }
 
 async fn wrk_sections(args: &BenchArgs, settings: &Settings, server: Option<&Path>, open_files: u64, report: &mut Report) -> anyhow::Result<()> {

@@ -174,6 +174,139 @@ impl Report {
     }
 }
 
+/// One row over several runs (`rayfine bench --repeat N`): the median of its medians, their
+/// spread, and the ratio to the floor measured in each run (a run's figure over its own floor,
+/// which cancels the drift of a noisy machine better than comparing medians across runs).
+#[derive(Debug, Clone, Serialize)]
+pub struct RepeatedRow {
+    pub section: &'static str,
+    pub what: String,
+    /// How many runs measured it.
+    pub runs: usize,
+    pub median: Figure,
+    pub lowest: Figure,
+    pub highest: Figure,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99: Option<Figure>,
+    pub floor_what: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<Figure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_p99: Option<Figure>,
+    /// The median, lowest and highest of each run's figure ÷ its floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<[f64; 3]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// In how many runs the target was met.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub met_in: Option<usize>,
+}
+
+/// Several runs' rows, summarised.
+#[derive(Debug, Default, Serialize)]
+pub struct Repeated {
+    pub settings: Vec<String>,
+    pub rows: Vec<RepeatedRow>,
+    /// Every run's reasons for what it could not measure, each once.
+    pub skipped: Vec<String>,
+}
+
+impl Repeated {
+    /// Rows are matched by section and wording, in the order the first run printed them.
+    pub fn of(reports: &[Report]) -> Repeated {
+        let mut summary = Repeated::default();
+        if let Some(first) = reports.first() {
+            summary.settings = first.settings.clone();
+        }
+        summary.settings.push(format!("{} runs: each figure is the median over the runs, with the lowest and highest; the ratio is each run's figure over that run's floor", reports.len()));
+        let mut keys: Vec<(&'static str, &str)> = Vec::new();
+        for row in reports.iter().flat_map(|r| &r.rows) {
+            if !keys.contains(&(row.section, row.what.as_str())) {
+                keys.push((row.section, row.what.as_str()));
+            }
+        }
+        for (section, what) in keys {
+            let rows: Vec<&Row> = reports.iter().flat_map(|r| &r.rows).filter(|r| r.section == section && r.what == what).collect();
+            let first = rows[0];
+            let figure = |value: f64| Figure { value, unit: first.median.unit };
+            let medians: Vec<f64> = rows.iter().map(|r| r.median.value).collect();
+            let p99s: Vec<f64> = rows.iter().filter_map(|r| r.p99.map(|f| f.value)).collect();
+            let floors: Vec<f64> = rows.iter().filter_map(|r| r.floor.map(|f| f.value)).collect();
+            let floor_p99s: Vec<f64> = rows.iter().filter_map(|r| r.floor_p99.map(|f| f.value)).collect();
+            let ratios: Vec<f64> = rows.iter().filter_map(|r| Some(r.median.value / r.floor?.value)).filter(|x| x.is_finite()).collect();
+            let spread = |values: &[f64]| (percentile(values, 0.0), percentile(values, 100.0));
+            let (lowest, highest) = spread(&medians);
+            summary.rows.push(RepeatedRow {
+                section,
+                what: what.to_string(),
+                runs: rows.len(),
+                median: figure(median(&medians)),
+                lowest: figure(lowest),
+                highest: figure(highest),
+                p99: (!p99s.is_empty()).then(|| figure(median(&p99s))),
+                floor_what: first.floor_what.clone(),
+                floor: (!floors.is_empty()).then(|| Figure { value: median(&floors), unit: first.floor.map_or(first.median.unit, |f| f.unit) }),
+                floor_p99: first.floor_p99.filter(|_| !floor_p99s.is_empty()).map(|f| Figure { value: median(&floor_p99s), unit: f.unit }),
+                ratio: (!ratios.is_empty()).then(|| [median(&ratios), spread(&ratios).0, spread(&ratios).1]),
+                target: first.target.clone(),
+                met_in: first.met.map(|_| rows.iter().filter(|r| r.met == Some(true)).count()),
+            });
+        }
+        for line in reports.iter().flat_map(|r| &r.skipped) {
+            if !summary.skipped.contains(line) {
+                summary.skipped.push(line.clone());
+            }
+        }
+        summary
+    }
+
+    /// One table per section, as [`Report::markdown`], with spread, ratio and runs met.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("# rayfine bench (repeated)\n\n");
+        for line in &self.settings {
+            out.push_str(&format!("- {line}\n"));
+        }
+        let mut sections: Vec<&str> = Vec::new();
+        for row in &self.rows {
+            if !sections.contains(&row.section) {
+                sections.push(row.section);
+            }
+        }
+        for section in sections {
+            out.push_str(&format!(
+                "\n## {section}\n\n| what | median | lowest – highest | p99 | floor | floor median | floor p99 | ratio to floor (lowest – highest) | target | met in |\n|---|---:|---:|---:|---|---:|---:|---:|---|:---:|\n"
+            ));
+            for row in self.rows.iter().filter(|r| r.section == section) {
+                let opt = |f: Option<Figure>| f.map(|f| f.to_string()).unwrap_or_default();
+                let ratio = row.ratio.map(|[m, lo, hi]| format!("{m:.2}× ({lo:.2} – {hi:.2})")).unwrap_or_default();
+                let met = row.met_in.map(|k| format!("{k}/{}", row.runs)).unwrap_or_default();
+                out.push_str(&format!(
+                    "| {} | {} | {} – {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    row.what,
+                    row.median,
+                    row.lowest,
+                    row.highest,
+                    opt(row.p99),
+                    row.floor_what,
+                    opt(row.floor),
+                    opt(row.floor_p99),
+                    ratio,
+                    row.target.as_deref().unwrap_or(""),
+                    met
+                ));
+            }
+        }
+        if !self.skipped.is_empty() {
+            out.push_str("\n## Not measured\n\n");
+            for line in &self.skipped {
+                out.push_str(&format!("- {line}\n"));
+            }
+        }
+        out
+    }
+}
+
 /// A duration in milliseconds, the unit the start-up and build rows collect.
 pub fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -217,6 +350,30 @@ mod tests {
         assert_eq!(percentile(&samples, 99.0), 5.0);
         assert_eq!(percentile(&samples, 0.0), 1.0);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn repeated_runs_give_the_median_spread_ratio_and_runs_met() {
+        let run = |value: f64, floor: f64| {
+            let mut report = Report::default();
+            report.rows.push(Row::new("Call cost", "sync", Figure::micros(value)).p99(Figure::micros(value * 2.0)).floor("echo", Figure::micros(floor), None).target("≤ 1.2× echo", value <= 1.2 * floor));
+            report.skipped.push("Docker: none".into());
+            report
+        };
+        // The second run is on a noisier machine: slower, but so is its floor.
+        let summary = Repeated::of(&[run(100.0, 90.0), run(200.0, 190.0), run(120.0, 80.0)]);
+        assert_eq!(summary.rows.len(), 1);
+        let row = &summary.rows[0];
+        assert_eq!((row.runs, row.median.value, row.lowest.value, row.highest.value), (3, 120.0, 100.0, 200.0));
+        assert_eq!(row.p99.map(|f| f.value), Some(240.0));
+        assert_eq!(row.floor.map(|f| f.value), Some(90.0));
+        let [ratio, lowest, highest] = row.ratio.unwrap();
+        // 100/90, 200/190 and 120/80: the noisy run's ratio is the lowest, not an outlier.
+        assert!((ratio - 100.0 / 90.0).abs() < 1e-9 && (lowest - 200.0 / 190.0).abs() < 1e-9 && (highest - 1.5).abs() < 1e-9, "{:?}", row.ratio);
+        assert_eq!(row.met_in, Some(2));
+        assert_eq!(summary.skipped, ["Docker: none"]);
+        let text = summary.markdown();
+        assert!(text.contains("| sync | 120 µs | 100 µs – 200 µs | 240 µs | echo | 90 µs |  | 1.11× (1.05 – 1.50) | ≤ 1.2× echo | 2/3 |"), "{text}");
     }
 
     #[test]
