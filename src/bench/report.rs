@@ -244,7 +244,8 @@ impl Repeated {
                 median: figure(median(&medians)),
                 lowest: figure(lowest),
                 highest: figure(highest),
-                p99: (!p99s.is_empty()).then(|| figure(median(&p99s))),
+                // A throughput row's p99 is a latency: its own unit, not the median's.
+                p99: first.p99.filter(|_| !p99s.is_empty()).map(|f| Figure { value: median(&p99s), unit: f.unit }),
                 floor_what: first.floor_what.clone(),
                 floor: (!floors.is_empty()).then(|| Figure { value: median(&floors), unit: first.floor.map_or(first.median.unit, |f| f.unit) }),
                 floor_p99: first.floor_p99.filter(|_| !floor_p99s.is_empty()).map(|f| Figure { value: median(&floor_p99s), unit: f.unit }),
@@ -374,6 +375,20 @@ mod tests {
         assert_eq!(summary.skipped, ["Docker: none"]);
         let text = summary.markdown();
         assert!(text.contains("| sync | 120 µs | 100 µs – 200 µs | 240 µs | echo | 90 µs |  | 1.11× (1.05 – 1.50) | ≤ 1.2× echo | 2/3 |"), "{text}");
+    }
+
+    #[test]
+    fn a_repeated_throughput_row_keeps_its_latency_p99_in_microseconds() {
+        let run = || {
+            let mut report = Report::default();
+            report.rows.push(Row::new("Throughput", "64 connections", Figure::per_second(40_000.0)).p99(Figure::micros(4_500.0)).floor("echo", Figure::per_second(90_000.0), Some(Figure::micros(4_400.0))));
+            report
+        };
+        let summary = Repeated::of(&[run(), run()]);
+        let row = &summary.rows[0];
+        assert_eq!(row.p99.map(|f| f.to_string()), Some("4,500 µs".to_string()));
+        assert_eq!(row.floor_p99.map(|f| f.to_string()), Some("4,400 µs".to_string()));
+        assert_eq!(row.floor.map(|f| f.to_string()), Some("90,000/s".to_string()));
     }
 
     #[test]

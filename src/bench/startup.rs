@@ -123,13 +123,23 @@ pub async fn fan_out(settings: &Settings, docker: &DockerBench, report: &mut Rep
 /// `docker run` of the image with authentication off (a bare run has no token), polled until its
 /// `/health` answers 200: the readiness `load_env` waits for. Returns the time and the container.
 fn docker_run_until_ready(image: &str) -> anyhow::Result<(Duration, String)> {
-    let port = free_port()?;
-    let t = Instant::now();
-    let run = Command::new("docker")
-        .args(["run", "-d", "--rm", "-e", "RAYFINE_NO_AUTH=1", "-p", &format!("127.0.0.1:{port}:8000")])
-        .args(["--label", "rayfine.managed=true", "--label", &format!("{BENCH_LABEL}={}", std::process::id()), image])
-        .output()
-        .context("cannot run `docker`")?;
+    // The port is chosen here, not by Docker, so that the floor pays no `docker port` round trip;
+    // 32 runs at once may pick one another's (or a just-used) port, and such a run is retried with
+    // another, its time starting again.
+    let mut attempts = 0;
+    let (t, run, port) = loop {
+        let port = free_port()?;
+        let t = Instant::now();
+        let run = Command::new("docker")
+            .args(["run", "-d", "--rm", "-e", "RAYFINE_NO_AUTH=1", "-p", &format!("127.0.0.1:{port}:8000")])
+            .args(["--label", "rayfine.managed=true", "--label", &format!("{BENCH_LABEL}={}", std::process::id()), image])
+            .output()
+            .context("cannot run `docker`")?;
+        attempts += 1;
+        if run.status.success() || attempts >= 5 || !String::from_utf8_lossy(&run.stderr).contains("port is already allocated") {
+            break (t, run, port);
+        }
+    };
     if !run.status.success() {
         bail!("docker run {image} failed: {}", String::from_utf8_lossy(&run.stderr).trim());
     }
