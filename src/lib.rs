@@ -61,7 +61,7 @@ pub use detect::{EnvDetector, EnvType};
 #[cfg(feature = "client")]
 pub use docker::DockerHost;
 #[cfg(feature = "client")]
-pub use pool::{load_pool, Balancing, Pool, PoolOptions};
+pub use pool::{load_pool, Balancing, Pool, PoolOptions, WarmPool};
 #[cfg(feature = "client")]
 pub use error::{Error, Result};
 #[cfg(feature = "client")]

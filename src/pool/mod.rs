@@ -15,6 +15,7 @@
 mod affinity;
 mod balance;
 mod health;
+mod warm;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
 pub use balance::Balancing;
+pub use warm::WarmPool;
 
 use crate::client::{start_env, EnvironmentWrapper, LoadOptions, Source};
 use crate::docker::placement::place_for;

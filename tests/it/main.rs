@@ -18,3 +18,4 @@ mod server;
 mod stalled_engine;
 mod swarm;
 mod util;
+mod warm_pool;
