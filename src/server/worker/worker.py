@@ -27,10 +27,11 @@ server. A module env (functions only) cannot be isolated: its instances all name
 
 Async methods run as tasks on one event loop, which also reads the channel, so an async call costs
 no thread switch. Sync methods run on a pool of threads that grows on demand, and each thread writes
-its own reply. A sync method whose recent runs were all short runs on the loop's thread itself, even
-while other calls are in flight: handing it to a pool thread would cost more than the call, and under
-load (thousands of OpenEnv sessions resetting while others sleep in `step`) those hand-offs, each a
-thread wake-up and a GIL transfer, were most of the worker's time.
+its own reply. A sync method whose recent runs were all short runs on the loop's thread itself when
+nothing else is in flight: handing it to a pool thread would cost more than the call. Not while
+others are: a method is short until it is not (`step(wait_seconds)`), and its first slow run there
+would hold up every session's messages (measured: a first 1 s step inline made 1,024 sessions'
+resets wait 1 s).
 
 On a virtual machine, waking a sleeping thread costs tens of microseconds, more than a trivial
 call. So after each message the loop polls the channel for a short while (RAYFINE_WORKER_SPIN_US)
@@ -609,8 +610,6 @@ class Environment:
 
     def __init__(self, module):
         self.module = module
-        # How many session constructors in a row took less than INLINE_LIMIT (see Opening).
-        self.short_constructions = 0
         actor_class = vars(module).get("Actor")
         self.actor_class = actor_class if inspect.isclass(actor_class) else None
         self.methods = {}
@@ -794,35 +793,24 @@ class SpinningSelector(selectors.DefaultSelector):
 
 
 class Opening:
-    """The job that makes session instance K: an Actor constructor may be slow, so it runs on the
-    pool until constructors have been short INLINE_AFTER times in a row (then on the loop's thread,
-    as a short sync method does: thousands of sessions opening at once would otherwise each pay a
-    thread hand-off), or when no thread can be had. The loop's thread registers the instance and
-    answers (`Worker.opened`): only that thread changes the instances, so a close that arrives
-    meanwhile needs no lock to find its way."""
+    """The pool's job that makes session instance K: an Actor constructor may be slow, so it runs
+    where a sync call would, never on the loop's thread (unless no thread can be had at all). The
+    loop's thread then registers the instance and answers (`Worker.opened`): only that thread
+    changes the instances, so a close that arrives meanwhile needs no lock to find its way."""
 
-    __slots__ = ("worker", "key", "inline", "made")
+    __slots__ = ("worker", "key")
     name = "Actor()"  # in the pool's log lines
 
     def __init__(self, worker, key):
         self.worker = worker
         self.key = key
-        self.inline = False  # run by the loop's thread, which registers it itself
-        self.made = None
 
     def run_sync(self, call_id, func, args, kwargs):
-        env = self.worker.env
-        started = time.perf_counter()
         try:
-            methods, failure = env.new_instance(), None
+            methods, failure = self.worker.env.new_instance(), None
         except BaseException as exc:  # noqa: B902 - a constructor's error goes to the caller
             methods, failure = None, raised_message(call_id, exc)
-        # As for a method: constructors that were all short run on the loop's thread.
-        env.short_constructions = env.short_constructions + 1 if time.perf_counter() - started < INLINE_LIMIT else 0
-        if self.inline:
-            self.made = (methods, failure)
-        else:
-            self.worker.loop.call_soon_threadsafe(self.worker.opened, call_id, self.key, methods, failure)
+        self.worker.loop.call_soon_threadsafe(self.worker.opened, call_id, self.key, methods, failure)
         return b""  # the loop's thread answers
 
 
@@ -917,7 +905,8 @@ class Worker:
         if method.is_async:
             task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
             self.tasks[call_id] = task
-        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER:
+        elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
+              and self.pool.threads == self.pool.idle):  # pool.busy() == 0, without the call
             send(self.run_inline(call_id, method, func, args, kwargs))
         elif not self.pool.submit(call_id, method, func, args, kwargs):
             # No thread can be had: running it here stalls other calls until it returns, but it
@@ -929,7 +918,8 @@ class Worker:
         if method.is_async:
             task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
             self.tasks[call_id] = task
-        elif INLINE_SYNC and method.short_runs >= INLINE_AFTER:
+        elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
+              and self.pool.threads == self.pool.idle):
             send(self.run_inline(call_id, method, func, args, kwargs))
         elif not self.pool.submit(call_id, method, func, args, kwargs):
             send(self.run_inline(call_id, method, func, args, kwargs))
@@ -982,10 +972,8 @@ class Worker:
             return
         self.opening[key] = []
         job = Opening(self, key)
-        if (INLINE_SYNC and self.env.short_constructions >= INLINE_AFTER) or not self.pool.submit(call_id, job, None, (), {}):
-            job.inline = True
-            self.run_inline(call_id, job, None, (), {})
-            self.opened(call_id, key, *job.made)
+        if not self.pool.submit(call_id, job, None, (), {}):
+            send(self.run_inline(call_id, job, None, (), {}))
 
     def opened(self, call_id, key, methods, failure):
         """On the loop's thread, after instance `key`'s constructor ran: registers it (or says
