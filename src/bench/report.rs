@@ -132,46 +132,54 @@ impl Report {
 
     /// One table per section, in the order they ran.
     pub fn markdown(&self) -> String {
-        let mut out = String::from("# rayfine bench\n\n");
-        for line in &self.settings {
+        let opt = |f: Option<Figure>| f.map(|f| f.to_string()).unwrap_or_default();
+        let lines = self.rows.iter().map(|row| {
+            let met = match row.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            };
+            let cells = [row.what.clone(), row.median.to_string(), opt(row.p99), row.floor_what.clone(), opt(row.floor), opt(row.floor_p99), row.target.clone().unwrap_or_default(), met.to_string()];
+            (row.section, cells.to_vec())
+        });
+        document("rayfine bench", &self.settings, &["what", "median", "p99", "floor", "floor median", "floor p99", "target", "met"], lines, &self.skipped)
+    }
+}
+
+/// Both reports' Markdown: a title, the settings, one table per section in the order the rows
+/// first name them (`header` names the columns; text columns are left-aligned, figures right,
+/// the last centred), then what was not measured.
+fn document(title: &str, settings: &[String], header: &[&str], rows: impl Iterator<Item = (&'static str, Vec<String>)>, skipped: &[String]) -> String {
+    let mut out = format!("# {title}\n\n");
+    for line in settings {
+        out.push_str(&format!("- {line}\n"));
+    }
+    let rows: Vec<(&'static str, Vec<String>)> = rows.collect();
+    let mut sections: Vec<&str> = Vec::new();
+    for (section, _) in &rows {
+        if !sections.contains(section) {
+            sections.push(section);
+        }
+    }
+    let text_columns = ["what", "floor", "target"];
+    let alignment: Vec<&str> = header
+        .iter()
+        .enumerate()
+        .map(|(i, name)| if i + 1 == header.len() { ":---:" } else if text_columns.contains(name) { "---" } else { "---:" })
+        .collect();
+    for section in sections {
+        out.push_str(&format!("\n## {section}\n\n| {} |\n|{}|\n", header.join(" | "), alignment.join("|")));
+        for (_, cells) in rows.iter().filter(|(s, _)| *s == section) {
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        }
+    }
+    if !skipped.is_empty() {
+        out.push_str("\n## Not measured\n\n");
+        for line in skipped {
             out.push_str(&format!("- {line}\n"));
         }
-        let mut sections: Vec<&str> = Vec::new();
-        for row in &self.rows {
-            if !sections.contains(&row.section) {
-                sections.push(row.section);
-            }
-        }
-        for section in sections {
-            out.push_str(&format!("\n## {section}\n\n| what | median | p99 | floor | floor median | floor p99 | target | met |\n|---|---:|---:|---|---:|---:|---|:---:|\n"));
-            for row in self.rows.iter().filter(|r| r.section == section) {
-                let opt = |f: Option<Figure>| f.map(|f| f.to_string()).unwrap_or_default();
-                let met = match row.met {
-                    Some(true) => "yes",
-                    Some(false) => "**no**",
-                    None => "",
-                };
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    row.what,
-                    row.median,
-                    opt(row.p99),
-                    row.floor_what,
-                    opt(row.floor),
-                    opt(row.floor_p99),
-                    row.target.as_deref().unwrap_or(""),
-                    met
-                ));
-            }
-        }
-        if !self.skipped.is_empty() {
-            out.push_str("\n## Not measured\n\n");
-            for line in &self.skipped {
-                out.push_str(&format!("- {line}\n"));
-            }
-        }
-        out
     }
+    out
 }
 
 /// One row over several runs (`rayfine bench --repeat N`): the median of its medians, their
@@ -264,47 +272,26 @@ impl Repeated {
 
     /// One table per section, as [`Report::markdown`], with spread, ratio and runs met.
     pub fn markdown(&self) -> String {
-        let mut out = String::from("# rayfine bench (repeated)\n\n");
-        for line in &self.settings {
-            out.push_str(&format!("- {line}\n"));
-        }
-        let mut sections: Vec<&str> = Vec::new();
-        for row in &self.rows {
-            if !sections.contains(&row.section) {
-                sections.push(row.section);
-            }
-        }
-        for section in sections {
-            out.push_str(&format!(
-                "\n## {section}\n\n| what | median | lowest – highest | p99 | floor | floor median | floor p99 | ratio to floor (lowest – highest) | target | met in |\n|---|---:|---:|---:|---|---:|---:|---:|---|:---:|\n"
-            ));
-            for row in self.rows.iter().filter(|r| r.section == section) {
-                let opt = |f: Option<Figure>| f.map(|f| f.to_string()).unwrap_or_default();
-                let ratio = row.ratio.map(|[m, lo, hi]| format!("{m:.2}× ({lo:.2} – {hi:.2})")).unwrap_or_default();
-                let met = row.met_in.map(|k| format!("{k}/{}", row.runs)).unwrap_or_default();
-                out.push_str(&format!(
-                    "| {} | {} | {} – {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                    row.what,
-                    row.median,
-                    row.lowest,
-                    row.highest,
-                    opt(row.p99),
-                    row.floor_what,
-                    opt(row.floor),
-                    opt(row.floor_p99),
-                    ratio,
-                    row.target.as_deref().unwrap_or(""),
-                    met
-                ));
-            }
-        }
-        if !self.skipped.is_empty() {
-            out.push_str("\n## Not measured\n\n");
-            for line in &self.skipped {
-                out.push_str(&format!("- {line}\n"));
-            }
-        }
-        out
+        let opt = |f: Option<Figure>| f.map(|f| f.to_string()).unwrap_or_default();
+        let lines = self.rows.iter().map(|row| {
+            let ratio = row.ratio.map(|[m, lo, hi]| format!("{m:.2}× ({lo:.2} – {hi:.2})")).unwrap_or_default();
+            let met = row.met_in.map(|k| format!("{k}/{}", row.runs)).unwrap_or_default();
+            let cells = [
+                row.what.clone(),
+                row.median.to_string(),
+                format!("{} – {}", row.lowest, row.highest),
+                opt(row.p99),
+                row.floor_what.clone(),
+                opt(row.floor),
+                opt(row.floor_p99),
+                ratio,
+                row.target.clone().unwrap_or_default(),
+                met,
+            ];
+            (row.section, cells.to_vec())
+        });
+        let header = ["what", "median", "lowest – highest", "p99", "floor", "floor median", "floor p99", "ratio to floor (lowest – highest)", "target", "met in"];
+        document("rayfine bench (repeated)", &self.settings, &header, lines, &self.skipped)
     }
 }
 
@@ -398,5 +385,6 @@ mod tests {
         let text = report.markdown();
         assert!(text.contains("## Call cost"), "{text}");
         assert!(text.contains("| sync | 100 µs | 150 µs | echo | 60 µs |  | ≤ 90 µs | **no** |"), "{text}");
+        assert!(text.contains("| what | median | p99 | floor | floor median | floor p99 | target | met |\n|---|---:|---:|---|---:|---:|---|:---:|\n"), "{text}");
     }
 }
