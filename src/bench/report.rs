@@ -238,13 +238,16 @@ impl Repeated {
             let rows: Vec<&Row> = reports.iter().flat_map(|r| &r.rows).filter(|r| r.section == section && r.what == what).collect();
             let first = rows[0];
             let figure = |value: f64| Figure { value, unit: first.median.unit };
+            // The median over the runs of an optional figure, in its own unit (a throughput
+            // row's p99 is a latency, not calls/s).
+            let median_of = |pick: fn(&Row) -> Option<Figure>| {
+                let values: Vec<f64> = rows.iter().filter_map(|r| pick(r).map(|f| f.value)).collect();
+                pick(first).map(|f| Figure { value: median(&values), unit: f.unit })
+            };
             let medians: Vec<f64> = rows.iter().map(|r| r.median.value).collect();
-            let p99s: Vec<f64> = rows.iter().filter_map(|r| r.p99.map(|f| f.value)).collect();
-            let floors: Vec<f64> = rows.iter().filter_map(|r| r.floor.map(|f| f.value)).collect();
-            let floor_p99s: Vec<f64> = rows.iter().filter_map(|r| r.floor_p99.map(|f| f.value)).collect();
             let ratios: Vec<f64> = rows.iter().filter_map(|r| Some(r.median.value / r.floor?.value)).filter(|x| x.is_finite()).collect();
-            let spread = |values: &[f64]| (percentile(values, 0.0), percentile(values, 100.0));
-            let (lowest, highest) = spread(&medians);
+            let lowest_highest = |values: &[f64]| [percentile(values, 0.0), percentile(values, 100.0)];
+            let [lowest, highest] = lowest_highest(&medians);
             summary.rows.push(RepeatedRow {
                 section,
                 what: what.to_string(),
@@ -252,12 +255,14 @@ impl Repeated {
                 median: figure(median(&medians)),
                 lowest: figure(lowest),
                 highest: figure(highest),
-                // A throughput row's p99 is a latency: its own unit, not the median's.
-                p99: first.p99.filter(|_| !p99s.is_empty()).map(|f| Figure { value: median(&p99s), unit: f.unit }),
+                p99: median_of(|r| r.p99),
                 floor_what: first.floor_what.clone(),
-                floor: (!floors.is_empty()).then(|| Figure { value: median(&floors), unit: first.floor.map_or(first.median.unit, |f| f.unit) }),
-                floor_p99: first.floor_p99.filter(|_| !floor_p99s.is_empty()).map(|f| Figure { value: median(&floor_p99s), unit: f.unit }),
-                ratio: (!ratios.is_empty()).then(|| [median(&ratios), spread(&ratios).0, spread(&ratios).1]),
+                floor: median_of(|r| r.floor),
+                floor_p99: median_of(|r| r.floor_p99),
+                ratio: (!ratios.is_empty()).then(|| {
+                    let [lowest, highest] = lowest_highest(&ratios);
+                    [median(&ratios), lowest, highest]
+                }),
                 target: first.target.clone(),
                 met_in: first.met.map(|_| rows.iter().filter(|r| r.met == Some(true)).count()),
             });

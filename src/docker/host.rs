@@ -154,8 +154,10 @@ impl DockerHost {
         match self {
             DockerHost::Tcp { host, .. } => host.clone(),
             DockerHost::Ssh(target) => ssh_address(target),
-            DockerHost::Local if local_ssh_engine().is_some() => local_ssh_engine().map(|target| ssh_address(&target)).unwrap_or_default(),
-            DockerHost::Local => local_tcp_engine().map_or_else(|| "127.0.0.1".to_string(), |(host, _)| host),
+            DockerHost::Local => match local_ssh_engine() {
+                Some(target) => ssh_address(&target),
+                None => local_tcp_engine().map_or_else(|| "127.0.0.1".to_string(), |(host, _)| host),
+            },
             DockerHost::Unix(_) => "127.0.0.1".to_string(),
         }
     }

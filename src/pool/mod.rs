@@ -28,7 +28,7 @@ pub use balance::Balancing;
 pub use warm::WarmPool;
 
 use crate::client::{start_env, EnvironmentWrapper, LoadOptions, Source};
-use crate::docker::placement::place_for;
+use crate::docker::placement::{place_for, Placed};
 use crate::docker::DockerHost;
 use crate::error::{Error, Result};
 use affinity::Affinity;
@@ -208,17 +208,21 @@ pub async fn load_pool(options: LoadOptions, pool: PoolOptions) -> Result<Pool> 
     Ok(Pool { shared })
 }
 
-/// Starts `count` environments of an image at once, placed over the hosts `options` names (see
-/// [`load_pool`]) and registered like any other; if any fails to start, those that did are
-/// removed and the first error is returned. What [`load_pool`] starts its replicas with, and
-/// what `rayfine run --replicas N --keep` keeps.
+/// Starts `count` environments at once, an image's placed over the hosts `options` names (see
+/// [`load_pool`]), each registered like any other; if any fails to start, those that did are
+/// removed and the first error is returned. What [`load_pool`] starts its replicas with, what
+/// `rayfine run --replicas N --keep` keeps, and a [`WarmPool`]'s first spares.
 pub async fn start_replicas(options: &LoadOptions, count: usize) -> Result<Vec<EnvironmentWrapper>> {
     options.validate()?;
     if count == 0 || count > MAX_REPLICAS {
         return Err(Error::InvalidInput(format!("1 to {MAX_REPLICAS} replicas, not {count}")));
     }
-    let placed = place_for(options.mode, &options.docker_hosts()?, count).await?;
-    let starts = placed.into_iter().map(|placed| start_env(options.clone(), Some(placed)));
+    // As `load_env`: only an image is placed; a folder or a URL needs no engine.
+    let placed: Vec<Option<Placed>> = match options.source {
+        Source::Image(_) => place_for(options.mode, &options.docker_hosts()?, count).await?.into_iter().map(Some).collect(),
+        _ => (0..count).map(|_| None).collect(),
+    };
+    let starts = placed.into_iter().map(|placed| start_env(options.clone(), placed));
     let mut started = Vec::new();
     let mut failure = None;
     for outcome in futures_util::future::join_all(starts).await {

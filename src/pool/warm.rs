@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::MAX_REPLICAS;
+use super::{start_replicas, MAX_REPLICAS};
 use crate::client::{load_env, EnvironmentWrapper, LoadOptions};
 use crate::error::{Error, Result};
 
@@ -61,24 +61,7 @@ impl WarmPool {
         if options.keep {
             return Err(Error::InvalidInput("a warm pool's spares end with this process: leave `keep` off".into()));
         }
-        options.validate()?;
-        // Each start placed on its own, as `load_env` places it: a folder's needs no engine.
-        let mut started = Vec::with_capacity(size);
-        let mut failure = None;
-        for outcome in futures_util::future::join_all((0..size).map(|_| load_env(options.clone()))).await {
-            match outcome {
-                Ok(env) => started.push(env),
-                Err(err) => failure = failure.or(Some(err)),
-            }
-        }
-        if let Some(err) = failure {
-            for stopped in futures_util::future::join_all(started.iter().map(EnvironmentWrapper::cleanup)).await {
-                if let Err(stop_err) = stopped {
-                    tracing::warn!("warm pool: removing a spare of a failed start: {stop_err}");
-                }
-            }
-            return Err(err);
-        }
+        let started = start_replicas(&options, size).await?;
         let shared = Arc::new(Shared {
             options,
             size,

@@ -53,11 +53,13 @@ impl Engine {
     /// The engine of `host`, API version agreed.
     pub async fn connect_to(host: &DockerHost) -> EngineResult<Engine> {
         let unavailable = |source| EngineError::Unavailable { engine: host.engine_url(), source };
-        let local_ssh = matches!(host, DockerHost::Local).then(super::host::local_ssh_engine).flatten();
         let docker = match host {
             DockerHost::Ssh(target) => Ok(tunnels::connect(target).await?),
-            DockerHost::Local if local_ssh.is_some() => Ok(tunnels::connect(local_ssh.as_ref().expect("checked")).await?),
-            DockerHost::Local => Docker::connect_with_defaults(),
+            // bollard's defaults do not read an ssh:// DOCKER_HOST.
+            DockerHost::Local => match super::host::local_ssh_engine() {
+                Some(target) => Ok(tunnels::connect(&target).await?),
+                None => Docker::connect_with_defaults(),
+            },
             DockerHost::Unix(path) => Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
             DockerHost::Tcp { host: name, port, certs: None } => {
                 let address = format!("http://{}:{port}", super::host::bracketed(name));
