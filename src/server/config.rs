@@ -55,12 +55,6 @@ pub struct ServerConfig {
     /// more is refused with OpenEnv's `CAPACITY_REACHED`. The name of the variable is OpenEnv's.
     #[arg(long = "max-concurrent-envs", env = "MAX_CONCURRENT_ENVS", default_value_t = DEFAULT_MAX_SESSIONS)]
     pub max_concurrent_envs: usize,
-    /// Worker processes that share the OpenEnv sessions, each loading env.py and running the
-    /// Actors of the sessions placed on it, with a GIL of its own: thousands of sessions whose
-    /// steps block a thread contend for one GIL otherwise. `/call` and module-based
-    /// environments use the first process only; each further one costs another env.py's memory.
-    #[arg(long = "session-workers", env = "RAYFINE_SESSION_WORKERS", default_value_t = 1)]
-    pub session_workers: usize,
     /// Seconds an OpenEnv session may go without a word from its client (the server pings
     /// WebSocket clients, so a live one always answers) before it is ended and its slot freed.
     #[arg(long = "session-idle-timeout", env = "RAYFINE_SESSION_IDLE_TIMEOUT", default_value_t = 120.0)]
@@ -100,10 +94,6 @@ pub struct ServerConfig {
 /// the many parallel episodes of a training run; each session costs an Actor instance and, while
 /// a sync call runs, a thread.
 pub const DEFAULT_MAX_SESSIONS: usize = 1024;
-
-/// The most worker processes `--session-workers` may start: each holds a Python interpreter and
-/// the environment's module, and past a few per core they only add memory and context switches.
-pub const MAX_SESSION_WORKERS: usize = 64;
 
 /// Default of `--lease-port`: where a supervisor takes lease renewals, out of the way of the
 /// ports web servers usually take.
@@ -170,14 +160,6 @@ impl ServerConfig {
             s => return Err(ServeError::Config(format!("--session-idle-timeout must be a positive number of seconds, not {s}"))),
         };
         Ok(crate::server::openenv::SessionLimits { max_sessions: self.max_concurrent_envs, idle_timeout, setup_timeout: SESSION_SETUP_TIMEOUT })
-    }
-
-    /// `--session-workers`, checked: 1 to [`MAX_SESSION_WORKERS`].
-    pub fn session_workers(&self) -> Result<usize, ServeError> {
-        match self.session_workers {
-            n @ 1..=MAX_SESSION_WORKERS => Ok(n),
-            n => Err(ServeError::Config(format!("--session-workers must be from 1 to {MAX_SESSION_WORKERS}, not {n}"))),
-        }
     }
 
     /// `--shutdown-grace` as a duration, bounded to an hour.

@@ -123,7 +123,6 @@ pub async fn run(
         s => return Err(ServeError::Config(format!("--body-timeout must be a positive number of seconds, not {s}"))),
     };
     let session_limits = config.session_limits()?;
-    let processes = config.session_workers()?;
     let secrets = secrets::load(config.secrets_file.as_deref())?;
     let token = secrets.token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|t| !t.is_empty() && !config.no_auth).map(Arc::<str>::from);
     if token.is_none() {
@@ -139,7 +138,6 @@ pub async fn run(
         env: worker_env(secrets.env.into_iter().collect(), session_limits.max_sessions),
         spin: effective_spin(config.spin_us),
         priority: worker_priority(config.worker_priority),
-        processes,
     });
     announce(&ServerEvent::Listening { port: local.port() });
     tokio::spawn(announce_phases(worker.clone()));

@@ -1,8 +1,6 @@
 //! The Python worker that runs the environment, and the handle every request handler shares.
 //!
-//! One worker process loads env.py and serves all calls; with `--session-workers N`, OpenEnv
-//! sessions are spread over N of them ([`placement`]), each with its own GIL. Its three jobs have
-//! a file each:
+//! One worker process loads env.py and serves all calls. Its three jobs have a file each:
 //! [`process`] starts it, restarts it with backoff when it dies or is killed, and says how it
 //! ended; [`calls`] multiplexes calls over it (ids, replies, timeouts, cancellation); [`wire`]
 //! reads and writes its lines in the shapes of [`crate::protocol::worker`], over the pipes of
@@ -13,7 +11,6 @@
 mod calls;
 mod channel;
 mod outcome;
-mod placement;
 mod process;
 mod script;
 mod wire;
@@ -22,13 +19,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
 use crate::protocol::{health_status, ErrorInfo, MethodInfo};
 use calls::Session;
 use outcome::Outcome;
-use placement::Placement;
 
 pub use crate::protocol::worker::{CallOptions, EnvInfo};
 pub use outcome::CallError;
@@ -64,26 +60,14 @@ impl Phase {
     }
 }
 
-/// Cheap handle to the worker, shared by all request handlers; the restart loops own the
-/// processes.
+/// Cheap handle to the worker, shared by all request handlers; the restart loop owns the process.
 #[derive(Clone)]
 pub struct Worker {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
-/// What the handles share: the worker processes and where the session instances live.
-struct Inner {
-    /// The worker processes; the first serves `/call` (instance 0) and is the one whose phase
-    /// the server reports. With `--session-workers 1`, the only one.
-    processes: Vec<Arc<Shared>>,
-    /// Which process holds each session instance. A plain mutex: never held across an await.
-    placement: Mutex<Placement>,
-}
-
-/// What the handles and the restart loop of one worker process share.
+/// What the handles and the restart loop share.
 struct Shared {
-    /// Which process this is (0 is the first), for the log.
-    index: usize,
     /// The serving worker, if any. Read on every call, written only on (re)start.
     session: RwLock<Option<Arc<Session>>>,
     /// Current phase; a watch so the server can print readiness as soon as it changes.
@@ -96,140 +80,91 @@ struct Shared {
     ended: watch::Receiver<bool>,
 }
 
-impl Shared {
-    /// The serving worker of this process, if it is serving.
-    fn serving(&self) -> Option<Arc<Session>> {
-        self.session.read().clone()
-    }
-}
-
 impl Worker {
     /// Starts the worker and keeps it running until the returned handle's last clone is dropped
-    /// and the server shuts down. With `config.processes` above one, the other processes start
-    /// once the first has loaded the environment and only if it makes an instance per session
-    /// (an Actor class): a module's sessions all share the first process's module.
+    /// and the server shuts down.
     pub fn start(config: WorkerConfig) -> Worker {
-        let count = config.processes.max(1);
-        let mut processes = Vec::with_capacity(count);
-        let mut ended_senders = Vec::with_capacity(count);
-        for index in 0..count {
-            let (phase, _) = watch::channel(Phase::Starting);
-            let (ended_tx, ended) = watch::channel(false);
-            processes.push(Arc::new(Shared { index, session: RwLock::new(None), phase, next_id: AtomicU64::new(1), stop: Notify::new(), ended }));
-            ended_senders.push(ended_tx);
-        }
-        let first = Arc::downgrade(&processes[0]);
-        for (shared, ended_tx) in processes.iter().zip(ended_senders) {
-            let (weak, config, first) = (Arc::downgrade(shared), config.clone(), first.clone());
-            let index = shared.index;
-            tokio::spawn(async move {
-                if index == 0 || process::wanted_beside(&first, &weak).await {
-                    process::restart_loop(config, weak).await;
-                }
-                ended_tx.send_replace(true);
-            });
-        }
-        Worker { inner: Arc::new(Inner { processes, placement: Mutex::new(Placement::new(count)) }) }
+        let (phase, _) = watch::channel(Phase::Starting);
+        let (ended_tx, ended) = watch::channel(false);
+        let shared = Arc::new(Shared { session: RwLock::new(None), phase, next_id: AtomicU64::new(1), stop: Notify::new(), ended });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            process::restart_loop(config, weak).await;
+            ended_tx.send_replace(true);
+        });
+        Worker { shared }
     }
 
     /// Kills the worker and everything it started, and returns once that is done (bounded): a
     /// server about to exit must not leave an escaped process of the environment behind.
     pub async fn stop(&self) {
         self.shutdown();
-        // All were told to stop at once, so waiting for each in turn takes as long as the slowest.
-        let all_ended = async {
-            for shared in &self.inner.processes {
-                let _ = shared.ended.clone().wait_for(|ended| *ended).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(15), all_ended).await;
+        let mut ended = self.shared.ended.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(15), ended.wait_for(|ended| *ended)).await;
     }
 
     /// Kills the worker and ends the restart loop; calls in flight fail with
     /// [`CallError::WorkerLost`].
     pub fn shutdown(&self) {
-        for shared in &self.inner.processes {
-            shared.stop.notify_one();
-        }
+        self.shared.stop.notify_one();
     }
 
-    /// Current phase: the first process's, which serves `/call`.
+    /// Current phase.
     pub fn phase(&self) -> Phase {
-        self.first().phase.borrow().clone()
+        self.shared.phase.borrow().clone()
     }
 
     /// Watches phase changes (used to print readiness events).
     pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.first().phase.subscribe()
+        self.shared.phase.subscribe()
     }
 
     /// The methods of the running worker, or why there is none.
     pub fn methods(&self) -> Result<Vec<MethodInfo>, CallError> {
-        Ok(self.describing()?.method_list().to_vec())
+        Ok(self.session()?.method_list().to_vec())
     }
 
     /// Whether the running worker's environment has a method of this name: what the OpenEnv
     /// routes ask on every request, without copying the method list.
     pub fn has_method(&self, name: &str) -> Result<bool, CallError> {
-        Ok(self.describing()?.has_method(name))
+        Ok(self.session()?.has_method(name))
     }
 
     /// What the environment says of itself, or why there is no worker to say it.
     pub fn env_info(&self) -> Result<EnvInfo, CallError> {
-        Ok(self.describing()?.env().clone())
+        Ok(self.session()?.env().clone())
     }
 
     /// Calls `method` with raw JSON `args` (an array) and `kwargs` (an object).
     pub async fn call(&self, method: &str, args: &str, kwargs: &str, timeout: Option<Duration>) -> Outcome {
-        let first = self.first();
-        serving(first)?.call(&first.next_id, method, args, kwargs, &CallOptions::default(), timeout).await
+        self.session()?.call(&self.shared.next_id, method, args, kwargs, &CallOptions::default(), timeout).await
     }
 
     /// Calls `method` with the options of a call made for an OpenEnv session (its instance,
-    /// lenient keywords, an action), in the process that holds the instance.
+    /// lenient keywords, an action).
     pub async fn call_with(&self, method: &str, args: &str, kwargs: &str, options: &CallOptions<'_>, timeout: Option<Duration>) -> Outcome {
-        let shared = self.holding(options.instance);
-        serving(shared)?.call(&shared.next_id, method, args, kwargs, options, timeout).await
+        self.session()?.call(&self.shared.next_id, method, args, kwargs, options, timeout).await
     }
 
-    /// Creates session instance `instance` (an `Actor()` of its own) in the serving process that
-    /// holds the fewest, waiting at most `limit` for its constructor. An environment without an
-    /// Actor has nothing to create: its sessions share the module.
+    /// Creates session instance `instance` (an `Actor()` of its own), waiting at most `limit`
+    /// for its constructor. An environment without an Actor has nothing to create: its sessions
+    /// share the module.
     pub async fn open_instance(&self, instance: u64, limit: Duration) -> Result<(), CallError> {
-        let index = self.inner.placement.lock().place(instance, |p| self.inner.processes[p].serving().is_some());
-        let shared = &self.inner.processes[index];
-        serving(shared)?.control(&shared.next_id, |id| wire::encode_open(id, instance), limit).await.map(drop)
+        self.session()?.control(&self.shared.next_id, |id| wire::encode_open(id, instance), limit).await.map(drop)
     }
 
     /// Drops session instance `instance`, after its `close()` if it has one (at most `limit`).
     /// Nothing happens if the worker that held it is gone: so is the instance.
     pub async fn close_instance(&self, instance: u64, limit: Duration) -> Result<(), CallError> {
-        let index = self.inner.placement.lock().forget(instance).unwrap_or(0);
-        let shared = &self.inner.processes[index];
-        serving(shared)?.control(&shared.next_id, |id| wire::encode_close(id, instance), limit).await.map(drop)
+        self.session()?.control(&self.shared.next_id, |id| wire::encode_close(id, instance), limit).await.map(drop)
     }
 
-    fn first(&self) -> &Shared {
-        &self.inner.processes[0]
+    fn session(&self) -> Result<Arc<Session>, CallError> {
+        if let Some(session) = self.shared.session.read().as_ref() {
+            return Ok(session.clone());
+        }
+        Err(CallError::Unavailable(unavailable_reason(&self.phase())))
     }
-
-    /// The process holding a session's instance; the first for instance 0 or an unknown one
-    /// (whose worker then answers that there is no such instance).
-    fn holding(&self, instance: Option<u64>) -> &Shared {
-        let index = instance.and_then(|i| self.inner.placement.lock().holder(i)).unwrap_or(0);
-        &self.inner.processes[index]
-    }
-
-    /// A serving process to describe the environment: the first, else any (they all loaded the
-    /// same env.py), else the first's reason for not serving.
-    fn describing(&self) -> Result<Arc<Session>, CallError> {
-        self.inner.processes.iter().find_map(|shared| shared.serving()).map_or_else(|| serving(self.first()), Ok)
-    }
-}
-
-/// The serving worker of a process, or why it is not serving.
-fn serving(shared: &Shared) -> Result<Arc<Session>, CallError> {
-    shared.serving().ok_or_else(|| CallError::Unavailable(unavailable_reason(&shared.phase.borrow())))
 }
 
 fn unavailable_reason(phase: &Phase) -> String {

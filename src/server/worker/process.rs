@@ -40,8 +40,6 @@ pub struct WorkerConfig {
     pub spin: Duration,
     /// The worker's CPU priority, inherited by everything it starts (see `--worker-priority`).
     pub priority: WorkerPriority,
-    /// How many worker processes share the OpenEnv sessions (`--session-workers`); at least 1.
-    pub processes: usize,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -52,7 +50,6 @@ impl std::fmt::Debug for WorkerConfig {
             .field("env_path", &self.env_path)
             .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("priority", &self.priority)
-            .field("processes", &self.processes)
             .finish_non_exhaustive()
     }
 }
@@ -75,35 +72,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A worker that stayed up this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// Whether a process other than the first should start: once the first has loaded the
-/// environment, if it makes an Actor per session (a module's sessions all share the first
-/// process's module, so more processes would hold nothing). False when the first failed to load,
-/// or the server stops or goes meanwhile.
-pub(super) async fn wanted_beside(first: &Weak<Shared>, this: &Weak<Shared>) -> bool {
-    let (Some(first), Some(this)) = (first.upgrade(), this.upgrade()) else { return false };
-    let mut phases = first.phase.subscribe();
-    loop {
-        tokio::select! {
-            changed = phases.wait_for(|p| matches!(p, Phase::Ready | Phase::Failed(_))) => {
-                match changed {
-                    Ok(phase) if matches!(*phase, Phase::Ready) => {}
-                    _ => return false,
-                }
-            }
-            _ = this.stop.notified() => return false,
-        }
-        // Between a Ready and a read of its session the first may have died again: wait for the
-        // next Ready then.
-        if let Some(session) = first.serving() {
-            if !session.env().factory {
-                tracing::info!("worker process {} not started: the environment has no Actor class, so its sessions share one module", this.index);
-            }
-            return session.env().factory;
-        }
-        let _ = phases.changed().await;
-    }
-}
-
 /// The restart loop: start, wait for ready, serve until death or kill, back off, repeat. Ends
 /// when the server stops it, when the first load fails, or when no handle is left.
 pub(super) async fn restart_loop(config: WorkerConfig, shared: Weak<Shared>) {
@@ -115,7 +83,7 @@ pub(super) async fn restart_loop(config: WorkerConfig, shared: Weak<Shared>) {
         let outcome = run_once(&config, &strong, &mut ever_ready).await;
         let reason = match outcome {
             RunEnd::LoadFailed(error) if !ever_ready => {
-                tracing::error!(process = strong.index, "environment failed to load: {}: {}", error.kind, error.message);
+                tracing::error!("environment failed to load: {}: {}", error.kind, error.message);
                 strong.phase.send_replace(Phase::Failed(error));
                 return;
             }
@@ -128,7 +96,7 @@ pub(super) async fn restart_loop(config: WorkerConfig, shared: Weak<Shared>) {
                 continue;
             }
         };
-        tracing::warn!(process = strong.index, "worker stopped ({reason}); restarting in {backoff:?}");
+        tracing::warn!("worker stopped ({reason}); restarting in {backoff:?}");
         strong.phase.send_replace(Phase::Restarting(reason));
         drop(strong);
         if started.elapsed() > STABLE_AFTER {
