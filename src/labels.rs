@@ -35,6 +35,10 @@ pub const KEEP: &str = "rayfine.keep";
 /// environment variables, as they always did.
 pub const READS_SECRETS_FILE: &str = "rayfine.reads_secrets_file";
 
+/// `true` on images whose server also takes the secrets as the first line of its stdin
+/// (`--secrets-stdin`), which spares a started-from-here container the copy of the file.
+pub const READS_SECRETS_STDIN: &str = "rayfine.reads_secrets_stdin";
+
 /// This crate's version, for the `rayfine.version` label.
 pub const RAYFINE_VERSION: &str = env!("CARGO_PKG_VERSION");
 

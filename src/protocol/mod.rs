@@ -202,9 +202,16 @@ pub const SECRETS_FILE_ENV: &str = "RAYFINE_SECRETS_FILE";
 /// Where the client puts that file in a container.
 pub const SECRETS_PATH: &str = "/rayfine/secrets.json";
 
+/// Set (to `true`) in a container whose server takes the [`Secrets`] as the first line of its
+/// stdin, the owner's attach connection, instead of from a copied file: the copy is an engine
+/// round trip that mounts the container's file system, tens of milliseconds of every start.
+pub const SECRETS_STDIN_ENV: &str = "RAYFINE_SECRETS_STDIN";
+
 /// What must not be in a container's configuration, where `docker inspect` shows it to every
-/// user of the engine: the token and the environment's variables (API keys). The client copies
-/// them into the created container as a file; the server reads it at start, keeps the token and
+/// user of the engine: the token and the environment's variables (API keys). The client writes
+/// them as the first line of the container's stdin (an image with `rayfine.reads_secrets_stdin`,
+/// started by an owner that holds its stdin) or copies them into the created container as a file
+/// (a kept container, an older image); the server reads them at start, keeps the token and
 /// passes the variables to the worker (or to the supervised command), never to be seen in
 /// `inspect`, `/proc/1/environ` or the server's own environment.
 #[derive(Default, Clone, Serialize, Deserialize)]

@@ -80,6 +80,11 @@ pub struct ServerConfig {
     /// container so that `docker inspect` shows neither).
     #[arg(long = "secrets-file", env = crate::protocol::SECRETS_FILE_ENV)]
     pub secrets_file: Option<PathBuf>,
+    /// The token and the variables come as one JSON line on stdin, before anything else (the
+    /// client writes it into the container's attach connection). Needs --exit-on-stdin-eof: the
+    /// same stdin then tells when the owner is gone.
+    #[arg(long = "secrets-stdin", env = crate::protocol::SECRETS_STDIN_ENV, value_parser = FalseyValueParser::new(), conflicts_with = "secrets_file")]
+    pub secrets_stdin: bool,
     /// With --supervise and a lease: the port on which lease renewals are taken (the supervised
     /// server owns the container's other port).
     #[arg(long = "lease-port", env = "RAYFINE_LEASE_PORT", default_value_t = SUPERVISOR_LEASE_PORT)]

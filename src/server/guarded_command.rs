@@ -21,7 +21,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::app::{bearer_credentials, constant_time_eq};
 use super::lease::{Lease, LEASE_PATH};
-use super::{reaper, secrets, signal_group, stdin_eof, ServeError, ServerConfig};
+use super::{reaper, secrets, signal_group, watch_owner_stdin, ServeError, ServerConfig};
 use crate::protocol::{AUTH_HEADER, SECRETS_FILE_ENV, TOKEN_ENV};
 
 /// Runs `command` until it exits, a signal asks us to stop, stdin ends (with
@@ -32,7 +32,8 @@ pub async fn supervise(command: &[String], config: &ServerConfig) -> Result<u8, 
         return Err(ServeError::Config("--supervise needs the command to run after `--`".into()));
     };
     let grace = config.shutdown_grace();
-    let secrets = secrets::load(config.secrets_file.as_deref())?;
+    let (first_line, stdin_watch) = watch_owner_stdin(config)?;
+    let secrets = secrets::load(config, first_line).await?;
     let lapsed = hold_lease(config, secrets.token.as_deref()).await?;
     // Handlers first: a signal that came between the start of the command and their installation
     // would end this process with the default action and leave the command running.
@@ -69,7 +70,6 @@ pub async fn supervise(command: &[String], config: &ServerConfig) -> Result<u8, 
             }
         });
     }
-    let stdin_watch = if config.exit_on_stdin_eof { Some(stdin_eof()?) } else { None };
     let stdin_closed = async {
         match stdin_watch {
             Some(closed) => {

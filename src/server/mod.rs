@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod guarded_command;
 mod lease;
+mod owner_stdin;
 pub mod openenv;
 mod reaper;
 mod secrets;
@@ -30,7 +31,7 @@ pub use guarded_command::supervise;
 pub use worker::{CallError, Phase, Worker, WorkerConfig, WorkerPriority, WORKER_SCRIPT};
 use worker::ScriptFile;
 
-use crate::protocol::{ServerEvent, TOKEN_ENV};
+use crate::protocol::{Secrets, ServerEvent, TOKEN_ENV};
 
 /// Default of `--spin-us`: a little longer than an HTTP round trip on loopback, so a client
 /// that calls again right away finds the worker still polling.
@@ -91,7 +92,8 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     reaper::start();
-    let stdin_closed = config.exit_on_stdin_eof.then(stdin_eof).transpose()?;
+    let (first_line, stdin_closed) = watch_owner_stdin(&config)?;
+    let secrets = secrets::load(&config, first_line).await?;
     let shutdown = async move {
         match stdin_closed {
             Some(closed) => tokio::select! {
@@ -101,12 +103,13 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
             None => shutdown_signal().await,
         }
     };
-    run(config, listener, shutdown).await
+    run(config, secrets, listener, shutdown).await
 }
 
 /// Serves on `listener` until `shutdown` completes, then gives in-flight calls the configured grace.
 pub async fn run(
     config: ServerConfig,
+    secrets: Secrets,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -123,7 +126,6 @@ pub async fn run(
         s => return Err(ServeError::Config(format!("--body-timeout must be a positive number of seconds, not {s}"))),
     };
     let session_limits = config.session_limits()?;
-    let secrets = secrets::load(config.secrets_file.as_deref())?;
     let token = secrets.token.or_else(|| std::env::var(TOKEN_ENV).ok()).filter(|t| !t.is_empty() && !config.no_auth).map(Arc::<str>::from);
     if token.is_none() {
         tracing::warn!("authentication is off: anyone who reaches port {} can call this environment", local.port());
@@ -252,20 +254,17 @@ pub(crate) fn signal_group(leader: Option<u32>, signal: libc::c_int) {
     }
 }
 
-/// Completes when stdin reaches end of file. A plain thread reads it: stdin may be a pipe or a
-/// file, and blocking reads work for both.
-pub(crate) fn stdin_eof() -> Result<tokio::sync::oneshot::Receiver<()>, ServeError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("rayfine-stdin-watch".into())
-        .spawn(move || {
-            let mut sink = [0u8; 256];
-            let mut stdin = std::io::stdin().lock();
-            while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
-            let _ = tx.send(());
-        })
-        .map_err(|err| ServeError::Config(format!("cannot start a thread to watch stdin (is the pids limit too low?): {err}")))?;
-    Ok(rx)
+/// Reads the owner's stdin when told to (`--exit-on-stdin-eof`): returns the reader of the
+/// secrets line (with `--secrets-stdin`) and what completes when stdin ends.
+pub(crate) fn watch_owner_stdin(config: &ServerConfig) -> Result<(Option<owner_stdin::FirstLine>, Option<tokio::sync::oneshot::Receiver<()>>), ServeError> {
+    if config.secrets_stdin && !config.exit_on_stdin_eof {
+        return Err(ServeError::Config("--secrets-stdin needs --exit-on-stdin-eof: the stdin that carries the secrets is the owner's".into()));
+    }
+    if !config.exit_on_stdin_eof {
+        return Ok((None, None));
+    }
+    let watch = owner_stdin::watch(config.secrets_stdin)?;
+    Ok((watch.first_line, Some(watch.closed)))
 }
 
 /// Makes a panic on any thread end the process, after its message and location are logged. A

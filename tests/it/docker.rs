@@ -39,6 +39,9 @@ async fn function_env_builds_in_two_stages_and_keeps_state() {
     let inspect = super::docker_util::docker_lines(&["inspect", &container, "--format", "{{json .HostConfig.SecurityOpt}} {{.HostConfig.PidsLimit}} {{json .Config.Labels}}"]);
     assert!(inspect[0].contains("no-new-privileges"), "{inspect:?}");
     assert!(!inspect[0].contains(env.token().unwrap()), "the token must not be in labels");
+    // The token and COUNTER_STEP came on the container's stdin, not in a copied file.
+    let config_env = super::docker_util::docker_lines(&["inspect", &container, "--format", "{{json .Config.Env}}"]).join("\n");
+    assert!(config_env.contains("RAYFINE_SECRETS_STDIN=true") && !config_env.contains("RAYFINE_SECRETS_FILE"), "{config_env}");
     env.cleanup().await.unwrap();
     scope.assert_no_container_left(Duration::from_secs(5));
 

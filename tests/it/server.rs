@@ -378,3 +378,66 @@ fn the_supervisor_passes_signals_on_and_stops_its_command_when_stdin_closes() {
     assert_eq!(next(), "term", "stdin's end stops the command with SIGTERM");
     assert_eq!(child.wait().unwrap().code(), Some(7), "the command's exit code is the supervisor's");
 }
+
+/// Starts the server with `--secrets-stdin`, writes `line` (if any) on its stdin and closes
+/// stdin if `close`. Returns the child and its stdout's lines.
+fn start_with_secrets_line(env: &EnvCopy, line: Option<&str>, close: bool) -> (std::process::Child, impl Iterator<Item = String>) {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rayfine-server"))
+        .args(["--host", "127.0.0.1", "--port", "0", "--env-path", env.path_str(), "--exit-on-stdin-eof", "--secrets-stdin"])
+        .env_remove("RAYFINE_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(line) = line {
+        child.stdin.as_mut().unwrap().write_all(line.as_bytes()).unwrap();
+    }
+    if close {
+        drop(child.stdin.take());
+    }
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    (child, lines)
+}
+
+/// The token and the variables on stdin's first line: the token is required, the variables
+/// reach the environment, and the rest of stdin still tells when the owner is gone.
+#[test]
+fn secrets_on_stdin_give_the_token_and_the_variables() {
+    let env = EnvCopy::of("counter");
+    let line = "{\"token\":\"t0k-stdin\",\"env\":{\"COUNTER_NAME\":\"piped\",\"COUNTER_STEP\":\"3\"}}\n";
+    let (mut child, mut events) = start_with_secrets_line(&env, Some(line), false);
+    let listening: serde_json::Value = serde_json::from_str(&events.next().unwrap()).unwrap();
+    let port = listening["port"].as_u64().unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&events.next().unwrap()).unwrap();
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let url = format!("http://127.0.0.1:{port}/call");
+    let (status, _) = http("POST", &url, r#"{"method":"increment"}"#, None);
+    assert_eq!(status, 401, "a call without the token from stdin is refused");
+    let (status, body) = http("POST", &url, r#"{"method":"increment"}"#, Some("t0k-stdin"));
+    assert_eq!((status, &body["result"]), (200, &json!(3)), "{body}");
+    let (_, body) = http("POST", &url, r#"{"method":"get"}"#, Some("t0k-stdin"));
+    assert_eq!(body["result"], json!({"name": "piped", "value": 3}));
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    env.assert_no_process_left();
+}
+
+/// A bad secrets line, or stdin's end before one, stops the server with an error that names
+/// the flag, before it listens: never a server without its token.
+#[test]
+fn a_bad_or_missing_secrets_line_stops_the_server_naming_it() {
+    use std::io::Read;
+    let env = EnvCopy::of("echo");
+    for (line, expected) in [(Some("token=t0k\n"), "secrets line is not valid"), (Some("{\"token\":\"t0k\"}"), "ended before a whole secrets line"), (None, "ended before a whole secrets line")] {
+        let (mut child, mut events) = start_with_secrets_line(&env, line, true);
+        assert!(events.next().is_none(), "no event, the server must not listen: {line:?}");
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert!(!status.success(), "{line:?}: {status:?}");
+        assert!(stderr.contains("--secrets-stdin") && stderr.contains(expected), "{line:?}: {stderr}");
+    }
+    env.assert_no_process_left();
+}

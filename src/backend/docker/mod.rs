@@ -195,7 +195,16 @@ impl DockerLaunch<'_> {
         if let Some(archive) = files {
             engine.copy_into(&id, archive).await?;
         }
-        let attached = engine.attach(&id, shape.watch_stdin).await?;
+        let mut attached = engine.attach(&id, shape.watch_stdin).await?;
+        if let Some(line) = shape.stdin_secrets(spec)? {
+            // Written before the start: the engine holds it in the container's stdin until the
+            // server reads it, first thing.
+            let written = async {
+                attached.input.write_all(&line).await?;
+                attached.input.flush().await
+            };
+            written.await.map_err(|err| not_ready(spec, format!("cannot hand the secrets to the container on its stdin: {err}")))?;
+        }
         if shape.watch_stdin {
             *server.stdin.lock().await = Some(attached.input);
         }

@@ -11,7 +11,7 @@ use crate::detect::{EnvType, DEFAULT_HTTP_PORT};
 use crate::docker::engine::{ContainerSpec, ImageFacts};
 use crate::error::{Error, Result};
 use crate::labels;
-use crate::protocol::{Secrets, SECRETS_FILE_ENV, SECRETS_PATH, TOKEN_ENV};
+use crate::protocol::{Secrets, SECRETS_FILE_ENV, SECRETS_PATH, SECRETS_STDIN_ENV, TOKEN_ENV};
 
 /// The port Rayfine's server listens on inside its container.
 pub(crate) const SERVER_PORT: u16 = 8000;
@@ -35,8 +35,11 @@ pub(super) struct Shape {
     pub watch_stdin: bool,
     /// The static server that runs an HTTP-based environment's own command (`--supervise`).
     supervisor: Option<Supervisor>,
-    /// Token and variables in the secrets file, not in the container's configuration.
+    /// Token and variables kept out of the container's configuration: in the secrets file, or
+    /// on stdin when `secrets_on_stdin`.
     hidden_secrets: bool,
+    /// The secrets go as the first line of the attach connection's stdin, not in a copied file.
+    secrets_on_stdin: bool,
     /// A second port to publish, for a supervisor's lease renewals.
     pub lease_port: Option<u16>,
 }
@@ -71,21 +74,23 @@ impl Shape {
         // (which then holds the lease). Older images and affinetes' get environment variables.
         let reads_file = image.labels.get(labels::READS_SECRETS_FILE).is_some_and(|v| v == "true");
         let hidden_secrets = (env_type == EnvType::Function && reads_file) || supervisor.is_some();
+        // A kept container keeps the file: `docker restart` runs its server again, with no owner
+        // on stdin to hand it the secrets a second time.
+        let reads_stdin = image.labels.get(labels::READS_SECRETS_STDIN).is_some_and(|v| v == "true");
+        let secrets_on_stdin = hidden_secrets && env_type == EnvType::Function && watch_stdin && reads_stdin;
         let lease_port = (supervisor.is_some() && spec.lease.is_some()).then_some(crate::server::SUPERVISOR_LEASE_PORT);
-        Ok(Shape { env_type, container_port, watch_stdin, supervisor, hidden_secrets, lease_port })
+        Ok(Shape { env_type, container_port, watch_stdin, supervisor, hidden_secrets, secrets_on_stdin, lease_port })
     }
 
     /// Files to copy in before the start (the secrets, the supervisor), as one tar archive.
     pub fn files(&self, spec: &StartSpec<'_>) -> Result<Option<Vec<u8>>> {
-        if !self.hidden_secrets && self.supervisor.is_none() {
+        let secrets_file = self.hidden_secrets && !self.secrets_on_stdin;
+        if !secrets_file && self.supervisor.is_none() {
             return Ok(None);
         }
         let mut files = ContextArchive::new();
-        if self.hidden_secrets {
-            let (_, secret_env) = split_settings(spec.env_vars);
-            let secrets = Secrets { token: Some(spec.token.to_string()), env: secret_env };
-            let json = serde_json::to_vec(&secrets).map_err(|err| Error::InvalidInput(format!("cannot encode the secrets: {err}")))?;
-            files.add_bytes(SECRETS_PATH.trim_start_matches('/'), &json, 0o444)?;
+        if secrets_file {
+            files.add_bytes(SECRETS_PATH.trim_start_matches('/'), &secrets_json(spec)?, 0o444)?;
         }
         if let Some(supervisor) = &self.supervisor {
             files.add_bytes(SUPERVISOR_PATH.trim_start_matches('/'), &supervisor.binary, 0o755)?;
@@ -93,11 +98,25 @@ impl Shape {
         files.finish().map(Some)
     }
 
+    /// The line to write on the container's stdin before it starts, when the secrets go there.
+    pub fn stdin_secrets(&self, spec: &StartSpec<'_>) -> Result<Option<Vec<u8>>> {
+        if !self.secrets_on_stdin {
+            return Ok(None);
+        }
+        let mut line = secrets_json(spec)?;
+        line.push(b'\n');
+        Ok(Some(line))
+    }
+
     /// The engine's description of the container.
     pub fn container_spec(&self, launch: &DockerLaunch<'_>, spec: &StartSpec<'_>) -> ContainerSpec {
         let env_type = self.env_type;
         let mut env: Vec<String> = Vec::new();
-        if self.hidden_secrets {
+        if self.secrets_on_stdin {
+            env.push(format!("{SECRETS_STDIN_ENV}=true"));
+            let (settings, _) = split_settings(spec.env_vars);
+            env.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
+        } else if self.hidden_secrets {
             env.push(format!("{SECRETS_FILE_ENV}={SECRETS_PATH}"));
             let (settings, _) = split_settings(spec.env_vars);
             env.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
@@ -157,6 +176,13 @@ pub(crate) fn environment_labels(caller: &BTreeMap<String, String>, spec: &Start
         (labels::KEEP.to_string(), spec.keep.to_string()),
     ]);
     all
+}
+
+/// The [`Secrets`] of a start as JSON: the token and the environment's own variables.
+fn secrets_json(spec: &StartSpec<'_>) -> Result<Vec<u8>> {
+    let (_, secret_env) = split_settings(spec.env_vars);
+    let secrets = Secrets { token: Some(spec.token.to_string()), env: secret_env };
+    serde_json::to_vec(&secrets).map_err(|err| Error::InvalidInput(format!("cannot encode the secrets: {err}")))
 }
 
 /// Splits the variables given for a container into the server's own settings (`RAYFINE_*`,
