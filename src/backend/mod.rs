@@ -7,6 +7,7 @@
 //! is one new file implementing these two traits; nothing that calls environments changes.
 
 pub(crate) mod docker;
+mod known_interpreters;
 mod logs;
 pub(crate) mod process;
 pub(crate) mod remote;

@@ -19,7 +19,13 @@ use super::{Backend, BoxFuture, Endpoint, KillNow, Launch, LogRing, StartSpec, L
 use crate::detect::EnvType;
 use crate::error::{Error, Result};
 use crate::programs::ServerProgram;
-use crate::protocol::{ServerEvent, TOKEN_ENV};
+use super::known_interpreters::{self, StartKey};
+use crate::protocol::{Interpreter, ServerEvent, TOKEN_ENV};
+
+/// Names the interpreter the server runs the worker on (`--python`).
+const PYTHON_ENV: &str = "RAYFINE_PYTHON";
+/// Asks the server to say in its `ready` event which interpreter that was.
+const ANNOUNCE_INTERPRETER_ENV: &str = "RAYFINE_ANNOUNCE_INTERPRETER";
 
 /// A running server child process.
 pub(crate) struct ProcessServer {
@@ -78,6 +84,19 @@ impl ProcessServer {
         let folder = std::path::absolute(launch.folder).map_err(|source| Error::Io { context: "cannot resolve the environment folder".into(), source })?;
         command.args(["--host", "127.0.0.1", "--port", "0", "--env-path"]).arg(&folder);
         command.envs(spec.env_vars).env(TOKEN_ENV, spec.token).env_remove("RAYFINE_NO_AUTH").stdout(Stdio::piped());
+        let key = StartKey::new(&folder, spec.env_vars);
+        let known = known_interpreters::lookup(&key);
+        match &known {
+            Some(found) => {
+                command.env(PYTHON_ENV, &found.program).envs(&found.set);
+                for name in &found.unset {
+                    command.env_remove(name);
+                }
+            }
+            None => {
+                command.env(ANNOUNCE_INTERPRETER_ENV, "true");
+            }
+        }
         command.env("RUST_LOG", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into()));
         match spec.lease {
             Some(lease) => command.env("RAYFINE_LEASE", lease.as_secs_f64().to_string()),
@@ -125,10 +144,18 @@ impl ProcessServer {
         let started = std::time::Instant::now();
         let waited = tokio::time::timeout_at(spec.deadline.into(), wait_ready(stdout)).await;
         let failure = match waited {
-            Ok(Ok(port)) => return Ok((server, port)),
+            Ok(Ok((port, interpreter))) => {
+                if let (None, Some(interpreter)) = (&known, interpreter) {
+                    known_interpreters::remember(key, interpreter);
+                }
+                return Ok((server, port));
+            }
             Ok(Err(reason)) => reason,
             Err(_) => format!("not ready after {:.0} s", started.elapsed().as_secs_f64()),
         };
+        if known.is_some() {
+            known_interpreters::forget(&key);
+        }
         server.end().await;
         Err(Error::StartFailed { name: spec.name.to_string(), reason: failure, logs: server.logs.last(LOG_LINES_IN_ERRORS) })
     }
@@ -212,14 +239,15 @@ impl Backend for ProcessServer {
     }
 }
 
-/// Reads the server's event lines until it is ready (its port) or failed (why).
-async fn wait_ready(stdout: impl AsyncRead + Unpin) -> Result<u16, String> {
+/// Reads the server's event lines until it is ready (its port, and the interpreter if it said)
+/// or failed (why).
+async fn wait_ready(stdout: impl AsyncRead + Unpin) -> Result<(u16, Option<Interpreter>), String> {
     let mut lines = BufReader::new(stdout).lines();
     let mut port = None;
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<ServerEvent>(&line) {
             Ok(ServerEvent::Listening { port: p }) => port = Some(p),
-            Ok(ServerEvent::Ready) => return port.ok_or_else(|| "the server announced no port".to_string()),
+            Ok(ServerEvent::Ready { interpreter }) => return port.map(|port| (port, interpreter)).ok_or_else(|| "the server announced no port".to_string()),
             Ok(ServerEvent::Failed { error }) => return Err(format!("{}: {}", error.kind, error.message)),
             Err(_) => tracing::debug!("server stdout: {line}"),
         }

@@ -53,7 +53,7 @@ impl NoAuthServer {
             let line = events.recv_timeout(left).map_err(|_| anyhow::anyhow!("the bench server did not become ready within 60 s"))?;
             match serde_json::from_str::<ServerEvent>(&line) {
                 Ok(ServerEvent::Listening { port }) => server.url = format!("http://127.0.0.1:{port}"),
-                Ok(ServerEvent::Ready) => return Ok(server),
+                Ok(ServerEvent::Ready { .. }) => return Ok(server),
                 Ok(ServerEvent::Failed { error }) => bail!("the bench server failed to load {}: {}", folder.display(), error.message),
                 Err(_) => {}
             }

@@ -178,12 +178,36 @@ pub enum ServerEvent {
         port: u16,
     },
     /// The environment loaded; calls will succeed.
-    Ready,
+    Ready {
+        /// The interpreter the worker runs on, when the server was asked to say
+        /// (`--announce-interpreter`): a parent that starts the same environment again can name
+        /// it directly and skip what the configured name went through to reach it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interpreter: Option<Interpreter>,
+    },
     /// The environment failed to load.
     Failed {
         /// Why.
         error: ErrorInfo,
     },
+}
+
+/// The program that runs the worker, as found from the configured name (`python3`): the
+/// interpreter's own path (`sys.executable`), and how the environment differed in it from what
+/// its parent passed. A wrapper such as a pyenv shim (a shell script that picks a version and
+/// runs `pyenv exec`, 150 ms or more of every start) sets variables (`PATH`, `PYENV_VERSION`)
+/// before it runs the interpreter; replaying them with the interpreter's path gives the worker
+/// the same interpreter in the same environment without the wrapper.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interpreter {
+    /// The interpreter's absolute path.
+    pub program: std::path::PathBuf,
+    /// Variables the wrapper set or changed, with their values in the worker.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Variables the wrapper removed.
+    #[serde(default)]
+    pub unset: Vec<String>,
 }
 
 /// Header carrying the bearer token.

@@ -109,6 +109,20 @@ pub struct WorkerMessage<'a> {
     /// Loading env.py failed.
     #[serde(default)]
     pub fatal: Option<ErrorInfo>,
+    /// With `ready`: the interpreter and its environment at start ([`WorkerInterpreter`]), raw
+    /// so that one the server cannot read never fails the handshake.
+    #[serde(borrow, default)]
+    pub interpreter: Option<&'a RawValue>,
+}
+
+/// What the worker says of the interpreter it runs on, before env.py is imported (which may
+/// change its own variables).
+#[derive(Debug, Deserialize)]
+pub struct WorkerInterpreter {
+    /// `sys.executable`.
+    pub executable: String,
+    /// `os.environ` as the process started.
+    pub environ: std::collections::BTreeMap<String, String>,
 }
 
 /// What the worker's handshake says of the environment as a whole.

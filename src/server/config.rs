@@ -85,6 +85,11 @@ pub struct ServerConfig {
     /// same stdin then tells when the owner is gone.
     #[arg(long = "secrets-stdin", env = crate::protocol::SECRETS_STDIN_ENV, value_parser = FalseyValueParser::new(), conflicts_with = "secrets_file")]
     pub secrets_stdin: bool,
+    /// Say in the `ready` event which interpreter the worker runs on and what its wrapper set,
+    /// for a parent on this machine that starts the same environment again (process mode). Not
+    /// for a container, whose stdout is its log.
+    #[arg(long = "announce-interpreter", env = "RAYFINE_ANNOUNCE_INTERPRETER", value_parser = FalseyValueParser::new(), hide = true)]
+    pub announce_interpreter: bool,
     /// With --supervise and a lease: the port on which lease renewals are taken (the supervised
     /// server owns the container's other port).
     #[arg(long = "lease-port", env = "RAYFINE_LEASE_PORT", default_value_t = SUPERVISOR_LEASE_PORT)]

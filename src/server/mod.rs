@@ -142,7 +142,7 @@ pub async fn run(
         priority: worker_priority(config.worker_priority),
     });
     announce(&ServerEvent::Listening { port: local.port() });
-    tokio::spawn(announce_phases(worker.clone()));
+    tokio::spawn(announce_phases(worker.clone(), config.announce_interpreter));
     tracing::info!("listening on {local}, loading {}", config.env_path.display());
 
     let lapsed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &lease {
@@ -203,7 +203,7 @@ fn announce(event: &ServerEvent) {
     let _ = out.flush();
 }
 
-async fn announce_phases(worker: Worker) {
+async fn announce_phases(worker: Worker, with_interpreter: bool) {
     let mut phases = worker.subscribe();
     let mut announced_ready = false;
     loop {
@@ -212,7 +212,7 @@ async fn announce_phases(worker: Worker) {
             Phase::Ready if !announced_ready => {
                 announced_ready = true;
                 tracing::info!("environment ready");
-                announce(&ServerEvent::Ready);
+                announce(&ServerEvent::Ready { interpreter: worker.interpreter().filter(|_| with_interpreter) });
             }
             Phase::Failed(error) => {
                 announce(&ServerEvent::Failed { error });

@@ -187,3 +187,51 @@ fn blocking_facade_loads_calls_and_cleans_up() {
     env.cleanup().unwrap();
     dir.assert_no_process_left();
 }
+
+/// A `python3` that is a wrapper (as a pyenv shim is: a script that sets variables, then runs
+/// the real interpreter) runs once per environment: restarts of its worker and later starts of
+/// the same environment run the interpreter it reached directly, with the variables it set.
+#[tokio::test]
+async fn a_wrapped_interpreter_is_run_directly_after_the_first_start() {
+    let dir = EnvCopy::of("wrapped");
+    let bin = tempfile::tempdir().unwrap();
+    let runs = bin.path().join("runs");
+    let real = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    let wrapper = bin.path().join("python3");
+    std::fs::write(&wrapper, format!("#!/bin/sh\necho run >> '{}'\nWRAPPED_BY=shim exec '{real}' \"$@\"\n", runs.display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let wrapper_runs = || std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
+    let options = || process(&dir).env_var("RAYFINE_PYTHON", wrapper.to_str().unwrap());
+
+    let env = load_env(options()).await.unwrap();
+    let first = env.call("seen", json!({})).await.unwrap();
+    assert_eq!((first["wrapped_by"].as_str(), first["executable"].as_str()), (Some("shim"), Some(real.as_str())), "{first}");
+    assert_eq!(wrapper_runs(), 1);
+    let err = env.call("crash", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady { .. }), "{err:?}");
+    let restarted = loop {
+        match env.call("seen", json!({})).await {
+            Ok(value) => break value,
+            Err(Error::NotReady { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(other) => panic!("unexpected error after the restart: {other:?}"),
+        }
+    };
+    assert_ne!(restarted["pid"], first["pid"], "a new worker");
+    assert_eq!(restarted["wrapped_by"], "shim", "the restart has the wrapper's variables: {restarted}");
+    assert_eq!(wrapper_runs(), 1, "the restart ran the interpreter directly");
+    env.cleanup().await.unwrap();
+
+    let again = load_env(options()).await.unwrap();
+    let seen = again.call("seen", json!({})).await.unwrap();
+    assert_eq!((seen["wrapped_by"].as_str(), seen["executable"].as_str()), (Some("shim"), Some(real.as_str())), "{seen}");
+    assert_eq!(wrapper_runs(), 1, "the second start ran the interpreter directly");
+    again.cleanup().await.unwrap();
+
+    // Other variables are another start: it goes through the wrapper again.
+    let other = load_env(options().env_var("SEED", "2")).await.unwrap();
+    assert_eq!(other.call("seen", json!({})).await.unwrap()["wrapped_by"], "shim");
+    assert_eq!(wrapper_runs(), 2);
+    other.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}

@@ -54,7 +54,7 @@ pub(super) async fn wait_for_server(mut events: UnboundedReceiver<ServerEvent>, 
         while let Some(event) = events.recv().await {
             match event {
                 ServerEvent::Listening { .. } => {}
-                ServerEvent::Ready => return Ok(()),
+                ServerEvent::Ready { .. } => return Ok(()),
                 ServerEvent::Failed { error } => return Err(format!("{}: {}", error.kind, error.message)),
             }
         }

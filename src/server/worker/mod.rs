@@ -10,6 +10,7 @@
 
 mod calls;
 mod channel;
+mod interpreter;
 mod outcome;
 mod process;
 mod script;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use tokio::sync::{watch, Notify};
 
-use crate::protocol::{health_status, ErrorInfo, MethodInfo};
+use crate::protocol::{health_status, ErrorInfo, Interpreter, MethodInfo};
 use calls::Session;
 use outcome::Outcome;
 
@@ -78,6 +79,8 @@ struct Shared {
     stop: Notify,
     /// Turns true when the restart loop has ended, the worker and all it started killed.
     ended: watch::Receiver<bool>,
+    /// The interpreter the worker runs on, once a worker has said (see [`interpreter`]).
+    interpreter: parking_lot::Mutex<Option<Interpreter>>,
 }
 
 impl Worker {
@@ -86,7 +89,7 @@ impl Worker {
     pub fn start(config: WorkerConfig) -> Worker {
         let (phase, _) = watch::channel(Phase::Starting);
         let (ended_tx, ended) = watch::channel(false);
-        let shared = Arc::new(Shared { session: RwLock::new(None), phase, next_id: AtomicU64::new(1), stop: Notify::new(), ended });
+        let shared = Arc::new(Shared { session: RwLock::new(None), phase, next_id: AtomicU64::new(1), stop: Notify::new(), ended, interpreter: parking_lot::Mutex::new(None) });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
             process::restart_loop(config, weak).await;
@@ -128,6 +131,11 @@ impl Worker {
     /// routes ask on every request, without copying the method list.
     pub fn has_method(&self, name: &str) -> Result<bool, CallError> {
         Ok(self.session()?.has_method(name))
+    }
+
+    /// The interpreter the worker runs on, resolved through any wrapper, once one has started.
+    pub fn interpreter(&self) -> Option<Interpreter> {
+        self.shared.interpreter.lock().clone()
     }
 
     /// What the environment says of itself, or why there is no worker to say it.

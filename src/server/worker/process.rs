@@ -16,7 +16,8 @@ use tokio::process::{Child, Command};
 
 use super::calls::Session;
 use super::{wire, Phase, Shared};
-use crate::protocol::ErrorInfo;
+use crate::protocol::worker::WorkerInterpreter;
+use crate::protocol::{ErrorInfo, Interpreter};
 use crate::server::reaper::{self, Leader};
 
 /// How to start the worker. Its `Debug` leaves out the variables' values: they may be secrets.
@@ -77,10 +78,12 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub(super) async fn restart_loop(config: WorkerConfig, shared: Weak<Shared>) {
     let mut backoff = BACKOFF_START;
     let mut ever_ready = false;
+    // Found by the first worker that says; every later one starts on it directly.
+    let mut interpreter: Option<Interpreter> = None;
     loop {
         let Some(strong) = shared.upgrade() else { return };
         let started = Instant::now();
-        let outcome = run_once(&config, &strong, &mut ever_ready).await;
+        let outcome = run_once(&config, &strong, &mut ever_ready, &mut interpreter).await;
         let reason = match outcome {
             RunEnd::LoadFailed(error) if !ever_ready => {
                 tracing::error!("environment failed to load: {}: {}", error.kind, error.message);
@@ -120,8 +123,8 @@ enum RunEnd {
     Stopped,
 }
 
-async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool) -> RunEnd {
-    let mut child = match spawn(config) {
+async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool, interpreter: &mut Option<Interpreter>) -> RunEnd {
+    let mut child = match spawn(config, interpreter.as_ref()) {
         Ok(child) => child,
         Err(err) => {
             return RunEnd::LoadFailed(ErrorInfo {
@@ -132,7 +135,14 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
         }
     };
     let pid = child.id();
-    let end = serve_worker(shared, config.spin, ever_ready, &mut child).await;
+    let found = interpreter.is_none().then(|| super::interpreter::passed_env(&config.hidden_env, &worker_extra_env(config))).flatten();
+    let end = serve_worker(shared, config.spin, ever_ready, &mut child, |reported| {
+        if let Some(resolved) = found.as_ref().and_then(|passed| super::interpreter::resolve(reported, passed)) {
+            *shared.interpreter.lock() = Some(resolved.clone());
+            *interpreter = Some(resolved);
+        }
+    })
+    .await;
     // Whatever the worker started goes with it, however it ended (serve_worker waited for it).
     reaper::kill_tree(pid, Leader::Reaped).await;
     let _ = child.wait().await;
@@ -141,13 +151,13 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
 }
 
 /// Waits for the worker's handshake, then serves calls until it ends or is told to.
-async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bool, child: &mut Child) -> RunEnd {
+async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bool, child: &mut Child, found: impl FnOnce(WorkerInterpreter)) -> RunEnd {
     let pid = child.id();
     let oom_kills_before = oom_kills();
     let describe_status = |status| describe_status(status, oom_kills_before);
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut lines = BufReader::with_capacity(1 << 16, child.stdout.take().expect("stdout is piped"));
-    let (method_list, env_info) = match wire::read_handshake(&mut lines).await {
+    let handshake = match wire::read_handshake(&mut lines).await {
         Ok(handshake) => handshake,
         Err(error) => {
             reaper::kill_tree(pid, Leader::Unreaped).await;
@@ -163,7 +173,10 @@ async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bo
         Ok(parts) => parts,
         Err(err) => return RunEnd::Exited(format!("cannot set up the channel to the worker: {err}")),
     };
-    let session = Arc::new(Session::new(outbox, inbox, method_list, env_info, reply_poll));
+    if let Some(reported) = handshake.interpreter {
+        found(reported);
+    }
+    let session = Arc::new(Session::new(outbox, inbox, handshake.methods, handshake.env, reply_poll));
     let writer = tokio::spawn(writer);
     let reader = tokio::spawn({
         let session = session.clone();
@@ -198,8 +211,20 @@ async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bo
     session.fail_pending(&reason);
     end
 }
-fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
-    let mut command = Command::new(&config.python);
+/// The variables the server adds for the worker, beyond its own.
+fn worker_extra_env(config: &WorkerConfig) -> Vec<(String, String)> {
+    let mut extra = config.env.clone();
+    extra.push((SPIN_ENV.to_string(), config.spin.as_micros().to_string()));
+    extra
+}
+
+/// Starts the worker: `config.python`, or the `interpreter` it was found to be, with the
+/// variables its wrapper would have set.
+fn spawn(config: &WorkerConfig, interpreter: Option<&Interpreter>) -> std::io::Result<Child> {
+    let mut command = match interpreter {
+        Some(found) => Command::new(&found.program),
+        None => Command::new(&config.python),
+    };
     command
         .arg(&config.script)
         .arg(&config.env_path)
@@ -217,8 +242,13 @@ fn spawn(config: &WorkerConfig) -> std::io::Result<Child> {
     for name in &config.hidden_env {
         command.env_remove(name);
     }
-    command.envs(config.env.iter().map(|(k, v)| (k, v)));
-    command.env(SPIN_ENV, config.spin.as_micros().to_string());
+    command.envs(worker_extra_env(config));
+    if let Some(found) = interpreter {
+        command.envs(&found.set);
+        for name in &found.unset {
+            command.env_remove(name);
+        }
+    }
     if let Some(fd) = config.script_fd {
         // SAFETY: fcntl is async-signal-safe; it clears close-on-exec in the child only.
         unsafe {

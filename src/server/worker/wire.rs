@@ -12,12 +12,22 @@ use tokio::process::{ChildStdin, ChildStdout};
 use super::outcome::{CallError, Outcome};
 use super::channel::{Inbox, Outbox};
 pub(super) use crate::protocol::worker::{encode_call_with, encode_cancel, encode_close, encode_open, CallOptions};
-use crate::protocol::worker::{CallFailure, EnvInfo, FailureKind, WorkerMessage};
+use crate::protocol::worker::{CallFailure, EnvInfo, FailureKind, WorkerInterpreter, WorkerMessage};
 use crate::protocol::{ErrorInfo, MethodInfo};
+
+/// What the worker's first line says when env.py loaded.
+pub(super) struct Handshake {
+    /// The callable methods.
+    pub methods: Vec<MethodInfo>,
+    /// What the environment says of itself.
+    pub env: EnvInfo,
+    /// The interpreter and its variables at start, if the worker said and they could be read.
+    pub interpreter: Option<WorkerInterpreter>,
+}
 
 /// Reads the worker's first line: the methods of a loaded env.py and what it says of itself, or
 /// why loading failed.
-pub(super) async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<(Vec<MethodInfo>, EnvInfo), ErrorInfo> {
+pub(super) async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result<Handshake, ErrorInfo> {
     let mut line = Vec::new();
     let read = lines.read_until(b'\n', &mut line).await;
     let exited = || ErrorInfo {
@@ -37,8 +47,9 @@ pub(super) async fn read_handshake(lines: &mut BufReader<ChildStdout>) -> Result
     if let Some(fatal) = reply.fatal {
         return Err(fatal);
     }
+    let interpreter = reply.interpreter.and_then(|raw| serde_json::from_str(raw.get()).ok());
     match (reply.ready, reply.methods) {
-        (true, Some(list)) => Ok((list, reply.env.unwrap_or_default())),
+        (true, Some(methods)) => Ok(Handshake { methods, env: reply.env.unwrap_or_default(), interpreter }),
         _ => Err(exited()),
     }
 }

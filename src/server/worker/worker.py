@@ -1030,7 +1030,25 @@ class Worker:
         send(message)
 
 
+def interpreter_info(environ):
+    """The handshake's "interpreter": `sys.executable` and the variables as this process started,
+    for the server to run the interpreter directly next time (see `Interpreter` in the server).
+    None when a variable is not text the server can read (bytes that are not UTF-8)."""
+    if not sys.executable:
+        return None
+    try:
+        for key, value in environ.items():
+            key.encode("utf-8")
+            value.encode("utf-8")
+        sys.executable.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return {"executable": sys.executable, "environ": environ}
+
+
 def main():
+    # Before anything, env.py above all, can change a variable.
+    start_environ = dict(os.environ)
     take_channel()
     # multiprocessing's spawn and forkserver children re-run the main module from its file when
     # it has one; this one is not theirs to run (and /proc/self/fd/N is not theirs to open).
@@ -1050,7 +1068,8 @@ def main():
     worker = Worker(loop, env)
     selector.may_spin = worker.may_spin
     loop.add_reader(CHANNEL_IN, worker.on_readable)
-    send_json({"ready": True, "methods": [m.describe() for m in env.methods.values()], "env": env.describe()})
+    methods = [m.describe() for m in env.methods.values()]
+    send_json({"ready": True, "methods": methods, "env": env.describe(), "interpreter": interpreter_info(start_environ)})
     loop.run_forever()
 
 
