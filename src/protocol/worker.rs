@@ -71,6 +71,16 @@ pub fn encode_call_with(id: u64, method: &str, args: &str, kwargs: &str, options
     line
 }
 
+/// Marks a call line as sent while other calls were in flight (`"concurrent":true`): the worker
+/// then does not poll for the next message after answering it. Polling wins the wake-up of a
+/// caller's next call when calls come one at a time; under load the next one is already there,
+/// and a core spent polling is one the server and the callers lack.
+pub fn mark_concurrent(line: &mut Vec<u8>) {
+    debug_assert!(line.ends_with(b"}\n"), "a call line ends with its closing brace and a newline");
+    line.truncate(line.len() - 2);
+    line.extend_from_slice(b",\"concurrent\":true}\n");
+}
+
 /// An open line: `{"id":N,"open":K}`, asking for session instance K.
 pub fn encode_open(id: u64, instance: u64) -> Vec<u8> {
     format!("{{\"id\":{id},\"open\":{instance}}}\n").into_bytes()
@@ -203,6 +213,16 @@ mod tests {
             value,
             serde_json::json!({"id": 2, "method": "step", "args": [], "kwargs": {"a": 1}, "instance": 5, "lenient": true, "action": {"message": "hi"}})
         );
+    }
+
+    #[test]
+    fn a_concurrent_call_line_stays_json_with_its_options() {
+        let options = CallOptions { instance: Some(3), ..CallOptions::default() };
+        let mut line = encode_call_with(7, "m", "[]", "{}", &options);
+        mark_concurrent(&mut line);
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!((value["id"].as_u64(), value["instance"].as_u64(), value["concurrent"].as_bool()), (Some(7), Some(3), Some(true)));
+        assert!(line.ends_with(b"}\n"));
     }
 
     #[test]

@@ -212,6 +212,19 @@ class Harness:
         return self.send(message, wait=[call_id])[0]
 
 
+class PollingTest(unittest.TestCase):
+    """The worker polls for the next message only after a call that came alone: the server marks
+    one sent while others were in flight "concurrent"."""
+
+    def test_a_concurrent_call_stops_polling_and_a_lone_one_resumes_it(self):
+        h = Harness(self, "def ping():\n    return 'pong'\n")
+        self.assertTrue(h.worker.may_spin(), "nothing has come yet")
+        self.assertEqual(h.call(1, "ping", concurrent=True)["result"], "pong")
+        self.assertFalse(h.worker.may_spin(), "the last call came while others were in flight")
+        self.assertEqual(h.call(2, "ping")["result"], "pong")
+        self.assertTrue(h.worker.may_spin(), "the last call came alone")
+
+
 COUNTER_ENV = """
 import threading
 CLOSED = []

@@ -121,7 +121,10 @@ impl Session {
             pending.insert(id, tx);
             pending.len() == 1
         };
-        let message = wire::encode_call_with(id, method, args, kwargs, options);
+        let mut message = wire::encode_call_with(id, method, args, kwargs, options);
+        if !alone {
+            wire::mark_concurrent(&mut message);
+        }
         if self.outbox.send(&message).is_err() {
             self.pending.lock().remove(&id);
             return Err(CallError::WorkerLost("the worker stopped before the call was sent".into()));

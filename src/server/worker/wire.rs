@@ -11,7 +11,7 @@ use tokio::process::{ChildStdin, ChildStdout};
 
 use super::outcome::{CallError, Outcome};
 use super::channel::{Inbox, Outbox};
-pub(super) use crate::protocol::worker::{encode_call_with, encode_cancel, encode_close, encode_open, CallOptions};
+pub(super) use crate::protocol::worker::{encode_call_with, encode_cancel, encode_close, encode_open, mark_concurrent, CallOptions};
 use crate::protocol::worker::{CallFailure, EnvInfo, FailureKind, WorkerInterpreter, WorkerMessage};
 use crate::protocol::{ErrorInfo, MethodInfo};
 

@@ -838,6 +838,8 @@ class Worker:
         self.pool = SyncPool()
         self.tasks = {}
         self.buffer = bytearray()
+        # The last call came while others were in flight on the server: no polling after it.
+        self.concurrent = False
 
     def on_readable(self):
         try:
@@ -888,6 +890,7 @@ class Worker:
             else:
                 send(error_message(call_id, "not_found", "MethodNotFound", "no method named %r" % name))
             return
+        self.concurrent = "concurrent" in message
         args = message.get("args") or []
         kwargs = message.get("kwargs") or {}
         func = method.func
@@ -1013,9 +1016,10 @@ class Worker:
 
     def may_spin(self):
         """Poll only while nothing is in flight, when the next message is likely a caller's next
-        call. Under load, messages come often enough without it, and a sync call running on a
-        pool thread needs the lock the poller would hold."""
-        return not self.tasks and self.pool.busy() == 0
+        call. Under load (the server marks a call sent while others were in flight "concurrent"),
+        messages come often enough without it, and polling takes a core from the server and
+        the callers; a sync call running on a pool thread needs the lock the poller would hold."""
+        return not self.concurrent and not self.tasks and self.pool.busy() == 0
 
     async def run_async(self, call_id, func, args, kwargs):
         try:
