@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rayfine::EnvironmentWrapper;
 
+use super::cpu;
 use super::floor::FloorServer;
 use super::report::{median, percentile, Figure, Report, Row};
 use super::wrk::{self, Load, Measured};
@@ -16,10 +17,39 @@ const CALL_COST: &str = "Call cost (one connection)";
 const THROUGHPUT: &str = "Throughput (one environment)";
 const SCALE: &str = "Concurrency at scale (2,048 connections, each call sleeps 1 s)";
 
-/// The environment under load: its URL and token.
+/// The environment under load: its URL and token, and its server's process when local.
 pub struct Target<'a> {
     pub url: &'a str,
     pub token: Option<&'a str>,
+    pub pid: Option<u32>,
+}
+
+/// CPU per call of one wrk run, by who spent it, in microseconds.
+struct CpuPerCall {
+    server: f64,
+    worker: f64,
+    caller: f64,
+}
+
+impl CpuPerCall {
+    fn total(&self) -> f64 {
+        self.server + self.worker + self.caller
+    }
+}
+
+/// Runs `run` and divides the CPU each party spent by the calls it answered: the server process
+/// `pid` and the processes it started (the worker), or, with no pid, this process (the floor's
+/// in-process echo server); the caller is wrk, the one child waited for meanwhile.
+fn cpu_per_call(pid: Option<u32>, run: impl FnOnce() -> anyhow::Result<Measured>) -> anyhow::Result<(Measured, CpuPerCall)> {
+    let workers = pid.map(cpu::children_of).unwrap_or_default();
+    let server_cpu = || pid.map_or_else(|| cpu::of_self(false), cpu::of_process);
+    let worker_cpu = || workers.iter().map(|&w| cpu::of_process(w)).sum::<Duration>();
+    let (server, worker, caller) = (server_cpu(), worker_cpu(), cpu::of_self(true));
+    let measured = run()?;
+    let calls = measured.requests.max(1) as f64;
+    let per_call = |spent: Duration| spent.as_secs_f64() * 1e6 / calls;
+    let cpu = CpuPerCall { server: per_call(server_cpu() - server), worker: per_call(worker_cpu() - worker), caller: per_call(cpu::of_self(true) - caller) };
+    Ok((measured, cpu))
 }
 
 fn body(method: &str, kwargs: &str) -> String {
@@ -97,8 +127,8 @@ pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, re
     let call_url = format!("{}/call", env.url);
     let ping = body("ping", "{}");
     for connections in [1u32, 16, 64, 256] {
-        let echo = measure(&floor.url("/echo"), None, &ping, connections, settings.wrk_duration, scratch)?;
-        let m = measure(&call_url, env.token, &ping, connections, settings.wrk_duration, scratch)?;
+        let (echo, echo_cpu) = cpu_per_call(None, || measure(&floor.url("/echo"), None, &ping, connections, settings.wrk_duration, scratch))?;
+        let (m, m_cpu) = cpu_per_call(env.pid, || measure(&call_url, env.token, &ping, connections, settings.wrk_duration, scratch))?;
         let mut row = Row::new(THROUGHPUT, format!("sync `ping`, {connections} connection{}", if connections == 1 { "" } else { "s" }), Figure::per_second(m.per_second))
             .p99(Figure::micros(m.p99_us))
             .floor("plain HTTP echo (axum)", Figure::per_second(echo.per_second), Some(Figure::micros(echo.p99_us)));
@@ -109,6 +139,21 @@ pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, re
             row.what.push_str(&format!(" ({} errors, {} failures)", m.bad_status, m.failures));
         }
         report.push(row);
+        if connections == 64 && env.pid.is_some() {
+            // The bound this shows: calls/s ≤ cores × 10⁶ / (CPU µs per call, all parties).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            report.push(
+                Row::new(
+                    THROUGHPUT,
+                    format!(
+                        "CPU per call at 64 connections: server {:.1} + worker {:.1} + wrk {:.1} µs (at most {:.0}/s on {cores} cores)",
+                        m_cpu.server, m_cpu.worker, m_cpu.caller, cores * 1e6 / m_cpu.total()
+                    ),
+                    Figure::micros(m_cpu.total()),
+                )
+                .floor(format!("echo: server {:.1} + wrk {:.1} µs", echo_cpu.server, echo_cpu.caller), Figure::micros(echo_cpu.total()), None),
+            );
+        }
     }
     Ok(())
 }

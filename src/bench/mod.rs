@@ -7,6 +7,7 @@
 
 mod build;
 mod calls;
+mod cpu;
 mod floor;
 mod memory;
 mod openenv;
@@ -294,7 +295,7 @@ async fn wrk_sections(args: &BenchArgs, settings: &Settings, server: Option<&Pat
     let env = load_env(options).await?;
     let floor = floor::FloorServer::start()?;
     let scratch = ScratchDir::new("wrk")?;
-    let target = calls::Target { url: env.url(), token: env.token() };
+    let target = calls::Target { url: env.url(), token: env.token(), pid: env.pid() };
     let outcome = async {
         if wants(Section::CallCost) {
             calls::call_cost(settings, &target, &floor, report, scratch.path())?;

@@ -160,6 +160,7 @@ mod tests {
             spin: std::time::Duration::from_micros(crate::server::DEFAULT_SPIN_US),
             priority: crate::server::WorkerPriority::Normal,
             script_fd: None,
+            cpu: None,
         });
         let mut phases = worker.subscribe();
         tokio::time::timeout(Duration::from_secs(20), phases.wait_for(|p| !matches!(p, Phase::Starting)))

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::builder::FalseyValueParser;
 
+use super::placement::CpuPlacement;
 use super::{WorkerPriority, DEFAULT_SPIN_US};
 
 /// Settings of `rayfine serve` / `rayfine-server`, from flags or environment variables.
@@ -68,6 +69,10 @@ pub struct ServerConfig {
     /// server), else `normal`.
     #[arg(long = "worker-priority", env = "RAYFINE_WORKER_PRIORITY", value_enum)]
     pub worker_priority: Option<WorkerPriority>,
+    /// Where the server and the worker run: `shared` (the kernel places both) or `split` (the
+    /// worker on a core of its own, the server's threads on the others), with two cores or more.
+    #[arg(long = "cpu-placement", env = "RAYFINE_CPU_PLACEMENT", value_enum, default_value_t = CpuPlacement::Shared)]
+    pub cpu_placement: CpuPlacement,
     /// Serve nothing: wait until stdin ends and the process PID:START is gone, then remove the
     /// containers it left (see `rayfine::watchdog`). Started by the client, not by hand.
     #[arg(long = "watch-owner", value_name = "PID:START", hide = true)]

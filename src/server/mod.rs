@@ -11,6 +11,7 @@ mod error;
 mod guarded_command;
 mod lease;
 mod owner_stdin;
+mod placement;
 pub mod openenv;
 mod reaper;
 mod secrets;
@@ -26,6 +27,7 @@ use std::time::Duration;
 pub use app::{app, AppState};
 pub use config::{ServeError, ServerConfig, SUPERVISOR_LEASE_PORT};
 pub use error::ApiError;
+pub use placement::CpuPlacement;
 pub use lease::{Lease, LEASE_PATH};
 pub use guarded_command::supervise;
 pub use worker::{CallError, Phase, Worker, WorkerConfig, WorkerPriority, WORKER_SCRIPT};
@@ -130,6 +132,9 @@ pub async fn run(
     if token.is_none() {
         tracing::warn!("authentication is off: anyone who reaches port {} can call this environment", local.port());
     }
+    // Polling is decided for the CPUs this process has before the worker takes one of them away.
+    let spin = effective_spin(config.spin_us);
+    let worker_cpu = placement::apply(config.cpu_placement)?;
     let worker = Worker::start(WorkerConfig {
         python: config.python.clone(),
         script: script.path(),
@@ -138,8 +143,9 @@ pub async fn run(
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
         hidden_env: vec![TOKEN_ENV.to_string(), crate::protocol::SECRETS_FILE_ENV.to_string()],
         env: worker_env(secrets.env.into_iter().collect(), session_limits.max_sessions),
-        spin: effective_spin(config.spin_us),
+        spin,
         priority: worker_priority(config.worker_priority),
+        cpu: worker_cpu,
     });
     announce(&ServerEvent::Listening { port: local.port() });
     tokio::spawn(announce_phases(worker.clone(), config.announce_interpreter));

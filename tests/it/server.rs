@@ -441,3 +441,45 @@ fn a_bad_or_missing_secrets_line_stops_the_server_naming_it() {
     }
     env.assert_no_process_left();
 }
+
+/// The CPUs a process (or one of its threads) may run on, from `/proc`'s list ("0-2,5").
+fn cpus_allowed(status_path: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(status_path).unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim();
+    list.split(',')
+        .flat_map(|part| {
+            let (low, high) = part.split_once('-').unwrap_or((part, part));
+            low.parse::<usize>().unwrap()..=high.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+/// `--cpu-placement split` gives the worker the last CPU and every server thread the others;
+/// by default both may run anywhere.
+#[test]
+fn split_cpu_placement_gives_the_worker_a_core_of_its_own() {
+    let env = EnvCopy::of("hostile");
+    let (shared, _) = RunningServer::start(&env, &[]);
+    let (split, ready) = RunningServer::start(&env, &[("RAYFINE_CPU_PLACEMENT", "split")]);
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let all = cpus_allowed("/proc/self/status");
+    let worker_of = |server: &RunningServer| http("POST", &server.url("/worker_pid"), "{}", None).1["result"].as_u64().unwrap();
+    assert_eq!(cpus_allowed(&format!("/proc/{}/status", worker_of(&shared))), all, "shared: the worker may run anywhere");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let worker_cpus = cpus_allowed(&format!("/proc/{}/status", worker_of(&split)));
+    let server_threads: Vec<Vec<usize>> = std::fs::read_dir(format!("/proc/{}/task", split.child.id()))
+        .unwrap()
+        .flatten()
+        .map(|task| cpus_allowed(task.path().join("status").to_str().unwrap()))
+        .collect();
+    if cpus >= 2 {
+        assert_eq!(worker_cpus, vec![*all.last().unwrap()], "the last CPU for the worker");
+        for threads in &server_threads {
+            assert!(!threads.is_empty() && !threads.contains(&worker_cpus[0]), "a server thread on the worker's CPU {worker_cpus:?}: {server_threads:?}");
+        }
+    } else {
+        assert_eq!(worker_cpus, all, "one CPU: nothing to split");
+    }
+    drop((shared, split));
+    env.assert_no_process_left();
+}

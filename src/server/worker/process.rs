@@ -41,6 +41,8 @@ pub struct WorkerConfig {
     pub spin: Duration,
     /// The worker's CPU priority, inherited by everything it starts (see `--worker-priority`).
     pub priority: WorkerPriority,
+    /// The CPU the worker (and everything it starts) is pinned to (see `--cpu-placement`).
+    pub cpu: Option<usize>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -51,6 +53,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("env_path", &self.env_path)
             .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("priority", &self.priority)
+            .field("cpu", &self.cpu)
             .finish_non_exhaustive()
     }
 }
@@ -256,6 +259,15 @@ fn spawn(config: &WorkerConfig, interpreter: Option<&Interpreter>) -> std::io::R
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                Ok(())
+            });
+        }
+    }
+    if let Some(cpu) = config.cpu {
+        // SAFETY: pin_self_to makes one async-signal-safe system call, in the child only.
+        unsafe {
+            command.pre_exec(move || {
+                crate::server::placement::pin_self_to(cpu);
                 Ok(())
             });
         }
