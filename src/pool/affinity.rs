@@ -43,11 +43,6 @@ impl Affinity {
         self.bound.remove(key);
     }
 
-    /// Forgets every key bound to replica `seq`.
-    pub fn release_replica(&mut self, seq: u64) {
-        self.bound.retain(|_, bound| *bound != seq);
-    }
-
     /// How many keys are bound.
     pub fn len(&self) -> usize {
         self.bound.len()
@@ -59,15 +54,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_stay_bound_until_released_or_their_replica_goes() {
+    fn keys_stay_bound_until_released() {
         let mut affinity = Affinity::default();
         affinity.bind("episode-1", 7);
         affinity.bind("episode-2", 8);
         assert_eq!(affinity.replica_of("episode-1"), Some(7));
         affinity.release("episode-1");
         assert_eq!(affinity.replica_of("episode-1"), None);
-        affinity.release_replica(8);
-        assert_eq!(affinity.replica_of("episode-2"), None);
+        assert_eq!(affinity.replica_of("episode-2"), Some(8));
     }
 
     #[test]

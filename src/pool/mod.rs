@@ -288,7 +288,9 @@ impl Shared {
             let Some(index) = members.iter().position(|m| m.seq == seq) else { return };
             members.swap_remove(index)
         };
-        self.affinity.lock().release_replica(seq);
+        // Its keys stay bound: each one's next call says its episode was lost (`keyed`), and only
+        // then is the key forgotten; released here, that call would start a new episode on
+        // another replica as if nothing had happened.
         tracing::warn!("pool {}: replica {} taken out: {why}", self.name, taken.env.id());
         *self.last_trouble.lock() = Some(format!("replica {} {why}", taken.env.id()));
         self.retired.lock().push(taken);
@@ -368,7 +370,8 @@ impl Pool {
         self.dispatch(Some(key), method, &[], kwargs, None).await
     }
 
-    /// How many affinity keys are bound to replicas now.
+    /// How many affinity keys are bound now, those of a lost replica included until their next
+    /// call says so.
     pub fn keys_bound(&self) -> usize {
         self.shared.affinity.lock().len()
     }

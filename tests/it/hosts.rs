@@ -66,6 +66,13 @@ async fn a_pool_over_two_engines_copies_the_image_keeps_episodes_and_replaces_a_
         _ => Command::new("docker").args(["rm", "-f", &killed]).output().unwrap(),
     };
     assert!(removed.status.success());
+    // The pool notices the death on its own (the container's output ends) and takes the replica
+    // out; the episode's next call must still say it was lost, not start afresh in silence.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.members().iter().any(|m| m.container_id() == Some(killed.as_str())) {
+        assert!(Instant::now() < deadline, "the pool did not take the killed replica out within 30 s: {pool:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let err = pool.call_keyed("episode", "increment", json!({})).await.unwrap_err();
     assert!(matches!(err, Error::ReplicaLost { .. }), "{err}");
     assert_eq!(pool.call_keyed("episode", "increment", json!({})).await.unwrap(), 1, "the key starts afresh on another replica");
