@@ -140,18 +140,15 @@ pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, re
         }
         report.push(row);
         if connections == 64 && env.pid.is_some() {
-            // The bound this shows: calls/s ≤ cores × 10⁶ / (CPU µs per call, all parties).
+            // What bounds the rate: calls/s ≤ cores × 10⁶ / (CPU µs per call, every party's).
+            let what = |party: &str| format!("CPU per call at 64 connections: {party}");
+            report.push(Row::new(THROUGHPUT, what("server"), Figure::micros(m_cpu.server)).floor("the echo server", Figure::micros(echo_cpu.server), None));
+            report.push(Row::new(THROUGHPUT, what("worker"), Figure::micros(m_cpu.worker)));
+            report.push(Row::new(THROUGHPUT, what("wrk"), Figure::micros(m_cpu.caller)).floor("wrk against the echo", Figure::micros(echo_cpu.caller), None));
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             report.push(
-                Row::new(
-                    THROUGHPUT,
-                    format!(
-                        "CPU per call at 64 connections: server {:.1} + worker {:.1} + wrk {:.1} µs (at most {:.0}/s on {cores} cores)",
-                        m_cpu.server, m_cpu.worker, m_cpu.caller, cores * 1e6 / m_cpu.total()
-                    ),
-                    Figure::micros(m_cpu.total()),
-                )
-                .floor(format!("echo: server {:.1} + wrk {:.1} µs", echo_cpu.server, echo_cpu.caller), Figure::micros(echo_cpu.total()), None),
+                Row::new(THROUGHPUT, what("all, and the calls/s the cores allow at that cost"), Figure::per_second(cores * 1e6 / m_cpu.total()))
+                    .floor("the same for the echo", Figure::per_second(cores * 1e6 / echo_cpu.total()), None),
             );
         }
     }

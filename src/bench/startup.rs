@@ -40,7 +40,7 @@ pub async fn process_cold_start(settings: &Settings, report: &mut Report) -> any
             .target("≤ floor + 30 ms", load <= floor + 30.0),
     );
     report.push(
-        Row::new(COLD, what, Figure::millis(load))
+        Row::new(COLD, format!("{what}, beside env.py's own import"), Figure::millis(load))
             .floor(format!("`{} -c 'import env'` in the folder", interpreter.display()), Figure::millis(import), None)
             .target("≤ floor + 30 ms", load <= import + 30.0),
     );
