@@ -83,7 +83,7 @@ impl ProcessServer {
         }
         let folder = std::path::absolute(launch.folder).map_err(|source| Error::Io { context: "cannot resolve the environment folder".into(), source })?;
         command.args(["--host", "127.0.0.1", "--port", "0", "--env-path"]).arg(&folder);
-        command.envs(spec.env_vars).env(TOKEN_ENV, spec.token).env_remove("RAYFINE_NO_AUTH").stdout(Stdio::piped());
+        command.envs(spec.env_vars).env(TOKEN_ENV, spec.token).env_remove("RAYFINE_NO_AUTH").env_remove(crate::protocol::SECRETS_STDIN_ENV).stdout(Stdio::piped());
         let key = StartKey::new(&folder, spec.env_vars);
         let known = known_interpreters::lookup(&key);
         match &known {
