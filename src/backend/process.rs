@@ -20,12 +20,10 @@ use crate::detect::EnvType;
 use crate::error::{Error, Result};
 use crate::programs::ServerProgram;
 use super::known_interpreters::{self, StartKey};
-use crate::protocol::{Interpreter, ServerEvent, TOKEN_ENV};
+use crate::protocol::{Interpreter, ServerEvent, ANNOUNCE_INTERPRETER_ENV, TOKEN_ENV};
 
 /// Names the interpreter the server runs the worker on (`--python`).
 const PYTHON_ENV: &str = "RAYFINE_PYTHON";
-/// Asks the server to say in its `ready` event which interpreter that was.
-const ANNOUNCE_INTERPRETER_ENV: &str = "RAYFINE_ANNOUNCE_INTERPRETER";
 
 /// A running server child process.
 pub(crate) struct ProcessServer {

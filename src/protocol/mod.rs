@@ -231,6 +231,10 @@ pub const SECRETS_PATH: &str = "/rayfine/secrets.json";
 /// round trip that mounts the container's file system, tens of milliseconds of every start.
 pub const SECRETS_STDIN_ENV: &str = "RAYFINE_SECRETS_STDIN";
 
+/// Set (to `true`) by a local owner that wants the `ready` event to name the worker's
+/// [`Interpreter`] (`--announce-interpreter`).
+pub const ANNOUNCE_INTERPRETER_ENV: &str = "RAYFINE_ANNOUNCE_INTERPRETER";
+
 /// What must not be in a container's configuration, where `docker inspect` shows it to every
 /// user of the engine: the token and the environment's variables (API keys). The client writes
 /// them as the first line of the container's stdin (an image with `rayfine.reads_secrets_stdin`,

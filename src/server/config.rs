@@ -93,7 +93,7 @@ pub struct ServerConfig {
     /// Say in the `ready` event which interpreter the worker runs on and what its wrapper set,
     /// for a parent on this machine that starts the same environment again (process mode). Not
     /// for a container, whose stdout is its log.
-    #[arg(long = "announce-interpreter", env = "RAYFINE_ANNOUNCE_INTERPRETER", value_parser = FalseyValueParser::new(), hide = true)]
+    #[arg(long = "announce-interpreter", env = crate::protocol::ANNOUNCE_INTERPRETER_ENV, value_parser = FalseyValueParser::new(), hide = true)]
     pub announce_interpreter: bool,
     /// With --supervise and a lease: the port on which lease renewals are taken (the supervised
     /// server owns the container's other port).

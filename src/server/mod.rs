@@ -143,7 +143,7 @@ pub async fn run(
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
         // The server's own hand-over settings: an environment that starts a Rayfine server of its own
         // must not pass them on to it (one waiting for a secrets line nobody writes).
-        hidden_env: [TOKEN_ENV, crate::protocol::SECRETS_FILE_ENV, crate::protocol::SECRETS_STDIN_ENV, "RAYFINE_ANNOUNCE_INTERPRETER"].map(String::from).to_vec(),
+        hidden_env: [TOKEN_ENV, crate::protocol::SECRETS_FILE_ENV, crate::protocol::SECRETS_STDIN_ENV, crate::protocol::ANNOUNCE_INTERPRETER_ENV].map(String::from).to_vec(),
         env: worker_env(secrets.env.into_iter().collect(), session_limits.max_sessions),
         spin,
         priority: worker_priority(config.worker_priority),

@@ -112,12 +112,8 @@ impl Shape {
     pub fn container_spec(&self, launch: &DockerLaunch<'_>, spec: &StartSpec<'_>) -> ContainerSpec {
         let env_type = self.env_type;
         let mut env: Vec<String> = Vec::new();
-        if self.secrets_on_stdin {
-            env.push(format!("{SECRETS_STDIN_ENV}=true"));
-            let (settings, _) = split_settings(spec.env_vars);
-            env.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
-        } else if self.hidden_secrets {
-            env.push(format!("{SECRETS_FILE_ENV}={SECRETS_PATH}"));
+        if self.hidden_secrets {
+            env.push(if self.secrets_on_stdin { format!("{SECRETS_STDIN_ENV}=true") } else { format!("{SECRETS_FILE_ENV}={SECRETS_PATH}") });
             let (settings, _) = split_settings(spec.env_vars);
             env.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
         } else {

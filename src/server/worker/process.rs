@@ -81,12 +81,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub(super) async fn restart_loop(config: WorkerConfig, shared: Weak<Shared>) {
     let mut backoff = BACKOFF_START;
     let mut ever_ready = false;
-    // Found by the first worker that says; every later one starts on it directly.
-    let mut interpreter: Option<Interpreter> = None;
     loop {
         let Some(strong) = shared.upgrade() else { return };
         let started = Instant::now();
-        let outcome = run_once(&config, &strong, &mut ever_ready, &mut interpreter).await;
+        let outcome = run_once(&config, &strong, &mut ever_ready).await;
         let reason = match outcome {
             RunEnd::LoadFailed(error) if !ever_ready => {
                 tracing::error!("environment failed to load: {}: {}", error.kind, error.message);
@@ -126,7 +124,9 @@ enum RunEnd {
     Stopped,
 }
 
-async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool, interpreter: &mut Option<Interpreter>) -> RunEnd {
+async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool) -> RunEnd {
+    // Found by the first worker that says; every later one starts on it directly.
+    let interpreter = shared.interpreter.lock().clone();
     let mut child = match spawn(config, interpreter.as_ref()) {
         Ok(child) => child,
         Err(err) => {
@@ -141,8 +141,7 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool,
     let found = interpreter.is_none().then(|| super::interpreter::passed_env(&config.hidden_env, &worker_extra_env(config))).flatten();
     let end = serve_worker(shared, config.spin, ever_ready, &mut child, |reported| {
         if let Some(resolved) = found.as_ref().and_then(|passed| super::interpreter::resolve(reported, passed)) {
-            *shared.interpreter.lock() = Some(resolved.clone());
-            *interpreter = Some(resolved);
+            *shared.interpreter.lock() = Some(resolved);
         }
     })
     .await;
