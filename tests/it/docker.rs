@@ -393,6 +393,27 @@ async fn secrets_stay_out_of_labels_logs_ps_and_errors() {
     scope.finish();
 }
 
+/// Variables far larger than the engine's stdin buffers (8 × 100 KB; one variable may not exceed
+/// the kernel's 128 KB) still reach the worker: the secrets line is written alongside the start,
+/// not before it, where the engine would hold the write until the container reads.
+#[tokio::test]
+async fn secrets_larger_than_the_stdin_buffers_reach_the_environment() {
+    let scope = DockerScope::new("bigsecrets");
+    let env_dir = EnvCopy::of("hostile");
+    let tag = scope.tag("hostile");
+    scope.builder(BASE_IMAGE).build(env_dir.path(), &tag).await.unwrap();
+    let mut options = scope.options(&tag);
+    let mut expected = serde_json::Map::new();
+    for i in 0..8 {
+        options = options.env_var(&format!("BIG_SECRET_{i}"), &"s".repeat(100_000));
+        expected.insert(format!("BIG_SECRET_{i}"), json!(100_000));
+    }
+    let env = load_env(options).await.unwrap();
+    assert_eq!(env.call("variable_lengths", json!({"prefix": "BIG_SECRET_"})).await.unwrap(), serde_json::Value::Object(expected));
+    env.cleanup().await.unwrap();
+    scope.finish();
+}
+
 /// A syntax error in env.py fails the build, checked by the image's own python3, naming the line.
 #[tokio::test]
 async fn env_py_with_a_syntax_error_fails_the_build_naming_the_line() {

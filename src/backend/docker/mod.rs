@@ -195,22 +195,30 @@ impl DockerLaunch<'_> {
         if let Some(archive) = files {
             engine.copy_into(&id, archive).await?;
         }
-        let mut attached = engine.attach(&id, shape.watch_stdin).await?;
-        if let Some(line) = shape.stdin_secrets(spec)? {
-            // Written before the start: the engine holds it in the container's stdin until the
-            // server reads it, first thing.
-            let written = async {
-                attached.input.write_all(&line).await?;
-                attached.input.flush().await
-            };
-            written.await.map_err(|err| not_ready(spec, format!("cannot hand the secrets to the container on its stdin: {err}")))?;
-        }
-        if shape.watch_stdin {
-            *server.stdin.lock().await = Some(attached.input);
-        }
+        let attached = engine.attach(&id, shape.watch_stdin).await?;
+        let mut input = attached.input;
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(readiness::pump_output(attached.output, logs.clone(), events_tx, exited.clone()));
-        engine.start(&id).await?;
+        match shape.stdin_secrets(spec)? {
+            // Written alongside the start: the engine takes what fits in the connection's buffers
+            // at once and the rest once the container reads its stdin, so a line larger than the
+            // buffers (hundreds of KB of variables) would never finish before the start. The
+            // server reads it first thing; the write is bounded by the start-up deadline.
+            Some(line) => {
+                let written = async {
+                    input.write_all(&line).await?;
+                    input.flush().await
+                };
+                let written = async { tokio::time::timeout_at(spec.deadline.into(), written).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) };
+                let (started, written) = tokio::join!(engine.start(&id), written);
+                started?;
+                written.map_err(|err| not_ready(spec, format!("cannot hand the secrets to the container on its stdin: {err}")))?;
+            }
+            None => engine.start(&id).await?,
+        }
+        if shape.watch_stdin {
+            *server.stdin.lock().await = Some(input);
+        }
         let facts = engine.inspect_container(&id).await?;
         let published = |inside: u16| {
             facts.host_port(inside).ok_or_else(|| not_ready(spec, format!("the engine published no port for {inside}/tcp (container {})", facts.status)))
