@@ -91,11 +91,13 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         let watched = tokio::task::spawn_blocking(move || crate::watchdog::run(owner, engine)).await;
         return watched.map_err(|err| ServeError::Config(format!("the watchdog stopped: {err}")))?.map(drop).map_err(Into::into);
     }
+    // The secrets come first: a port that accepts connections tells a readiness probe the server
+    // is up, and one that is to serve with a token must not look up before it has the token.
+    let (first_line, stdin_closed) = watch_owner_stdin(&config)?;
+    let secrets = secrets::load(&config, first_line).await?;
     let addr = format!("{}:{}", config.host, config.port);
     let listener = listen(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     reaper::start();
-    let (first_line, stdin_closed) = watch_owner_stdin(&config)?;
-    let secrets = secrets::load(&config, first_line).await?;
     let shutdown = async move {
         match stdin_closed {
             Some(closed) => tokio::select! {
@@ -109,7 +111,8 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
 }
 
 /// Serves on `listener` until `shutdown` completes, then gives in-flight calls the configured grace.
-pub async fn run(
+/// Crate-private: `secrets` are what [`serve`] read from the owner, checked there.
+pub(crate) async fn run(
     config: ServerConfig,
     secrets: Secrets,
     listener: tokio::net::TcpListener,

@@ -24,9 +24,18 @@ fn take(path: &Path) -> Result<Secrets, ServeError> {
 /// `first_line`), from the file named by `--secrets-file`, or none.
 pub(crate) async fn load(config: &ServerConfig, first_line: Option<FirstLine>) -> Result<Secrets, ServeError> {
     match first_line {
-        Some(line) => from_line(tokio::time::timeout(SECRETS_LINE_WAIT, line).await),
+        Some(line) => from_line(tokio::time::timeout(SECRETS_LINE_WAIT, line).await).and_then(|secrets| with_token(secrets, config.no_auth)),
         None => config.secrets_file.as_deref().map(take).transpose().map(Option::unwrap_or_default),
     }
+}
+
+/// A secrets line is how an owner that authenticates hands over its token: one without a token is
+/// a broken owner, never a request to serve everyone; that takes `--no-auth`, said out loud.
+fn with_token(secrets: Secrets, no_auth: bool) -> Result<Secrets, ServeError> {
+    if !no_auth && secrets.token.as_deref().is_none_or(str::is_empty) {
+        return Err(ServeError::Config("--secrets-stdin: the secrets line carries no token; pass --no-auth to serve without one".into()));
+    }
+    Ok(secrets)
 }
 
 fn from_line(read: Result<Result<std::io::Result<Vec<u8>>, tokio::sync::oneshot::error::RecvError>, tokio::time::error::Elapsed>) -> Result<Secrets, ServeError> {
@@ -65,5 +74,16 @@ mod tests {
         assert!(bad.contains("secrets line is not valid"), "{bad}");
         let empty = line(b"").err().unwrap().to_string();
         assert!(empty.contains("ended before"), "{empty}");
+    }
+
+    #[test]
+    fn a_line_without_a_token_is_refused_unless_auth_is_off() {
+        for tokenless in [&b"{\"env\":{\"API_KEY\":\"k\"}}\n"[..], b"{\"token\":\"\"}\n"] {
+            let refused = line(tokenless).and_then(|secrets| with_token(secrets, false)).err().unwrap().to_string();
+            assert!(refused.contains("carries no token") && refused.contains("--no-auth"), "{refused}");
+            let unauthenticated = line(tokenless).and_then(|secrets| with_token(secrets, true)).unwrap();
+            assert!(unauthenticated.token.as_deref().is_none_or(str::is_empty));
+        }
+        assert_eq!(line(b"{\"token\":\"t\"}\n").and_then(|s| with_token(s, false)).unwrap().token.as_deref(), Some("t"));
     }
 }
