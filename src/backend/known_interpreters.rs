@@ -10,7 +10,7 @@
 //! without any of this.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use once_cell::sync::Lazy;
@@ -22,20 +22,24 @@ use crate::protocol::Interpreter;
 /// own (a seed per start) would otherwise grow the table without end, so it is emptied when full.
 const MAX_KNOWN: usize = 256;
 
-/// What decides which interpreter a start ends on.
+/// What decides which interpreter a start ends on. The variables are kept as a digest: their
+/// values are API keys as often as not, and this table lives as long as the process.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct StartKey {
     folder: PathBuf,
-    env_vars: BTreeMap<String, String>,
-    process_env: Vec<(OsString, OsString)>,
+    variables: u64,
 }
 
 impl StartKey {
     /// The key of a start of `folder` with `env_vars`, in this process's environment as it is now.
     pub fn new(folder: &Path, env_vars: &BTreeMap<String, String>) -> StartKey {
-        let mut process_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut process_env: Vec<_> = std::env::vars_os().collect();
         process_env.sort();
-        StartKey { folder: folder.to_path_buf(), env_vars: env_vars.clone(), process_env }
+        // SipHash with fixed keys: the same digest for the same variables within this process,
+        // and a collision between two sets of variables out of reach of chance.
+        let mut digest = std::collections::hash_map::DefaultHasher::new();
+        (env_vars, process_env).hash(&mut digest);
+        StartKey { folder: folder.to_path_buf(), variables: digest.finish() }
     }
 }
 

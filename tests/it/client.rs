@@ -1,9 +1,10 @@
 //! The library end to end in process mode.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rayfine::{load_env, Error, LoadOptions, Mode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::util::{in_child, run_child, EnvCopy};
 
@@ -195,28 +196,15 @@ fn blocking_facade_loads_calls_and_cleans_up() {
 async fn a_wrapped_interpreter_is_run_directly_after_the_first_start() {
     let dir = EnvCopy::of("wrapped");
     let bin = tempfile::tempdir().unwrap();
-    let runs = bin.path().join("runs");
-    let real = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
-    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
-    let wrapper = bin.path().join("python3");
-    std::fs::write(&wrapper, format!("#!/bin/sh\necho run >> '{}'\nWRAPPED_BY=shim exec '{real}' \"$@\"\n", runs.display())).unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let wrapper_runs = || std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
+    let real = real_python();
+    let (wrapper, wrapper_runs) = interpreter_wrapper(bin.path(), &real, "");
     let options = || process(&dir).env_var("RAYFINE_PYTHON", wrapper.to_str().unwrap());
 
     let env = load_env(options()).await.unwrap();
     let first = env.call("seen", json!({})).await.unwrap();
     assert_eq!((first["wrapped_by"].as_str(), first["executable"].as_str()), (Some("shim"), Some(real.as_str())), "{first}");
     assert_eq!(wrapper_runs(), 1);
-    let err = env.call("crash", json!({})).await.unwrap_err();
-    assert!(matches!(err, Error::NotReady { .. }), "{err:?}");
-    let restarted = loop {
-        match env.call("seen", json!({})).await {
-            Ok(value) => break value,
-            Err(Error::NotReady { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(other) => panic!("unexpected error after the restart: {other:?}"),
-        }
-    };
+    let restarted = crash_and_see(&env).await;
     assert_ne!(restarted["pid"], first["pid"], "a new worker");
     assert_eq!(restarted["wrapped_by"], "shim", "the restart has the wrapper's variables: {restarted}");
     assert_eq!(wrapper_runs(), 1, "the restart ran the interpreter directly");
@@ -233,5 +221,74 @@ async fn a_wrapped_interpreter_is_run_directly_after_the_first_start() {
     assert_eq!(other.call("seen", json!({})).await.unwrap()["wrapped_by"], "shim");
     assert_eq!(wrapper_runs(), 2);
     other.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+/// A wrapper script around `python3` in `bin`, which counts its runs in `bin/runs` and then runs
+/// `target` with `flags` before the worker's arguments; `runs()` reads the count.
+fn interpreter_wrapper(bin: &Path, target: &str, flags: &str) -> (PathBuf, impl Fn() -> usize) {
+    let runs = bin.join("runs");
+    let wrapper = bin.join("python3");
+    std::fs::write(&wrapper, format!("#!/bin/sh\necho run >> '{}'\nWRAPPED_BY=shim exec '{target}' {flags} \"$@\"\n", runs.display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (wrapper, move || std::fs::read_to_string(&runs).unwrap_or_default().lines().count())
+}
+
+/// The interpreter `python3` really is.
+fn real_python() -> String {
+    let real = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    String::from_utf8(real.stdout).unwrap().trim().to_string()
+}
+
+/// Crashes `env`'s worker and returns what `seen` says once the restarted one answers.
+async fn crash_and_see(env: &rayfine::EnvironmentWrapper) -> Value {
+    assert!(matches!(env.call("crash", json!({})).await.unwrap_err(), Error::NotReady { .. }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match env.call("seen", json!({})).await {
+            Ok(value) => return value,
+            Err(Error::NotReady { .. }) if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(other) => panic!("no worker after the restart: {other:?}"),
+        }
+    }
+}
+
+/// A wrapper that starts the interpreter with options of its own (`-X utf8` here; `-I` in some
+/// installs) is not replayed without them: every start goes through the wrapper.
+#[tokio::test]
+async fn a_wrapper_that_adds_interpreter_options_is_never_skipped() {
+    let dir = EnvCopy::of("wrapped");
+    let bin = tempfile::tempdir().unwrap();
+    let (wrapper, wrapper_runs) = interpreter_wrapper(bin.path(), &real_python(), "-X utf8");
+    let env = load_env(process(&dir).env_var("RAYFINE_PYTHON", wrapper.to_str().unwrap())).await.unwrap();
+    assert_eq!(env.call("seen", json!({})).await.unwrap()["utf8_mode"], 1);
+    let restarted = crash_and_see(&env).await;
+    assert_eq!(restarted["utf8_mode"], 1, "the restart kept the wrapper's option: {restarted}");
+    assert_eq!(wrapper_runs(), 2, "the restart went through the wrapper");
+    env.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+/// When the interpreter a wrapper reached is gone by the time the worker restarts (a virtual
+/// environment removed, a version uninstalled), the restart goes through the configured name.
+#[tokio::test]
+async fn a_restart_falls_back_to_the_configured_interpreter_when_the_found_one_is_gone() {
+    let dir = EnvCopy::of("wrapped");
+    let bin = tempfile::tempdir().unwrap();
+    let real = real_python();
+    let versions = bin.path().join("versions");
+    std::fs::create_dir(&versions).unwrap();
+    let linked = versions.join("python3");
+    std::os::unix::fs::symlink(&real, &linked).unwrap();
+    let (wrapper, wrapper_runs) = interpreter_wrapper(bin.path(), linked.to_str().unwrap(), "");
+    let env = load_env(process(&dir).env_var("RAYFINE_PYTHON", wrapper.to_str().unwrap())).await.unwrap();
+    assert_eq!(env.call("seen", json!({})).await.unwrap()["executable"], linked.to_str().unwrap());
+    // The version the wrapper picked is uninstalled; the wrapper now picks another.
+    std::fs::remove_file(&linked).unwrap();
+    let _ = interpreter_wrapper(bin.path(), &real, "");
+    let restarted = crash_and_see(&env).await;
+    assert_eq!((restarted["wrapped_by"].as_str(), restarted["executable"].as_str()), (Some("shim"), Some(real.as_str())), "{restarted}");
+    assert_eq!(wrapper_runs(), 2);
+    env.cleanup().await.unwrap();
     dir.assert_no_process_left();
 }

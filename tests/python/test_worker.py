@@ -220,9 +220,40 @@ class PollingTest(unittest.TestCase):
         h = Harness(self, "def ping():\n    return 'pong'\n")
         self.assertTrue(h.worker.may_spin(), "nothing has come yet")
         self.assertEqual(h.call(1, "ping", concurrent=True)["result"], "pong")
+        self.wait_for_idle_pool(h)
         self.assertFalse(h.worker.may_spin(), "the last call came while others were in flight")
         self.assertEqual(h.call(2, "ping")["result"], "pong")
+        self.wait_for_idle_pool(h)
         self.assertTrue(h.worker.may_spin(), "the last call came alone")
+
+    def wait_for_idle_pool(self, h):
+        """A sync call's thread sends its answer before it counts itself idle again: what is read
+        here must not depend on which of the two the test sees first."""
+        deadline = time.monotonic() + 5
+        while h.worker.pool.busy() != 0:
+            self.assertLess(time.monotonic(), deadline, "the pool's thread never came back")
+            time.sleep(0.001)
+
+
+class InterpreterInfoTest(unittest.TestCase):
+    """The handshake names the interpreter for the server to start directly next time, unless it
+    was started with options of its own, which a direct start would lose."""
+
+    def started_as(self, orig_argv):
+        saved = sys.orig_argv
+        sys.orig_argv = orig_argv
+        try:
+            return worker.interpreter_info({"PATH": "/usr/bin"})
+        finally:
+            sys.orig_argv = saved
+
+    def test_plain_start_is_reported(self):
+        info = self.started_as([sys.executable] + sys.argv)
+        self.assertEqual(info, {"executable": sys.executable, "environ": {"PATH": "/usr/bin"}})
+
+    def test_a_start_with_interpreter_options_is_not(self):
+        for options in (["-I"], ["-X", "utf8"], ["-S", "-E"]):
+            self.assertIsNone(self.started_as([sys.executable] + options + sys.argv), options)
 
 
 COUNTER_ENV = """

@@ -126,8 +126,19 @@ enum RunEnd {
 
 async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool) -> RunEnd {
     // Found by the first worker that says; every later one starts on it directly.
-    let interpreter = shared.interpreter.lock().clone();
-    let mut child = match spawn(config, interpreter.as_ref()) {
+    let mut interpreter = shared.interpreter.lock().clone();
+    let spawned = match spawn(config, interpreter.as_ref()) {
+        // The interpreter found may have gone since (a virtual environment removed, pyenv's
+        // version uninstalled): the configured name is what the owner asked for, so back to it.
+        Err(err) if interpreter.is_some() => {
+            tracing::warn!("cannot start the worker's interpreter as found ({err}); starting `{}` again", config.python);
+            *shared.interpreter.lock() = None;
+            interpreter = None;
+            spawn(config, None)
+        }
+        spawned => spawned,
+    };
+    let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
             return RunEnd::LoadFailed(ErrorInfo {
@@ -145,6 +156,11 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
         }
     })
     .await;
+    if interpreter.is_some() && matches!(end, RunEnd::LoadFailed(_)) {
+        // A worker on the found interpreter that never got as far as its handshake: the next
+        // start goes through the configured name, in case the difference is the cause.
+        *shared.interpreter.lock() = None;
+    }
     // Whatever the worker started goes with it, however it ended (serve_worker waited for it).
     reaper::kill_tree(pid, Leader::Reaped).await;
     let _ = child.wait().await;

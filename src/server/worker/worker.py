@@ -1037,8 +1037,11 @@ class Worker:
 def interpreter_info(environ):
     """The handshake's "interpreter": `sys.executable` and the variables as this process started,
     for the server to run the interpreter directly next time (see `Interpreter` in the server).
-    None when a variable is not text the server can read (bytes that are not UTF-8)."""
-    if not sys.executable:
+    None when a variable is not text the server can read (bytes that are not UTF-8), and when the
+    interpreter was started with options of its own (a wrapper's `-I`, `-X ...`): the server
+    would start it without them, which is not the same interpreter."""
+    started_as = getattr(sys, "orig_argv", None)
+    if not sys.executable or started_as is None or started_as[1:] != sys.argv:
         return None
     try:
         for key, value in environ.items():
