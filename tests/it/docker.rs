@@ -405,7 +405,7 @@ async fn secrets_larger_than_the_stdin_buffers_reach_the_environment() {
     let mut options = scope.options(&tag);
     let mut expected = serde_json::Map::new();
     for i in 0..8 {
-        options = options.env_var(&format!("BIG_SECRET_{i}"), &"s".repeat(100_000));
+        options = options.env_var(format!("BIG_SECRET_{i}"), "s".repeat(100_000));
         expected.insert(format!("BIG_SECRET_{i}"), json!(100_000));
     }
     let env = load_env(options).await.unwrap();
