@@ -203,16 +203,17 @@ impl DockerLaunch<'_> {
             // Written alongside the start: the engine takes what fits in the connection's buffers
             // at once and the rest once the container reads its stdin, so a line larger than the
             // buffers (hundreds of KB of variables) would never finish before the start. The
-            // server reads it first thing; the write is bounded by the start-up deadline.
+            // server reads it first thing; the write is bounded by the start-up deadline, and a
+            // refused start drops it at once (no container will ever read it).
             Some(line) => {
-                let written = async {
-                    input.write_all(&line).await?;
-                    input.flush().await
+                let write = async {
+                    let written = tokio::time::timeout_at(spec.deadline.into(), async {
+                        input.write_all(&line).await?;
+                        input.flush().await
+                    });
+                    written.await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())).map_err(|err| not_ready(spec, format!("cannot hand the secrets to the container on its stdin: {err}")))
                 };
-                let written = async { tokio::time::timeout_at(spec.deadline.into(), written).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) };
-                let (started, written) = tokio::join!(engine.start(&id), written);
-                started?;
-                written.map_err(|err| not_ready(spec, format!("cannot hand the secrets to the container on its stdin: {err}")))?;
+                tokio::try_join!(async { engine.start(&id).await.map_err(Error::from) }, write)?;
             }
             None => engine.start(&id).await?,
         }
