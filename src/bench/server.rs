@@ -61,6 +61,13 @@ impl NoAuthServer {
     }
 }
 
+impl NoAuthServer {
+    /// The server's process id, to read its CPU time and its worker's.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for NoAuthServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
