@@ -78,7 +78,9 @@ impl Drop for FloorServer {
 /// OpenEnv's framing with nothing behind it: a `step` is answered after its `wait_seconds`,
 /// slept without blocking a thread; `close` closes; anything else is answered at once.
 async fn websocket(upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+    // Read in pieces of the same size as the server's `/ws`, so that the floor differs from it
+    // only by what the server does.
+    upgrade.read_buffer_size(rayfine::protocol::WS_READ_BUFFER_BYTES).on_upgrade(|mut socket: WebSocket| async move {
         while let Some(Ok(frame)) = socket.recv().await {
             let Message::Text(text) = frame else { continue };
             let message: serde_json::Value = serde_json::from_str(text.as_str()).unwrap_or_default();

@@ -121,7 +121,7 @@ async fn session(ws_url: String, wait_seconds: f64) -> Result<(Duration, [Durati
     let started = Instant::now();
     let mut phases = [Duration::ZERO; 4];
     let run = async {
-        let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.map_err(|err| format!("connect: {err}"))?;
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(client_config()), false).await.map_err(|err| format!("connect: {err}"))?;
         phases[0] = started.elapsed();
         for (i, request) in [r#"{"type":"reset","data":{}}"#.to_string(), format!(r#"{{"type":"step","data":{{"wait_seconds":{wait_seconds}}}}}"#)].into_iter().enumerate() {
             socket.send(Message::text(request)).await.map_err(|err| format!("send: {err}"))?;
@@ -145,6 +145,12 @@ async fn session(ws_url: String, wait_seconds: f64) -> Result<(Duration, [Durati
         Ok(Err(err)) => Err(err),
         Err(_) => Err(format!("no answer within {SESSION_TIMEOUT:?}")),
     }
+}
+
+/// The load's client reads in the same pieces as Rayfine's own (see `WS_READ_BUFFER_BYTES`): its
+/// CPU shares the two cores with the server's, so what it wastes would be charged to the server.
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(rayfine::protocol::WS_READ_BUFFER_BYTES)
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -242,7 +248,7 @@ async fn repeated(ws_url: &str, sessions: usize, wait_seconds: f64, repetitions:
 
 /// Sequential round trips of one WebSocket request on one connection: microseconds each.
 async fn sequential_steps(ws_url: &str, request: &str, warmup: usize, count: usize) -> anyhow::Result<Vec<f64>> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.with_context(|| format!("cannot open {ws_url}"))?;
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(ws_url, Some(client_config()), false).await.with_context(|| format!("cannot open {ws_url}"))?;
     socket.send(Message::text(r#"{"type":"reset","data":{}}"#)).await?;
     answer(&mut socket).await.map_err(anyhow::Error::msg)?;
     let mut samples = Vec::with_capacity(count);

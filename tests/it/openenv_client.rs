@@ -54,6 +54,10 @@ async fn the_rust_client_runs_episodes_on_rayfines_server_over_websocket_and_htt
         step_count: u64,
     }
     assert_eq!(client.state_as::<State>().await.unwrap().step_count, 2);
+    // A frame many times what either end reads at a time arrives whole, both ways.
+    let long: String = (0..10 * rayfine::protocol::WS_READ_BUFFER_BYTES + 7).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let echoed = client.step(&echo(&long)).await.unwrap();
+    assert!(echoed.observation.echoed_message == long && echoed.observation.message_length == long.len(), "a long message came back changed");
 
     // A second session on the same server has an instance of its own; an action of the wrong
     // shape is refused naming the problem.

@@ -41,7 +41,7 @@ pub struct Attach {
 /// `GET /ws`: upgrades, then runs the session.
 pub async fn upgrade(State(state): State<AppState>, Query(attach): Query<Attach>, upgrade: WebSocketUpgrade) -> Response {
     let limit = state.max_body_bytes;
-    upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| run(socket, state, attach.session_id))
+    upgrade.max_message_size(limit).max_frame_size(limit).read_buffer_size(crate::protocol::WS_READ_BUFFER_BYTES).on_upgrade(move |socket| run(socket, state, attach.session_id))
 }
 
 /// What to do after a request is answered.
