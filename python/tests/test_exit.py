@@ -59,7 +59,11 @@ except KeyboardInterrupt:
 
 
 def test_sigterm_ends_the_environment_and_the_interpreter():
-    child, pid = start(LOAD + "time.sleep(60)\n")
+    # The child idles as a training loop does, a short wait at a time. A single long
+    # `time.sleep(60)` would make the test hang one run in a few on a busy machine: a SIGTERM
+    # that lands after `print` returns but before `sleep` enters the kernel is caught by
+    # CPython's C handler, the sleep is not interrupted, and the Python handler waits for it.
+    child, pid = start(LOAD + "while True:\n    time.sleep(0.05)\n")
     child.send_signal(signal.SIGTERM)
     child.communicate(timeout=20)
     assert child.returncode == -signal.SIGTERM
