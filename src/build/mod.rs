@@ -245,7 +245,8 @@ impl ImageBuilder {
     ///
     /// The classic builder reuses intermediate images as its cache. When another build's image is
     /// removed at the same moment, the engine prunes an intermediate this build has just picked,
-    /// and the build fails with "unknown parent image ID". Nothing is wrong with the folder, so
+    /// and the build fails with "unknown parent image ID" (or "No such image: sha256:…" when the
+    /// next step's container is created from it). Nothing is wrong with the folder, so
     /// the build is run again (the cache no longer offers the pruned layer).
     async fn run_build(&self, engine: &Engine, step: &BuildStep<'_>) -> Result<String> {
         let BuildStep { stage, tag, .. } = *step;
@@ -346,6 +347,9 @@ fn is_cache_race(message: &str) -> bool {
         || message.contains("failed to set parent")
         // The image the last step made was pruned before the engine read its config back.
         || (message.contains("failed to get digest") && message.contains("no such file or directory"))
+        // The image the previous step made (or took from the cache) was pruned before this
+        // step's container was created from it: named by its id, never by a tag a user wrote.
+        || message.contains("No such image: sha256:")
 }
 
 fn first_line(text: &str) -> &str {
@@ -370,7 +374,11 @@ mod tests {
     fn only_a_pruned_cache_layer_counts_as_a_race() {
         assert!(is_cache_race("failed to export image: failed to set parent sha256:84f8: unknown parent image ID sha256:84f8"));
         assert!(is_cache_race("failed to get digest sha256:74d3: open /var/lib/docker/image/fuse-overlayfs/imagedb/content/sha256/74d3: no such file or directory"));
+        // Seen in CI: another test's image removal pruned the cached layer under a RUN step.
+        assert!(is_cache_race("No such image: sha256:3223a322889769d445b022296edbc4819158ff1407a57a7af403a8938edfe32f"));
         assert!(!is_cache_race("The command '/bin/sh -c exit 3' returned a non-zero code: 3"));
+        assert!(!is_cache_race("pull access denied for nosuchbase, repository does not exist or may require 'docker login'"));
+        assert!(!is_cache_race("No such image: nosuchbase:latest"));
         assert!(!is_cache_race("dockerfile parse error line 2: unknown instruction: FROB"));
     }
 }
