@@ -193,7 +193,9 @@ async fn batch(ws_url: &str, sessions: usize, wait_seconds: f64, processes: Opti
         }
     }
     let after = Processes::spent(processes);
-    outcome.cpu = BatchCpu { this_process: after.this_process - before.this_process, server: after.server - before.server, worker: after.worker - before.worker };
+    // Saturating: a process that ended meanwhile (a worker restarted) reads as zero.
+    let spent = |after: Duration, before: Duration| after.saturating_sub(before);
+    outcome.cpu = BatchCpu { this_process: spent(after.this_process, before.this_process), server: spent(after.server, before.server), worker: spent(after.worker, before.worker) };
     outcome
 }
 
