@@ -41,9 +41,9 @@ impl CpuPerCall {
 /// `pid` and the processes it started (the worker), or, with no pid, this process (the floor's
 /// in-process echo server); the caller is wrk, the one child waited for meanwhile.
 fn cpu_per_call(pid: Option<u32>, run: impl FnOnce() -> anyhow::Result<Measured>) -> anyhow::Result<(Measured, CpuPerCall)> {
-    let workers = pid.map(cpu::children_of).unwrap_or_default();
-    let server_cpu = || pid.map_or_else(|| cpu::of_self(false), cpu::of_process);
-    let worker_cpu = || workers.iter().map(|&w| cpu::of_process(w)).sum::<Duration>();
+    let processes = pid.map(cpu::ServerProcesses::of);
+    let server_cpu = || processes.as_ref().map_or_else(|| cpu::of_self(false), cpu::ServerProcesses::server);
+    let worker_cpu = || processes.as_ref().map_or(Duration::ZERO, cpu::ServerProcesses::workers);
     let (server, worker, caller) = (server_cpu(), worker_cpu(), cpu::of_self(true));
     let measured = run()?;
     let calls = measured.requests.max(1) as f64;

@@ -27,6 +27,29 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     children
 }
 
+/// A local server and the processes it started (its worker), whose CPU time the bench reads.
+pub struct ServerProcesses {
+    server: u32,
+    workers: Vec<u32>,
+}
+
+impl ServerProcesses {
+    /// The server `pid` and its children as they are now (a worker started later is not seen).
+    pub fn of(pid: u32) -> ServerProcesses {
+        ServerProcesses { server: pid, workers: children_of(pid) }
+    }
+
+    /// CPU the server process has used so far.
+    pub fn server(&self) -> Duration {
+        of_process(self.server)
+    }
+
+    /// CPU its workers have used so far.
+    pub fn workers(&self) -> Duration {
+        self.workers.iter().map(|&w| of_process(w)).sum()
+    }
+}
+
 /// CPU used by this process (`RUSAGE_SELF`) or by its children that have been waited for
 /// (`RUSAGE_CHILDREN`), so far.
 pub fn of_self(children: bool) -> Duration {

@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use rayfine::{load_env, LoadOptions, ServerProgram};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::cpu;
+use super::cpu::{self, ServerProcesses};
 use super::floor::FloorServer;
 use super::report::{median, percentile, Figure, Report, Row};
 use super::server::NoAuthServer;
@@ -57,26 +57,24 @@ struct BatchCpu {
 }
 
 impl BatchCpu {
+    /// CPU used so far by this process and, when given, the server under test and its worker.
+    fn now(processes: Option<&ServerProcesses>) -> BatchCpu {
+        let (server, worker) = processes.map_or((Duration::ZERO, Duration::ZERO), |p| (p.server(), p.workers()));
+        BatchCpu { this_process: cpu::of_self(false), server, worker }
+    }
+
+    /// What was spent since `before`; saturating, as a process that ended meanwhile (a worker
+    /// restarted) reads as zero.
+    fn since(self, before: BatchCpu) -> BatchCpu {
+        BatchCpu {
+            this_process: self.this_process.saturating_sub(before.this_process),
+            server: self.server.saturating_sub(before.server),
+            worker: self.worker.saturating_sub(before.worker),
+        }
+    }
+
     fn total(&self) -> Duration {
         self.this_process + self.server + self.worker
-    }
-}
-
-/// The server under test, as processes whose CPU time is read: the server and what it started.
-#[derive(Clone)]
-struct Processes {
-    server: u32,
-    workers: Vec<u32>,
-}
-
-impl Processes {
-    fn of(server: u32) -> Processes {
-        Processes { server, workers: cpu::children_of(server) }
-    }
-
-    fn spent(processes: Option<&Processes>) -> BatchCpu {
-        let Some(p) = processes else { return BatchCpu { this_process: cpu::of_self(false), ..BatchCpu::default() } };
-        BatchCpu { this_process: cpu::of_self(false), server: cpu::of_process(p.server), worker: p.workers.iter().map(|&w| cpu::of_process(w)).sum() }
     }
 }
 
@@ -86,7 +84,7 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(15);
 
 /// Waits until the server and its worker have been nearly idle (under 5% of a core) for 200 ms,
 /// so that one batch's clean-up is not charged to the next, or the floor's; at most SETTLE_LIMIT.
-async fn settle(processes: Option<&Processes>) {
+async fn settle(processes: Option<&ServerProcesses>) {
     let Some(processes) = processes else {
         // The floor's server is in here and has nothing left to do once its sessions closed.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -94,7 +92,7 @@ async fn settle(processes: Option<&Processes>) {
     };
     let window = Duration::from_millis(200);
     let started = Instant::now();
-    let spent = |p: &Processes| cpu::of_process(p.server) + p.workers.iter().map(|&w| cpu::of_process(w)).sum::<Duration>();
+    let spent = |p: &ServerProcesses| p.server() + p.workers();
     let mut before = spent(processes);
     while started.elapsed() < SETTLE_LIMIT {
         tokio::time::sleep(window).await;
@@ -147,10 +145,10 @@ async fn session(ws_url: String, wait_seconds: f64) -> Result<(Duration, [Durati
     }
 }
 
-/// The load's client reads in the same pieces as Rayfine's own (see `WS_READ_BUFFER_BYTES`): its
-/// CPU shares the two cores with the server's, so what it wastes would be charged to the server.
+/// The load's client reads as Rayfine's own does (`protocol::ws_client_config`): its CPU shares
+/// the two cores with the server's, so what it wasted would be charged to the server.
 fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(rayfine::protocol::WS_READ_BUFFER_BYTES)
+    rayfine::protocol::ws_client_config()
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -171,8 +169,8 @@ async fn answer(socket: &mut Socket) -> Result<(), String> {
 }
 
 /// `sessions` sessions at once against `ws_url`.
-async fn batch(ws_url: &str, sessions: usize, wait_seconds: f64, processes: Option<&Processes>) -> Batch {
-    let before = Processes::spent(processes);
+async fn batch(ws_url: &str, sessions: usize, wait_seconds: f64, processes: Option<&ServerProcesses>) -> Batch {
+    let before = BatchCpu::now(processes);
     let tasks: Vec<_> = (0..sessions).map(|_| tokio::spawn(session(ws_url.to_string(), wait_seconds))).collect();
     let mut outcome = Batch { sessions, succeeded: 0, totals: Vec::with_capacity(sessions), phases: Default::default(), first_failure: None, cpu: BatchCpu::default() };
     for task in tasks {
@@ -192,10 +190,7 @@ async fn batch(ws_url: &str, sessions: usize, wait_seconds: f64, processes: Opti
             }
         }
     }
-    let after = Processes::spent(processes);
-    // Saturating: a process that ended meanwhile (a worker restarted) reads as zero.
-    let spent = |after: Duration, before: Duration| after.saturating_sub(before);
-    outcome.cpu = BatchCpu { this_process: spent(after.this_process, before.this_process), server: spent(after.server, before.server), worker: spent(after.worker, before.worker) };
+    outcome.cpu = BatchCpu::now(processes).since(before);
     outcome
 }
 
@@ -210,7 +205,7 @@ struct Worst {
 }
 
 /// `repetitions` batches, each after the server has finished the work the one before left.
-async fn repeated(ws_url: &str, sessions: usize, wait_seconds: f64, repetitions: usize, processes: Option<&Processes>) -> Worst {
+async fn repeated(ws_url: &str, sessions: usize, wait_seconds: f64, repetitions: usize, processes: Option<&ServerProcesses>) -> Worst {
     let mut worst = Worst { success: 1.0, p50: 0.0, p99: 0.0, failure: None, cpu: BatchCpu::default() };
     // One batch first, not counted: the first of a process is slower on both sides (measured: the
     // floor's first 4,096 cost 5.1 s of CPU, the next ones 2.4–3.1 s) while its pools, tables
@@ -274,7 +269,7 @@ pub async fn openenv(settings: &Settings, report: &mut Report) -> anyhow::Result
     let quick = settings.library_calls < 1000;
     let program = ServerProgram::locate()?;
     let server = NoAuthServer::start(Path::new(BENCH_ENV), &program, &[("MAX_CONCURRENT_ENVS", "10000")])?;
-    let processes = Processes::of(server.pid());
+    let processes = ServerProcesses::of(server.pid());
     let floor = FloorServer::start()?;
     let (env_ws, floor_ws) = (rayfine::openenv::session_url(&server.url)?, rayfine::openenv::session_url(&floor.url(""))?);
 

@@ -59,9 +59,7 @@ impl NoAuthServer {
             }
         }
     }
-}
 
-impl NoAuthServer {
     /// The server's process id, to read its CPU time and its worker's.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -66,7 +66,7 @@ impl Socket {
             let value = format!("Bearer {token}").parse().map_err(|_| OpenError::Failed(Error::InvalidInput("the token cannot be sent in an HTTP header".into())))?;
             request.headers_mut().insert("authorization", value);
         }
-        let stream = match tokio::time::timeout(within, tokio_tungstenite::connect_async_with_config(request, Some(read_in_pieces()), false)).await {
+        let stream = match tokio::time::timeout(within, tokio_tungstenite::connect_async_with_config(request, Some(crate::protocol::ws_client_config()), false)).await {
             Err(_) => {
                 let detail = format!("no WebSocket session at {ws_url} within {:.0} s", within.as_secs_f64());
                 return Err(OpenError::Failed(Error::Timeout { method: "connect".into(), detail }));
@@ -252,11 +252,6 @@ fn closed_by_server(frame: Option<tungstenite::protocol::CloseFrame>) -> String 
         Some(frame) => format!("the server closed the session ({})", u16::from(frame.code)),
         None => "the server closed the session".to_string(),
     }
-}
-
-/// tungstenite's defaults, but reading the socket in pieces of `WS_READ_BUFFER_BYTES`.
-fn read_in_pieces() -> tungstenite::protocol::WebSocketConfig {
-    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(crate::protocol::WS_READ_BUFFER_BYTES)
 }
 
 fn connect_error(url: &str, err: tungstenite::Error) -> Error {

@@ -19,6 +19,12 @@ pub mod worker;
 /// A larger frame is simply read in several pieces.
 pub const WS_READ_BUFFER_BYTES: usize = 16 * 1024;
 
+/// A WebSocket client's settings: tungstenite's defaults, reading in `WS_READ_BUFFER_BYTES`.
+#[cfg(feature = "client")]
+pub fn ws_client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER_BYTES)
+}
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
