@@ -247,29 +247,35 @@ impl ImageBuilder {
     /// removed at the same moment, the engine prunes an intermediate this build has just picked,
     /// and the build fails with "unknown parent image ID" (or "No such image: sha256:…" when the
     /// next step's container is created from it). Nothing is wrong with the folder, so
-    /// the build is run again (the cache no longer offers the pruned layer).
+    /// the build is run again, without the cache: a build that takes no cached layer builds on
+    /// no other build's images, so no removal elsewhere can reach it (a retry with the cache
+    /// could pick another layer that goes the same way, and did on a busy machine).
     async fn run_build(&self, engine: &Engine, step: &BuildStep<'_>) -> Result<String> {
         let BuildStep { stage, tag, .. } = *step;
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
+        let mut no_cache = self.no_cache;
         loop {
-            match self.run_build_once(engine, step).await {
+            match self.run_build_once(engine, step, no_cache).await {
                 Err(Error::Build { message, .. }) if attempt < ATTEMPTS && is_cache_race(&message) => {
-                    self.report(stage, tag, &format!("an image in the layer cache was removed during the build ({}); building again", first_line(&message)));
+                    let note = format!("an image in the layer cache was removed during the build ({}); building again without the cache", first_line(&message));
+                    tracing::warn!("{tag}: {note}");
+                    self.report(stage, tag, &note);
                     attempt += 1;
+                    no_cache = true;
                 }
                 other => return other,
             }
         }
     }
 
-    async fn run_build_once(&self, engine: &Engine, step: &BuildStep<'_>) -> Result<String> {
+    async fn run_build_once(&self, engine: &Engine, step: &BuildStep<'_>, no_cache: bool) -> Result<String> {
         let BuildStep { stage, tag, folder, dockerfile, build_args, image_labels } = *step;
         let request = BuildRequest {
             tag,
             context: user_context(folder, dockerfile, self.dockerfile.is_some(), image_labels)?,
             build_args: build_args.clone().into_iter().collect(),
-            no_cache: self.no_cache,
+            no_cache,
             quiet: self.quiet,
         };
         let mut stream = std::pin::pin!(engine.build(request));
