@@ -133,7 +133,14 @@ pub struct WorkerInterpreter {
     pub executable: String,
     /// `os.environ` as the process started.
     pub environ: std::collections::BTreeMap<String, String>,
+    /// Its resource limits; missing from a worker that does not say.
+    #[serde(default)]
+    pub limits: Option<Vec<ResourceLimit>>,
 }
+
+/// One resource limit of a process: `(resource, soft, hard)`, the resource by its C constant's
+/// number (`RLIMIT_NOFILE` is 7 on Linux), `None` for unlimited.
+pub type ResourceLimit = (i32, Option<u64>, Option<u64>);
 
 /// What the worker's handshake says of the environment as a whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

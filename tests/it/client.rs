@@ -227,9 +227,14 @@ async fn a_wrapped_interpreter_is_run_directly_after_the_first_start() {
 /// A wrapper script around `python3` in `bin`, which counts its runs in `bin/runs` and then runs
 /// `target` with `flags` before the worker's arguments; `runs()` reads the count.
 fn interpreter_wrapper(bin: &Path, target: &str, flags: &str) -> (PathBuf, impl Fn() -> usize) {
+    interpreter_wrapper_with(bin, "", target, flags)
+}
+
+/// [`interpreter_wrapper`], running the shell line `prelude` before the interpreter.
+fn interpreter_wrapper_with(bin: &Path, prelude: &str, target: &str, flags: &str) -> (PathBuf, impl Fn() -> usize) {
     let runs = bin.join("runs");
     let wrapper = bin.join("python3");
-    std::fs::write(&wrapper, format!("#!/bin/sh\necho run >> '{}'\nWRAPPED_BY=shim exec '{target}' {flags} \"$@\"\n", runs.display())).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/sh\necho run >> '{}'\n{prelude}\nWRAPPED_BY=shim exec '{target}' {flags} \"$@\"\n", runs.display())).unwrap();
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     (wrapper, move || std::fs::read_to_string(&runs).unwrap_or_default().lines().count())
 }
@@ -264,6 +269,22 @@ async fn a_wrapper_that_adds_interpreter_options_is_never_skipped() {
     assert_eq!(env.call("seen", json!({})).await.unwrap()["utf8_mode"], 1);
     let restarted = crash_and_see(&env).await;
     assert_eq!(restarted["utf8_mode"], 1, "the restart kept the wrapper's option: {restarted}");
+    assert_eq!(wrapper_runs(), 2, "the restart went through the wrapper");
+    env.cleanup().await.unwrap();
+    dir.assert_no_process_left();
+}
+
+/// A wrapper that sets a resource limit (`ulimit` before `exec`) is not skipped either: the
+/// restarted worker would run without the limit.
+#[tokio::test]
+async fn a_wrapper_that_sets_a_resource_limit_is_never_skipped() {
+    let dir = EnvCopy::of("wrapped");
+    let bin = tempfile::tempdir().unwrap();
+    let (wrapper, wrapper_runs) = interpreter_wrapper_with(bin.path(), "ulimit -S -n 300", &real_python(), "");
+    let env = load_env(process(&dir).env_var("RAYFINE_PYTHON", wrapper.to_str().unwrap())).await.unwrap();
+    assert_eq!(env.call("seen", json!({})).await.unwrap()["open_files_limit"], 300);
+    let restarted = crash_and_see(&env).await;
+    assert_eq!(restarted["open_files_limit"], 300, "the restart kept the wrapper's limit: {restarted}");
     assert_eq!(wrapper_runs(), 2, "the restart went through the wrapper");
     env.cleanup().await.unwrap();
     dir.assert_no_process_left();

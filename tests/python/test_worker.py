@@ -250,9 +250,17 @@ class InterpreterInfoTest(unittest.TestCase):
         finally:
             sys.orig_argv = saved
 
-    def test_plain_start_is_reported(self):
+    def test_plain_start_is_reported_with_its_limits(self):
+        import resource
+
         info = self.started_as([sys.executable] + sys.argv)
+        limits = info.pop("limits")
         self.assertEqual(info, {"executable": sys.executable, "environ": {"PATH": "/usr/bin"}})
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        unlimited = resource.RLIM_INFINITY
+        expected = [resource.RLIMIT_NOFILE, None if soft == unlimited else soft, None if hard == unlimited else hard]
+        self.assertIn(expected, limits)
+        self.assertEqual(len({number for number, _, _ in limits}), len(limits), "each resource once")
 
     def test_a_start_with_interpreter_options_is_not(self):
         for options in (["-I"], ["-X", "utf8"], ["-S", "-E"]):

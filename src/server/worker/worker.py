@@ -1039,7 +1039,9 @@ def interpreter_info(environ):
     for the server to run the interpreter directly next time (see `Interpreter` in the server).
     None when a variable is not text the server can read (bytes that are not UTF-8), and when the
     interpreter was started with options of its own (a wrapper's `-I`, `-X ...`): the server
-    would start it without them, which is not the same interpreter."""
+    would start it without them, which is not the same interpreter. The resource limits go along
+    ("limits"), so that the server can tell a wrapper that set one (`ulimit -v` before `exec`),
+    which it would lose by skipping the wrapper."""
     started_as = getattr(sys, "orig_argv", None)
     if not sys.executable or started_as is None or started_as[1:] != sys.argv:
         return None
@@ -1050,7 +1052,23 @@ def interpreter_info(environ):
         sys.executable.encode("utf-8")
     except UnicodeEncodeError:
         return None
-    return {"executable": sys.executable, "environ": environ}
+    return {"executable": sys.executable, "environ": environ, "limits": resource_limits()}
+
+
+def resource_limits():
+    """[[resource, soft, hard], ...] for every limit this platform has, by the C constant's
+    number; None for unlimited."""
+    import resource  # only here: the handshake is its one use
+
+    numbers = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
+    limits = []
+    for number in numbers:
+        try:
+            soft, hard = resource.getrlimit(number)
+        except (OSError, ValueError):
+            continue
+        limits.append([number] + [None if value == resource.RLIM_INFINITY else value for value in (soft, hard)])
+    return limits
 
 
 def main():
