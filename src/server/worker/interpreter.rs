@@ -37,7 +37,12 @@ pub(super) fn resolve(reported: WorkerInterpreter, passed: &BTreeMap<String, Str
     if !program.is_absolute() || !program.is_file() {
         return None;
     }
-    if let Some((resource, theirs, ours)) = changed_limit(reported.limits.as_deref()) {
+    // A wrapper is skipped only when it is known to have changed no limit.
+    let Some(limits) = reported.limits else {
+        tracing::debug!("the worker's interpreter is started through its wrapper every time: the worker reported no resource limits");
+        return None;
+    };
+    if let Some((resource, theirs, ours)) = changed_limit(&limits) {
         tracing::debug!("the worker's interpreter is started through its wrapper every time: resource limit {resource} is {theirs:?} there, {ours:?} here");
         return None;
     }
@@ -50,10 +55,8 @@ pub(super) fn resolve(reported: WorkerInterpreter, passed: &BTreeMap<String, Str
 type Limit = (Option<u64>, Option<u64>);
 
 /// The first of `limits` that differs from this process's own, as (resource, the worker's, ours).
-/// A worker that reported none, or a limit this process cannot read, counts as changed: a wrapper
-/// is skipped only when it is known to have changed no limit.
-fn changed_limit(limits: Option<&[ResourceLimit]>) -> Option<(i32, Limit, Option<Limit>)> {
-    let Some(limits) = limits else { return Some((-1, (None, None), None)) };
+/// A limit this process cannot read counts as changed.
+fn changed_limit(limits: &[ResourceLimit]) -> Option<(i32, Limit, Option<Limit>)> {
     limits.iter().find_map(|&(resource, soft, hard)| {
         let ours = own_limit(resource);
         (ours != Some((soft, hard))).then_some((resource, (soft, hard), ours))
