@@ -20,4 +20,4 @@ pub use manage::{
     ManagedContainer, list_managed_services_on, remove_services_on, ManagedService,
 };
 pub(crate) use reference::validate_reference;
-pub(crate) use removal::{remove_and_wait, remove_now, Leftover};
+pub(crate) use removal::{is_gone_within, remove_and_wait, remove_now, Leftover};

@@ -37,18 +37,45 @@ async fn remove_and_wait_within(engine: &Engine, id: &str, limit: Duration, ever
             }
         }
         // Gone at once, usually; otherwise ask again.
-        let ask_again = Instant::now() + every;
-        while Instant::now() < ask_again {
-            match engine.inspect_container(id).await {
-                Err(err) if err.is_not_found() => return Ok(()),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
+        if is_gone_within(engine, id, every).await {
+            return Ok(());
         }
         if started.elapsed() > limit {
             return Err(Error::ContainerRemains { id: short(id).to_string(), seconds: limit.as_secs(), refusal: refusal.map(Box::new) });
         }
         tracing::info!("container {id} is still there; asking the engine again to remove it");
     }
+}
+
+/// Whether the engine says, within `within`, that the container is gone. The engine is asked to
+/// answer when it is (one request, however long that takes); an engine that cannot (an API older
+/// than 1.30, a stand-in) is asked by inspect every 20 ms instead, which at 32 removals at once
+/// was 1,600 requests a second for the engine to serve while it removed them.
+pub(crate) async fn is_gone_within(engine: &Engine, id: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let is_gone = || async {
+        match engine.inspect_container(id).await {
+            Err(err) => err.is_not_found(),
+            Ok(_) => false,
+        }
+    };
+    match tokio::time::timeout(within, engine.wait_removed(id)).await {
+        Ok(Ok(())) => {
+            if is_gone().await {
+                return true;
+            }
+        }
+        Ok(Err(err)) if err.is_not_found() => return true,
+        Ok(Err(err)) => tracing::debug!("{err}; polling instead"),
+        Err(_) => return false,
+    }
+    while Instant::now() < deadline {
+        if is_gone().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// Something in an engine that this process must remove if it ends now, by id or by name.
@@ -158,6 +185,71 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Engine::at_http(&format!("http://{addr}"))
+    }
+
+    /// An engine removing its one container on its own (an auto-removal, 300 ms after the first
+    /// remove, which it answers "already in progress"), that answers a wait for the removal.
+    /// Counts the inspects it is sent.
+    async fn auto_removing_engine() -> (Engine, Arc<AtomicUsize>) {
+        #[derive(Clone)]
+        struct Stub {
+            removed: Arc<tokio::sync::watch::Sender<bool>>,
+            inspects: Arc<AtomicUsize>,
+        }
+        let (removed, _) = tokio::sync::watch::channel(false);
+        let stub = Stub { removed: Arc::new(removed), inspects: Arc::default() };
+        let inspects = stub.inspects.clone();
+        let not_found = r#"{"message":"No such container: c1"}"#;
+        let app = axum::Router::new()
+            .route(
+                "/containers/c1",
+                delete(move |State(stub): State<Stub>| async move {
+                    if *stub.removed.borrow() {
+                        return (StatusCode::NOT_FOUND, not_found);
+                    }
+                    let removed = stub.removed.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        removed.send_replace(true);
+                    });
+                    (StatusCode::CONFLICT, r#"{"message":"removal of container c1 is already in progress"}"#)
+                }),
+            )
+            .route(
+                "/containers/c1/wait",
+                axum::routing::post(move |State(stub): State<Stub>| async move {
+                    let mut removed = stub.removed.subscribe();
+                    let _ = removed.wait_for(|gone| *gone).await;
+                    (StatusCode::OK, r#"{"StatusCode":0}"#)
+                }),
+            )
+            .route(
+                "/containers/c1/json",
+                get(move |State(stub): State<Stub>| async move {
+                    stub.inspects.fetch_add(1, Ordering::SeqCst);
+                    if *stub.removed.borrow() {
+                        (StatusCode::NOT_FOUND, not_found)
+                    } else {
+                        (StatusCode::OK, r#"{"Id":"c1","State":{"Running":false}}"#)
+                    }
+                }),
+            )
+            .fallback(|| async { StatusCode::IM_A_TEAPOT })
+            .with_state(stub);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (Engine::at_http(&format!("http://{addr}")), inspects)
+    }
+
+    #[tokio::test]
+    async fn a_removal_under_way_is_waited_for_with_one_request_not_polled() {
+        let (engine, inspects) = auto_removing_engine().await;
+        let t = Instant::now();
+        remove_and_wait_within(&engine, "c1", Duration::from_secs(10), Duration::from_secs(5)).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(300), "returned before the engine removed it");
+        // One inspect confirms what the wait said; polling every 20 ms would have sent about 15.
+        assert_eq!(inspects.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

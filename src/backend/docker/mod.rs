@@ -36,7 +36,7 @@ use crate::client::ContainerLimits;
 use crate::detect::EnvType;
 use crate::docker::engine::{short, Engine};
 use crate::docker::host::bracketed;
-use crate::docker::{describe_exit_on, ensure_image, remove_and_wait, DockerHost, Leftover};
+use crate::docker::{describe_exit_on, ensure_image, is_gone_within, remove_and_wait, DockerHost, Leftover};
 use crate::error::{Error, Result};
 use shape::Shape;
 
@@ -44,8 +44,9 @@ use shape::Shape;
 /// for the exit path to remove.
 const FAILED_START_CLEANUP: Duration = Duration::from_secs(15);
 
-/// Seconds `docker stop` waits after SIGTERM before SIGKILL. The server shuts down in
-/// milliseconds; this only bounds an environment that ignores the signal.
+/// How long a container has to end once told to (its stdin closed, or `docker stop`'s SIGTERM)
+/// before it is killed. The server shuts down in milliseconds; this only bounds an environment
+/// that ignores the signal.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// An image to run as a container.
@@ -264,15 +265,31 @@ impl DockerServer {
         }
     }
 
-    /// Stops the container (SIGTERM, short grace, SIGKILL) and removes it with its volumes;
-    /// returns once it is gone, or an error saying it is not.
+    /// Ends the container and removes it with its volumes; returns once it is gone, or an error
+    /// saying it is not.
+    ///
+    /// One that reads our stdin is told to end by closing it: its server shuts down and the
+    /// engine removes it (`AutoRemove`), which one wait request sees. Only one still there after
+    /// the grace is force-removed. Any other (kept, or never attached) is stopped (SIGTERM, the
+    /// grace, SIGKILL) and removed. Asking every container to stop as well, as this did, cost
+    /// the engine a request per container while it was removing them all.
     async fn remove(&self) -> Result<()> {
-        if let Some(mut input) = self.stdin.lock().await.take() {
-            let _ = input.shutdown().await;
-        }
+        let input = self.stdin.lock().await.take();
         let engine = Engine::connect_to(&self.host).await?;
-        if let Err(err) = engine.stop(&self.id, STOP_GRACE).await {
-            tracing::debug!("{err}");
+        match input {
+            Some(mut input) => {
+                let _ = input.shutdown().await;
+                if is_gone_within(&engine, &self.id, STOP_GRACE).await {
+                    cleanup::untrack(&Leftover::Container(self.host.clone(), self.id.clone()));
+                    return Ok(());
+                }
+                tracing::debug!("container {} did not end within {:?} of its stdin closing; removing it by force", short(&self.id), STOP_GRACE);
+            }
+            None => {
+                if let Err(err) = engine.stop(&self.id, STOP_GRACE).await {
+                    tracing::debug!("{err}");
+                }
+            }
         }
         remove_and_wait(&engine, &self.id).await?;
         cleanup::untrack(&Leftover::Container(self.host.clone(), self.id.clone()));

@@ -9,7 +9,7 @@ use bollard::container::LogOutput;
 use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWrite;
@@ -214,6 +214,20 @@ impl Engine {
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(source)) => Err(EngineError::Wait { id: id.into(), source }),
             None => Ok(0),
+        }
+    }
+
+    /// Returns once the engine has removed the container (an auto-removed one after it exits):
+    /// one request, which the engine answers when it is gone, instead of inspecting it again and
+    /// again. A container that is already gone is a not-found error, as from inspect. The wait
+    /// can also end without an answer (the connection closed), so `Ok` is a hint that the caller
+    /// confirms with one inspect.
+    pub async fn wait_removed(&self, id: &str) -> EngineResult<()> {
+        let options = WaitContainerOptionsBuilder::default().condition("removed").build();
+        match self.docker.wait_container(id, Some(options)).next().await {
+            // The answer carries the exit code, which bollard makes an error when it is not 0.
+            Some(Ok(_)) | Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) | None => Ok(()),
+            Some(Err(source)) => Err(EngineError::Wait { id: id.into(), source }),
         }
     }
 
