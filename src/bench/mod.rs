@@ -8,6 +8,7 @@
 mod build;
 mod calls;
 mod cpu;
+mod engine_alone;
 mod floor;
 mod memory;
 mod openenv;

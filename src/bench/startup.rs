@@ -174,6 +174,21 @@ pub async fn fan_out(settings: &Settings, docker: &DockerBench, report: &mut Rep
             .floor(format!("{n} concurrent `docker rm -f`"), Figure::millis(ms(floor.1)), None)
             .target("≤ 0.3× floor", down.as_secs_f64() <= 0.3 * floor.1.as_secs_f64()),
     );
+    // The least any client could take: its ratio to the same floors bounds the two above.
+    match super::engine_alone::local_socket() {
+        Some(socket) => {
+            let (alone_up, alone_down) = super::engine_alone::start_and_remove(&socket, &docker.image, n, &docker.run_id).await?;
+            report.push(
+                Row::new(FAN_OUT, format!("the engine alone: {n} idle containers created and started at once through its API"), Figure::millis(ms(alone_up)))
+                    .floor(format!("{n} concurrent `docker run` until each `/health` is 200"), Figure::millis(ms(floor.0)), None),
+            );
+            report.push(
+                Row::new(FAN_OUT, format!("the engine alone: {n} force-removes at once through its API"), Figure::millis(ms(alone_down)))
+                    .floor(format!("{n} concurrent `docker rm -f`"), Figure::millis(ms(floor.1)), None),
+            );
+        }
+        None => report.skipped.push("the engine-alone rows of fan-out: DOCKER_HOST names no unix socket".into()),
+    }
     Ok(())
 }
 
