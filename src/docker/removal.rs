@@ -181,6 +181,11 @@ mod tests {
             // Anything else is an error, never a 404 that would read as "removed".
             .fallback(|| async { StatusCode::IM_A_TEAPOT })
             .with_state(stub);
+        serve_stub(app).await
+    }
+
+    /// An engine client for a stand-in engine, served on a port of its own.
+    async fn serve_stub(app: axum::Router) -> Engine {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -236,10 +241,7 @@ mod tests {
             )
             .fallback(|| async { StatusCode::IM_A_TEAPOT })
             .with_state(stub);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (Engine::at_http(&format!("http://{addr}")), inspects)
+        (serve_stub(app).await, inspects)
     }
 
     #[tokio::test]
