@@ -11,13 +11,10 @@ use serde_json::{json, Value};
 
 use super::BENCH_LABEL;
 
-/// The engine's API socket on this machine, when the engine is reached through one: `DOCKER_HOST`
-/// when it names a unix socket, else the default. None when `DOCKER_HOST` names another engine.
+/// The engine's API socket on this machine, when the engine is reached through one (as
+/// `DOCKER_HOST` says, else the default). None when `DOCKER_HOST` names another engine.
 pub fn local_socket() -> Option<String> {
-    match std::env::var("DOCKER_HOST") {
-        Ok(host) if !host.is_empty() => host.strip_prefix("unix://").map(str::to_string),
-        _ => Some("/var/run/docker.sock".to_string()),
-    }
+    rayfine::docker::DockerHost::Local.engine_url().strip_prefix("unix://").map(str::to_string)
 }
 
 /// Creates and starts `n` idle containers of `image` at once, shaped as Rayfine's are (its

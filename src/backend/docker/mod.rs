@@ -276,22 +276,25 @@ impl DockerServer {
     async fn remove(&self) -> Result<()> {
         let input = self.stdin.lock().await.take();
         let engine = Engine::connect_to(&self.host).await?;
-        match input {
+        let gone = match input {
             Some(mut input) => {
                 let _ = input.shutdown().await;
-                if is_gone_within(&engine, &self.id, STOP_GRACE).await {
-                    cleanup::untrack(&Leftover::Container(self.host.clone(), self.id.clone()));
-                    return Ok(());
+                let gone = is_gone_within(&engine, &self.id, STOP_GRACE).await;
+                if !gone {
+                    tracing::debug!("container {} did not end within {:?} of its stdin closing; removing it by force", short(&self.id), STOP_GRACE);
                 }
-                tracing::debug!("container {} did not end within {:?} of its stdin closing; removing it by force", short(&self.id), STOP_GRACE);
+                gone
             }
             None => {
                 if let Err(err) = engine.stop(&self.id, STOP_GRACE).await {
                     tracing::debug!("{err}");
                 }
+                false
             }
+        };
+        if !gone {
+            remove_and_wait(&engine, &self.id).await?;
         }
-        remove_and_wait(&engine, &self.id).await?;
         cleanup::untrack(&Leftover::Container(self.host.clone(), self.id.clone()));
         Ok(())
     }
