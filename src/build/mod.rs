@@ -19,6 +19,7 @@ mod syntax_check;
 use futures_util::StreamExt;
 
 use crate::detect::{dockerfile_path, EnvDetector, EnvType, DEFAULT_HTTP_PORT};
+use crate::docker::cache_lock::CacheLock;
 use crate::docker::engine::{BuildEvent, BuildRequest, Engine};
 use crate::error::{Error, Result};
 use crate::{labels, programs};
@@ -190,6 +191,9 @@ impl ImageBuilder {
             EnvType::Http => None,
         };
         let engine = Engine::connect().await?;
+        // Until the image is tagged: no Rayfine removal prunes a layer this build takes from the
+        // cache meanwhile.
+        let _cache_in_use = CacheLock::of(engine.host()).for_build().await;
         let mut own_labels = BTreeMap::from([
             (labels::MANAGED.to_string(), "true".to_string()),
             (labels::VERSION.to_string(), labels::RAYFINE_VERSION.to_string()),
@@ -249,7 +253,8 @@ impl ImageBuilder {
     /// next step's container is created from it). Nothing is wrong with the folder, so
     /// the build is run again, without the cache: a build that takes no cached layer builds on
     /// no other build's images, so no removal elsewhere can reach it (a retry with the cache
-    /// could pick another layer that goes the same way, and did on a busy machine).
+    /// could pick another layer that goes the same way, and did on a busy machine). Rayfine's own
+    /// removals wait for the build instead (`docker::cache_lock`); this is for everyone else's.
     async fn run_build(&self, engine: &Engine, step: &BuildStep<'_>) -> Result<String> {
         let BuildStep { stage, tag, .. } = *step;
         const ATTEMPTS: usize = 3;

@@ -1,6 +1,7 @@
 //! Finding and removing what Rayfine created, by label: `rayfine ps`, `rayfine cleanup`
 //! (`--all`, `--orphans`) and the test suite's leak check.
 
+use super::cache_lock::{self, CacheLock};
 use super::engine::{short, Engine};
 use super::host::DockerHost;
 use super::removal::remove_and_wait;
@@ -202,7 +203,10 @@ pub async fn list_managed_images() -> Result<Vec<String>> {
     Ok(tags)
 }
 
-/// Removes an image by tag; a missing one is not an error.
+/// Removes an image by tag, and its untagged parents that nothing else uses; a missing one is
+/// not an error. It waits (up to ten minutes) for the image builds that Rayfine processes on this
+/// machine are running on the engine, so as not to remove a layer one of them is taking from the
+/// cache.
 pub async fn remove_image(tag: &str) -> Result<()> {
     remove_image_on(&DockerHost::Local, tag).await
 }
@@ -210,6 +214,7 @@ pub async fn remove_image(tag: &str) -> Result<()> {
 /// [`remove_image`] on `host`'s engine.
 pub async fn remove_image_on(host: &DockerHost, tag: &str) -> Result<()> {
     let engine = Engine::connect_to(host).await?;
+    let _no_build_under_way = CacheLock::of(host).for_removal(cache_lock::REMOVAL_WAIT).await;
     match engine.remove_image(tag).await {
         Err(err) if !err.is_not_found() => Err(err.into()),
         _ => Ok(()),

@@ -1,6 +1,7 @@
 //! Docker: the one connection to the engine ([`engine`]), and housekeeping of what Rayfine
 //! created in it (find by label, remove for sure, say how a container ended).
 
+pub(crate) mod cache_lock;
 mod distribute;
 pub(crate) mod engine;
 pub(crate) mod host;

@@ -101,11 +101,11 @@ impl DockerScope {
         self.assert_no_container_left(Duration::from_secs(15));
         let tags = self.tags.lock().clone();
         for tag in &tags {
-            let _ = Command::new("docker").args(["image", "rm", "-f", tag]).output();
+            remove_image(tag);
         }
         let images = docker_lines(&["images", "-q", "--filter", &format!("label={SCOPE_LABEL}={}", self.id)]);
         for image in &images {
-            let _ = Command::new("docker").args(["image", "rm", "-f", image]).output();
+            remove_image(image);
         }
         let left = docker_lines(&["images", "--filter", &format!("label={SCOPE_LABEL}={}", self.id), "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
         assert!(left.is_empty(), "images left behind by {}: {left:?}", self.id);
@@ -122,11 +122,27 @@ impl Drop for DockerScope {
             }
         }
         for tag in self.tags.lock().iter() {
-            let _ = Command::new("docker").args(["image", "rm", "-f", tag]).output();
+            remove_image(tag);
         }
         for image in docker_lines(&["images", "-q", "--filter", &format!("label={SCOPE_LABEL}={}", self.id)]) {
-            let _ = Command::new("docker").args(["image", "rm", "-f", &image]).output();
+            remove_image(&image);
         }
+    }
+}
+
+/// Removes an image (forcibly, with its untagged parents) through Rayfine, not the `docker`
+/// command: Rayfine's removal waits for the builds other tests run meanwhile, where the command's
+/// would prune a layer one of them is taking from the cache and fail it (leaving an orphan image
+/// behind). On a thread of its own: callers may be inside a test's runtime.
+fn remove_image(image: &str) {
+    let image = image.to_string();
+    let removed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(rayfine::docker::remove_image(&image)).map_err(|err| format!("{image}: {err}"))
+    })
+    .join();
+    if let Ok(Err(err)) = removed {
+        eprintln!("cannot remove image {err}");
     }
 }
 
