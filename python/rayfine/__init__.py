@@ -24,6 +24,7 @@ __all__ = [
     "Environment",
     "load_env",
     "build_image_from_env",
+    "remove_image",
     "list_active_environments",
     "get_environment",
     "cleanup_all_environments",
@@ -173,6 +174,13 @@ def build_image_from_env(env_path, image_tag, nocache=False, quiet=False, builda
     ``dockerfile`` names one other than the folder's top-level ``Dockerfile`` (``docker build -f``)."""
     dockerfile = None if dockerfile is None else str(dockerfile)
     return _rayfine.build_image_from_env(str(env_path), image_tag, nocache, quiet, buildargs, base_image, progress, dockerfile)
+
+
+def remove_image(image):
+    """Removes the image ``image`` (a tag or an id), with its untagged parents nothing else uses;
+    a missing one is not an error. Unlike ``docker rmi``, it waits for the builds Rayfine is
+    running on this machine, so it never removes a layer one of them is taking from the cache."""
+    _rayfine.remove_image(image)
 
 
 def list_active_environments():

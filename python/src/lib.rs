@@ -294,6 +294,14 @@ fn build_image_from_env(
     }
 }
 
+/// Removes an image by tag or id, with its untagged parents that nothing else uses; a missing
+/// one is not an error. It waits for the image builds Rayfine runs on this machine, so it never
+/// takes a layer one of them is using from the cache (the `docker rmi` command would).
+#[pyfunction]
+fn remove_image(py: Python<'_>, image: String) -> PyResult<()> {
+    wait(py, async move { rayfine::docker::remove_image(&image).await })?.map_err(|err| to_py_err(py, err))
+}
+
 /// Every environment this process loaded and has not cleaned up.
 #[pyfunction]
 fn list_active_environments() -> Vec<Env> {
@@ -342,6 +350,7 @@ fn _rayfine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_env, m)?)?;
     m.add_function(wrap_pyfunction!(load_env_async, m)?)?;
     m.add_function(wrap_pyfunction!(build_image_from_env, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_image, m)?)?;
     m.add_function(wrap_pyfunction!(list_active_environments, m)?)?;
     m.add_function(wrap_pyfunction!(get_environment, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup_all_environments, m)?)?;

@@ -25,7 +25,9 @@ def counter_image():
     yield tag
     # The image before its base: an image in use by another is only untagged.
     for image in (tag, tag + "-base"):
-        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+        rayfine.remove_image(image)
+        assert subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0, image
+    rayfine.remove_image(tag)  # one that is gone is not an error
 
 
 def test_an_image_is_loaded_with_env_vars_and_called_sync_and_async(counter_image):
@@ -103,4 +105,4 @@ def test_an_exception_in_the_progress_callback_stops_the_build_and_is_raised():
     finally:
         time.sleep(1)  # the engine ends the build when its client goes
         for image in (tag, tag + "-base"):
-            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+            rayfine.remove_image(image)

@@ -7,95 +7,110 @@
 //! leaves its own image behind, untagged and parentless (the engine writes the image before it
 //! sets the parent). The build is retried (see `build::run_build`), but the orphan stays. So
 //! builds hold a shared lock on a file named after the engine, and a removal takes it exclusively:
-//! it waits until no build of any Rayfine process on this machine is under way. A removal by
-//! anyone else (the `docker` command) can still race a build; that is what the retry is for.
+//! it waits until no build of any Rayfine process on this machine is under way, and builds that
+//! ask meanwhile wait for it. A removal by anyone else (the `docker` command) can still race a
+//! build; that is what the retry is for.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::docker::host::DockerHost;
 
-/// How long a removal waits for builds to end before it removes anyway (and may race one).
+/// How long a removal waits for builds to end before it removes anyway (and may race one), and
+/// how long a build waits for the removals queued before it.
 pub(crate) const REMOVAL_WAIT: Duration = Duration::from_secs(600);
 
-/// How often a waiting removal asks again: removals are rare, and builds take seconds.
+/// How often a waiting build or removal asks again: removals are rare, and builds take seconds.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
-/// The lock file of one engine.
+/// The lock files of one engine: the lock itself, and the turn a removal takes while it waits,
+/// so that builds starting one after another cannot keep it waiting for ever.
 #[derive(Debug, Clone)]
 pub(crate) struct CacheLock {
     path: PathBuf,
+    turn: PathBuf,
 }
 
 /// A held lock: released when dropped (the file is closed).
 #[derive(Debug)]
 pub(crate) struct Held {
-    _file: File,
+    _files: Vec<File>,
 }
 
 impl CacheLock {
-    /// The lock of `host`'s engine, shared by every user of this machine (named by the engine's
-    /// address, not by user: one engine's cache is everyone's).
+    /// The lock of `host`'s engine, named by the engine's address (`DOCKER_HOST`, or the default
+    /// socket), in `/tmp` whatever `TMPDIR` says: every process on this machine, of any user,
+    /// that names the engine the same way finds the same file.
     pub(crate) fn of(host: &DockerHost) -> CacheLock {
         let url = host.engine_url();
         let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-        CacheLock::at(std::env::temp_dir().join(format!("rayfine-image-cache-{hash:016x}.lock")))
+        CacheLock::at(Path::new("/tmp"), &format!("rayfine-image-cache-{hash:016x}"))
     }
 
-    pub(crate) fn at(path: PathBuf) -> CacheLock {
-        CacheLock { path }
+    /// The lock named `name` in `folder`.
+    pub(crate) fn at(folder: &Path, name: &str) -> CacheLock {
+        CacheLock { path: folder.join(format!("{name}.lock")), turn: folder.join(format!("{name}.turn")) }
     }
 
-    /// Held by a build for its whole length. `None` when the file cannot be opened (a read-only
-    /// temp dir): the build goes on unguarded, as it did before there was a lock.
+    /// Held by a build for its whole length; taken once the removals that were waiting when it
+    /// asked are done. `None` when the files cannot be opened or locked within [`REMOVAL_WAIT`]:
+    /// the build then goes on unguarded, as it did before there was a lock.
     pub(crate) async fn for_build(&self) -> Option<Held> {
-        let file = self.open()?;
-        // Blocks only while a removal holds it, which takes a request's time.
-        let locked = tokio::task::spawn_blocking(move || flock(&file, libc::LOCK_SH).map(|()| file)).await.ok()?;
-        match locked {
-            Ok(file) => Some(Held { _file: file }),
-            Err(err) => {
-                tracing::debug!("cannot lock {} for a build: {err}", self.path.display());
-                None
-            }
-        }
+        let deadline = Instant::now() + REMOVAL_WAIT;
+        let turn = open(&self.turn)?;
+        poll_lock(&turn, libc::LOCK_SH, deadline, "a build").await?;
+        let file = open(&self.path)?;
+        poll_lock(&file, libc::LOCK_SH, deadline, "a build").await?;
+        // The turn is only passed through: a removal that asks from now on waits for this build.
+        drop(turn);
+        Some(Held { _files: vec![file] })
     }
 
-    /// Held by a removal: waits up to `within` for the builds under way to end. `None` when the
-    /// wait ran out or the file cannot be opened; the removal then goes on (and may race).
+    /// Held by a removal: takes the turn (new builds now wait), then waits up to `within` for the
+    /// builds under way to end. `None` when the wait ran out or the files cannot be opened; the
+    /// removal then goes on (and may race a build).
     pub(crate) async fn for_removal(&self, within: Duration) -> Option<Held> {
-        let file = self.open()?;
         let deadline = Instant::now() + within;
-        loop {
-            match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-                Ok(()) => return Some(Held { _file: file }),
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => tokio::time::sleep(RETRY_EVERY).await,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    tracing::warn!("image builds on this engine still run after {within:?}; removing anyway, which may fail one of them once");
-                    return None;
-                }
-                Err(err) => {
-                    tracing::debug!("cannot lock {} for a removal: {err}", self.path.display());
-                    return None;
-                }
-            }
+        let turn = open(&self.turn)?;
+        poll_lock(&turn, libc::LOCK_EX, deadline, "a removal").await?;
+        let file = open(&self.path)?;
+        poll_lock(&file, libc::LOCK_EX, deadline, "a removal").await?;
+        Some(Held { _files: vec![file, turn] })
+    }
+}
+
+/// Opens a lock file, never through a symbolic link; reading is enough to lock, so a file
+/// another user made (mode 0644 under the usual umask) is opened so.
+fn open(path: &Path) -> Option<File> {
+    let mut options = OpenOptions::new();
+    options.custom_flags(libc::O_NOFOLLOW).mode(0o666);
+    let opened = options.clone().read(true).write(true).create(true).truncate(false).open(path).or_else(|_| options.read(true).open(path));
+    match opened {
+        Ok(file) => Some(file),
+        Err(err) => {
+            tracing::debug!("cannot open {}: {err}", path.display());
+            None
         }
     }
+}
 
-    /// Open for reading is enough to lock; a file another user made (mode 0644) is opened so.
-    fn open(&self) -> Option<File> {
-        let opened = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&self.path).or_else(|_| File::open(&self.path));
-        match opened {
-            Ok(file) => {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666));
-                Some(file)
+/// Takes `operation` (shared or exclusive) on `file`, asking every [`RETRY_EVERY`] until
+/// `deadline`: never a blocking call, so a dropped caller leaves no thread waiting behind it.
+async fn poll_lock(file: &File, operation: libc::c_int, deadline: Instant, who: &str) -> Option<()> {
+    loop {
+        match flock(file, operation | libc::LOCK_NB) {
+            Ok(()) => return Some(()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => tokio::time::sleep(RETRY_EVERY).await,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::warn!("{who} waited {REMOVAL_WAIT:?} or more for the engine's image cache; going on without its lock, which may fail a build once");
+                return None;
             }
             Err(err) => {
-                tracing::debug!("cannot open {}: {err}", self.path.display());
-                None
+                tracing::debug!("cannot lock the image cache for {who}: {err}");
+                return None;
             }
         }
     }
@@ -123,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn a_removal_waits_for_the_builds_under_way_and_no_longer() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = CacheLock::at(dir.path().join("engine.lock"));
+        let lock = CacheLock::at(dir.path(), "engine");
         let first = lock.for_build().await.expect("a build's lock");
         let second = lock.for_build().await.expect("builds share it");
         let removal = tokio::spawn({
@@ -147,9 +162,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_build_that_asks_while_a_removal_waits_goes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = CacheLock::at(dir.path(), "engine");
+        let first = lock.for_build().await.unwrap();
+        let removal = tokio::spawn({
+            let lock = lock.clone();
+            async move {
+                let held = lock.for_removal(Duration::from_secs(30)).await.expect("the removal's lock");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let released = Instant::now();
+                drop(held);
+                released
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let later = tokio::spawn({
+            let lock = lock.clone();
+            async move { lock.for_build().await.map(|held| (held, Instant::now())) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Without the turn, this build would join the first and the removal would wait for both.
+        assert!(!later.is_finished(), "a build started while a removal was waiting for the lock");
+        drop(first);
+        let released = removal.await.unwrap();
+        let (_held, at) = later.await.unwrap().expect("the later build's lock");
+        assert!(at >= released, "the later build went before the removal");
+    }
+
+    #[tokio::test]
     async fn a_removal_stops_waiting_after_its_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = CacheLock::at(dir.path().join("engine.lock"));
+        let lock = CacheLock::at(dir.path(), "engine");
         let _build = lock.for_build().await.unwrap();
         let started = Instant::now();
         assert!(lock.for_removal(Duration::from_millis(200)).await.is_none());
