@@ -33,6 +33,8 @@ pub mod build;
 #[cfg(feature = "client")]
 mod client;
 #[cfg(feature = "client")]
+mod content_key;
+#[cfg(feature = "client")]
 pub mod detect;
 #[cfg(feature = "client")]
 pub mod docker;

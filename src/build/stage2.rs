@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::context::ContextArchive;
 use super::scratch::with_scratch_container;
+use crate::content_key::fnv1a;
 use crate::docker::engine::{ContainerSpec, Engine};
 use crate::error::Result;
 use crate::labels;
@@ -73,19 +74,6 @@ fn split_tag(reference: &str) -> (&str, &str) {
 /// A Dockerfile-quoted word.
 pub(crate) fn quote(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// FNV-1a over several byte strings, each followed by a separator: a stable content key (not a
-/// security boundary; a collision only skips a rebuild).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.iter().chain(&[0xff]) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::content_key::fnv1a;
 use crate::docker::host::DockerHost;
 
 /// How long a removal waits for builds to end before it removes anyway (and may race one), and
@@ -45,8 +46,7 @@ impl CacheLock {
     /// socket), in `/tmp` whatever `TMPDIR` says: every process on this machine, of any user,
     /// that names the engine the same way finds the same file.
     pub(crate) fn of(host: &DockerHost) -> CacheLock {
-        let url = host.engine_url();
-        let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let hash = fnv1a(&[host.engine_url().as_bytes()]);
         CacheLock::at(Path::new("/tmp"), &format!("rayfine-image-cache-{hash:016x}"))
     }
 
@@ -105,7 +105,7 @@ async fn poll_lock(file: &File, operation: libc::c_int, deadline: Instant, who: 
             Ok(()) => return Some(()),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => tokio::time::sleep(RETRY_EVERY).await,
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                tracing::warn!("{who} waited {REMOVAL_WAIT:?} or more for the engine's image cache; going on without its lock, which may fail a build once");
+                tracing::warn!("{who} ran out of time waiting for the engine's image cache lock; going on without it, which may fail a build once");
                 return None;
             }
             Err(err) => {
