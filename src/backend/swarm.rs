@@ -3,7 +3,9 @@
 //! The service is named and labelled like a container (`rayfine-<env id>`, owner, id, keep), its
 //! task's container carries the same labels, and it is made so that nothing outlives its owner:
 //! - the task is never restarted (restart condition `none`): an environment that exits stays
-//!   down instead of coming back forever;
+//!   down instead of coming back forever. A task the engine could not start at all (it failed
+//!   before its program ran, e.g. mounting the secret hit EBUSY) is not an environment that
+//!   exited: its service is made again, a bounded number of times;
 //! - a Swarm task has no stdin to watch, so the lease is what ends it: the server exits when its
 //!   owner stops renewing, whether the owner was killed or cut off;
 //! - the owner's watchdog removes the service (and its secret) when the owner dies, and the
@@ -43,6 +45,15 @@ const RUNNING_POLL: Duration = Duration::from_secs(1);
 
 /// How long a stop waits for the task to be gone.
 const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// How many times a service is made when the engine cannot start its task: the first, and two
+/// more. The failures seen are transient (a busy mount); a lasting one is reported after the last.
+const START_ATTEMPTS: u32 = 3;
+
+/// The swarm's prefix for a task whose container the engine failed to start: its program never
+/// ran (moby's executor wraps the start error in it; a program that ran and failed ends with
+/// `task: non-zero exit (N)` instead).
+const ENGINE_START_FAILURE: &str = "starting container failed";
 
 /// An image to run as a Swarm service.
 pub(crate) struct SwarmLaunch<'a> {
@@ -156,9 +167,6 @@ impl SwarmLaunch<'_> {
         let secret_id = engine.create_secret(&name, env_labels.clone(), &secret_json).await?;
         swap_tracked(made, &secret, Leftover::Secret(self.manager.clone(), secret_id.clone()));
 
-        let service = Leftover::Service(self.manager.clone(), name.clone());
-        cleanup::track(service.clone());
-        made.push(service.clone());
         let request = ServiceRequest {
             name: name.clone(),
             image_id: image.id.clone(),
@@ -170,11 +178,36 @@ impl SwarmLaunch<'_> {
             nano_cpus: self.limits.cpus.map(|c| (c * 1e9) as i64),
             pids_limit: self.limits.pids,
         };
-        let service_id = engine.create_service(request).await?;
-        swap_tracked(made, &service, Leftover::Service(self.manager.clone(), service_id.clone()));
-
         let logs = Arc::new(LogRing::new(spec.name));
-        let (node, port) = wait_running(&engine, &service_id, spec, &logs, last_seen).await?;
+        let mut attempt = 1;
+        let (service_id, node, port) = loop {
+            let service_id = self.create_service(&engine, request.clone(), made).await?;
+            let task = match wait_running(&engine, &service_id, last_seen).await? {
+                Running::At(node, port) => break (service_id, node, port),
+                Running::Ended(task) => task,
+            };
+            match after_ended_start(&task, attempt) {
+                StartEnd::TryAgain => {
+                    tracing::warn!(
+                        "{}: the engine could not start its Swarm task ({}); making the service again (attempt {} of {START_ATTEMPTS})",
+                        spec.name,
+                        task.error.as_deref().unwrap_or("no reason given"),
+                        attempt + 1
+                    );
+                    self.remove_service(&engine, &service_id, made).await?;
+                    attempt += 1;
+                }
+                StartEnd::Fail => {
+                    let mut err = task_failed(&engine, &task, spec, &logs).await;
+                    if let Error::StartFailed { reason, .. } = &mut err {
+                        if attempt > 1 {
+                            reason.push_str(&format!(" (the engine failed {attempt} starts in a row)"));
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        };
         let address = match engine.node_address(&node).await? {
             // A single node advertising loopback, or nothing usable: the manager's own address.
             Some(address) if address != "127.0.0.1" || self.manager.is_on_this_machine() => address,
@@ -198,6 +231,50 @@ impl SwarmLaunch<'_> {
         server.watch();
         let endpoint = Endpoint { url, token: Some(spec.token.to_string()), lease_at, env_type };
         Ok((Box::new(server), endpoint))
+    }
+}
+
+impl SwarmLaunch<'_> {
+    /// Creates the service, tracked by name before it exists (so a Ctrl-C while the engine makes
+    /// it removes it) and by id once it does.
+    async fn create_service(&self, engine: &Engine, request: ServiceRequest, made: &mut Vec<Leftover>) -> Result<String> {
+        let by_name = Leftover::Service(self.manager.clone(), request.name.clone());
+        cleanup::track(by_name.clone());
+        made.push(by_name.clone());
+        let service_id = engine.create_service(request).await?;
+        swap_tracked(made, &by_name, Leftover::Service(self.manager.clone(), service_id.clone()));
+        Ok(service_id)
+    }
+
+    /// Removes a service whose task the engine could not start, before it is made again.
+    async fn remove_service(&self, engine: &Engine, service_id: &str, made: &mut Vec<Leftover>) -> Result<()> {
+        match engine.remove_service(service_id).await {
+            Err(err) if !err.is_not_found() => return Err(err.into()),
+            _ => {}
+        }
+        let leftover = Leftover::Service(self.manager.clone(), service_id.to_string());
+        cleanup::untrack(&leftover);
+        made.retain(|m| *m != leftover);
+        Ok(())
+    }
+}
+
+/// What to do when a service's task ended before it ran.
+#[derive(Debug, PartialEq, Eq)]
+enum StartEnd {
+    /// The engine failed to start it, and attempts are left: make the service again.
+    TryAgain,
+    /// Report it: the program ran and ended, the swarm refused the task, or no attempts are left.
+    Fail,
+}
+
+/// Decides, after the `attempt`-th service's task ended before it ran, whether to make it again.
+fn after_ended_start(task: &TaskFacts, attempt: u32) -> StartEnd {
+    let engine_failed = task.state == "failed" && task.error.as_deref().is_some_and(|e| e.starts_with(ENGINE_START_FAILURE));
+    if engine_failed && attempt < START_ATTEMPTS {
+        StartEnd::TryAgain
+    } else {
+        StartEnd::Fail
     }
 }
 
@@ -229,21 +306,28 @@ async fn remove_made(engine: &Engine, made: &[Leftover], name: &str) {
     }
 }
 
-/// Waits until the service's task runs with its port published; returns its node and port. A
-/// task that ends or is refused fails the start with the swarm's reason and its logs.
-async fn wait_running(engine: &Engine, service_id: &str, spec: &StartSpec<'_>, logs: &LogRing, last_seen: &Mutex<Option<String>>) -> Result<(String, u16)> {
+/// Where a service's task came to while it started.
+enum Running {
+    /// It runs on this node, with this port published.
+    At(String, u16),
+    /// It ended (or was refused) before it ran.
+    Ended(TaskFacts),
+}
+
+/// Waits until the service's task runs with its port published, or ends first.
+async fn wait_running(engine: &Engine, service_id: &str, last_seen: &Mutex<Option<String>>) -> Result<Running> {
     loop {
         let tasks = engine.service_tasks(service_id).await?;
         *last_seen.lock() = Some(match tasks.first() {
             Some(task) => format!("its task was {}{}", task.state, task.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()),
             None => "the swarm had made no task yet".into(),
         });
-        if let Some(task) = tasks.first() {
+        if let Some(task) = tasks.into_iter().next() {
             if task.ended {
-                return Err(task_failed(engine, task, spec, logs).await);
+                return Ok(Running::Ended(task));
             }
             if let (Some(node), Some(port), "running") = (&task.node_id, task.published_port, task.state.as_str()) {
-                return Ok((node.clone(), port));
+                return Ok(Running::At(node.clone(), port));
             }
         }
         tokio::time::sleep(STARTING_POLL).await;
@@ -421,5 +505,39 @@ impl Backend for SwarmService {
 
     fn last_logs(&self, n: usize) -> Vec<String> {
         self.logs.last(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that ended as the swarm reported it.
+    fn ended(state: &str, error: &str) -> TaskFacts {
+        TaskFacts { state: state.into(), ended: true, error: Some(error.into()), node_id: None, published_port: None, container_id: None, exit_code: None }
+    }
+
+    // The reasons below are what an engine (28.2) reported: the first from the CI run whose
+    // second engine hit EBUSY mounting a task's secrets, the others read off probe services.
+    const BUSY_MOUNT: &str = "starting container failed: unable to remount dir as readonly: mount tmpfs:/var/lib/docker/containers/x/mounts/secrets: device or resource busy";
+    const NO_PROGRAM: &str = "starting container failed: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"/nonexistent\": stat /nonexistent: no such file or directory: unknown";
+
+    #[test]
+    fn a_task_the_engine_could_not_start_is_made_again_until_the_attempts_run_out() {
+        for reason in [BUSY_MOUNT, NO_PROGRAM] {
+            let task = ended("failed", reason);
+            assert_eq!(after_ended_start(&task, 1), StartEnd::TryAgain);
+            assert_eq!(after_ended_start(&task, START_ATTEMPTS - 1), StartEnd::TryAgain);
+            assert_eq!(after_ended_start(&task, START_ATTEMPTS), StartEnd::Fail, "bounded");
+        }
+    }
+
+    #[test]
+    fn a_program_that_ran_and_ended_or_a_refused_task_is_reported_at_once() {
+        // The environment exited: it stays down (restart condition none), never made again.
+        assert_eq!(after_ended_start(&ended("failed", "task: non-zero exit (3)"), 1), StartEnd::Fail);
+        assert_eq!(after_ended_start(&TaskFacts { error: None, ..ended("complete", "") }, 1), StartEnd::Fail);
+        // Refused before a container was made (no such image on the node): trying again is futile.
+        assert_eq!(after_ended_start(&ended("rejected", "No such image: sha256:0123"), 1), StartEnd::Fail);
     }
 }

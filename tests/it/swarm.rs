@@ -52,6 +52,23 @@ async fn environments_and_pools_run_as_swarm_services_that_are_replaced_not_rest
     assert!(engine.docker_lines(&["service", "ls", "-q", "--filter", &format!("label={SCOPE_LABEL}={}", scope.id)]).is_empty());
     assert!(engine.docker_lines(&["secret", "ls", "-q", "--filter", &format!("label={SCOPE_LABEL}={}", scope.id)]).is_empty());
 
+    // A task the engine cannot start (here its program is missing; in CI once, mounting its
+    // secret hit EBUSY) is not an environment that exited: the service is made again, a bounded
+    // number of times, then the start fails with the engine's reason and leaves nothing behind.
+    let broken = scope.tag("counter-broken");
+    let context = std::env::temp_dir().join(format!("rayfine-it-{}", scope.id));
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), format!("FROM {tag}\nENTRYPOINT [\"/nonexistent\"]\nCMD []\n")).unwrap();
+    let built = std::process::Command::new("docker").args(["build", "-q", "-t", &broken]).arg(&context).output().unwrap();
+    std::fs::remove_dir_all(&context).unwrap();
+    assert!(built.status.success(), "docker build: {}", String::from_utf8_lossy(&built.stderr));
+    let refused = scope.options(&broken).mode(Mode::Swarm).host(engine.host.clone()).startup_timeout(Duration::from_secs(120));
+    let err = load_env(refused).await.expect_err("its program is missing").to_string();
+    assert!(err.contains("starting container failed") && err.contains("/nonexistent"), "the engine's reason: {err}");
+    assert!(err.contains("the engine failed 3 starts in a row"), "made again, then given up: {err}");
+    assert!(engine.docker_lines(&["service", "ls", "-q", "--filter", &format!("label={SCOPE_LABEL}={}", scope.id)]).is_empty());
+    assert!(engine.docker_lines(&["secret", "ls", "-q", "--filter", &format!("label={SCOPE_LABEL}={}", scope.id)]).is_empty());
+
     // A pool of two services; one task's container is killed from outside. Swarm does not
     // restart it (restart condition none); the pool removes that service and starts another.
     let pool = load_pool(options, PoolOptions::new(2).health_interval(Duration::from_millis(500))).await.unwrap();
