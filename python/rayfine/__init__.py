@@ -13,7 +13,6 @@ interpreter exit, on SIGTERM, and (through their stdin and lease) when the inter
 import atexit as _atexit
 import os as _os
 import signal as _signal
-import threading as _threading
 import zlib as _zlib
 
 from . import _rayfine
@@ -212,15 +211,12 @@ def _end_all():
     _rayfine.interpreter_exiting()
 
 
-def _on_sigterm(signum, frame):
-    # End the environments, then die of SIGTERM as the default action would.
-    _end_all()
-    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
-    _os.kill(_os.getpid(), _signal.SIGTERM)
-
-
 _atexit.register(_end_all)
-# Only where SIGTERM still has its default action: a program with a handler of its own keeps it
-# (its environments still end at exit, or through their stdin and lease).
-if _threading.current_thread() is _threading.main_thread() and _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL:
-    _signal.signal(_signal.SIGTERM, _on_sigterm)
+# SIGTERM: Rayfine's handler ends the environments on a thread of its own, then the process dies
+# of SIGTERM as the default action would. Not Python's handler: CPython runs those on the main
+# thread between bytecodes, so a SIGTERM during a long C call (a tensor op, a `time.sleep` not
+# yet entered) waited for the call. Only where SIGTERM still has its default action: a program
+# with a handler of its own keeps it, and one it sets later replaces Rayfine's (its environments
+# still end at exit, or through their stdin and lease).
+if _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL:
+    _rayfine.end_environments_on_sigterm()

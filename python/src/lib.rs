@@ -326,10 +326,17 @@ fn end_all_now(py: Python<'_>) {
     py.detach(rayfine::end_all_environments_now);
 }
 
+/// Ends the environments on SIGTERM from a thread of Rayfine's, then dies of SIGTERM; only
+/// where SIGTERM has its default action. Returns whether the handler is in place.
+#[pyfunction]
+fn end_environments_on_sigterm() -> PyResult<bool> {
+    rayfine::end_environments_on_sigterm().map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's SIGTERM handler: {err}")))
+}
+
 #[pymodule]
 fn _rayfine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Python keeps SIGINT (KeyboardInterrupt) and SIGTERM; `rayfine/__init__.py` ends the
-    // environments at exit and on SIGTERM.
+    // environments at exit, and on SIGTERM through `end_environments_on_sigterm`.
     rayfine::leave_signals_to_the_host();
     // The runtime's threads never take SIGINT or SIGTERM: the kernel delivers them to Python's
     // threads, so a main thread in `time.sleep` is interrupted and runs its handler at once.
@@ -355,6 +362,7 @@ fn _rayfine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_environment, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup_all_environments, m)?)?;
     m.add_function(wrap_pyfunction!(end_all_now, m)?)?;
+    m.add_function(wrap_pyfunction!(end_environments_on_sigterm, m)?)?;
     m.add_function(wrap_pyfunction!(completions::interpreter_exiting, m)?)?;
     Ok(())
 }

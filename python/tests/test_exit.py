@@ -59,15 +59,64 @@ except KeyboardInterrupt:
 
 
 def test_sigterm_ends_the_environment_and_the_interpreter():
-    # The child idles as a training loop does, a short wait at a time. A single long
-    # `time.sleep(60)` would make the test hang one run in a few on a busy machine: a SIGTERM
-    # that lands after `print` returns but before `sleep` enters the kernel is caught by
-    # CPython's C handler, the sleep is not interrupted, and the Python handler waits for it.
-    child, pid = start(LOAD + "while True:\n    time.sleep(0.05)\n")
-    child.send_signal(signal.SIGTERM)
-    child.communicate(timeout=20)
-    assert child.returncode == -signal.SIGTERM
-    assert wait_gone(pid)
+    # One long sleep, as a training loop between rounds might: a SIGTERM that lands after `print`
+    # returns but before `sleep` enters the kernel is caught by CPython's C handler and does not
+    # interrupt the sleep; Rayfine's handler does not wait for Python's.
+    child, pid = start(LOAD + "time.sleep(600)\n")
+    try:
+        child.send_signal(signal.SIGTERM)
+        child.communicate(timeout=20)
+        assert child.returncode == -signal.SIGTERM
+        assert wait_gone(pid)
+    finally:
+        stop(child)
+
+
+def test_sigterm_during_a_long_c_call_ends_the_environment_at_once():
+    # CPython runs a signal's Python handler on the main thread, between bytecodes: a SIGTERM
+    # during a long C call (here a key derivation of many minutes; in training, a tensor op)
+    # waited for the call to return, and the environment's end with it.
+    child, pid = start(LOAD + """
+import hashlib
+print('computing', flush=True)
+hashlib.pbkdf2_hmac('sha256', b'key', b'salt', 10**9)
+""")
+    try:
+        assert child.stdout.readline().strip() == "computing"
+        time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        assert wait_gone(pid, seconds=10), "the environment's end waited for the C call"
+        child.communicate(timeout=10)
+        assert child.returncode == -signal.SIGTERM
+    finally:
+        stop(child)
+
+
+def test_a_forked_child_killed_by_sigterm_leaves_its_parents_environment_alone():
+    # The child inherits the handler but not Rayfine's thread: it dies of SIGTERM as the default
+    # would, and the parent's environment still answers.
+    done = run_python(LOAD + """
+import os, signal
+child = os.fork()
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+time.sleep(0.3)
+os.kill(child, signal.SIGTERM)
+_, status = os.waitpid(child, 0)
+print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, flush=True)
+print(env.echo(text='still here'), flush=True)
+""")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines[1] == "True" and "still here" in done.stdout, done.stdout
+    assert wait_gone(int(lines[0]))
+
+
+def stop(child):
+    if child.poll() is None:
+        child.kill()
+        child.communicate()
 
 
 def test_sigkill_of_the_interpreter_still_ends_the_environment():
