@@ -13,6 +13,7 @@ interpreter exit, on SIGTERM, and (through their stdin and lease) when the inter
 import atexit as _atexit
 import os as _os
 import signal as _signal
+import threading as _threading
 import zlib as _zlib
 
 from . import _rayfine
@@ -211,12 +212,28 @@ def _end_all():
     _rayfine.interpreter_exiting()
 
 
+def _on_sigterm(signum, frame):
+    # The fallback, in Python's own table: what `signal.getsignal` reports while Rayfine's
+    # handler is installed, and what a program that saves and restores the SIGTERM handler puts
+    # back. It ends the environments too, but waits for the main thread as every Python handler
+    # does.
+    _end_all()
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+    _os.kill(_os.getpid(), _signal.SIGTERM)
+
+
 _atexit.register(_end_all)
 # SIGTERM: Rayfine's handler ends the environments on a thread of its own, then the process dies
-# of SIGTERM as the default action would. Not Python's handler: CPython runs those on the main
-# thread between bytecodes, so a SIGTERM during a long C call (a tensor op, a `time.sleep` not
-# yet entered) waited for the call. Only where SIGTERM still has its default action: a program
-# with a handler of its own keeps it, and one it sets later replaces Rayfine's (its environments
-# still end at exit, or through their stdin and lease).
-if _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL:
-    _rayfine.end_environments_on_sigterm()
+# of SIGTERM as the default action would. Not a Python handler alone: CPython runs those on the
+# main thread between bytecodes, so a SIGTERM during a long C call (a tensor op, a `time.sleep`
+# not yet entered) waited for the call. Only where SIGTERM still has its default action: a
+# program with a handler of its own keeps it, and one it sets later replaces Rayfine's (its
+# environments still end at exit, or through their stdin and lease).
+if _threading.current_thread() is _threading.main_thread() and _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL:
+    _signal.signal(_signal.SIGTERM, _on_sigterm)
+    try:
+        _rayfine.end_environments_on_sigterm()
+    except OSError as _err:
+        import warnings as _warnings
+
+        _warnings.warn("%s; SIGTERM ends the environments from Python's handler instead" % _err, RuntimeWarning, stacklevel=2)

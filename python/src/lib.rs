@@ -326,11 +326,11 @@ fn end_all_now(py: Python<'_>) {
     py.detach(rayfine::end_all_environments_now);
 }
 
-/// Ends the environments on SIGTERM from a thread of Rayfine's, then dies of SIGTERM; only
-/// where SIGTERM has its default action. Returns whether the handler is in place.
+/// Ends the environments on SIGTERM from a thread of Rayfine's, then dies of SIGTERM, in place
+/// of whatever handler is installed (the Python layer's fallback). Returns whether it is in place.
 #[pyfunction]
 fn end_environments_on_sigterm() -> PyResult<bool> {
-    rayfine::end_environments_on_sigterm().map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's SIGTERM handler: {err}")))
+    rayfine::end_environments_on_sigterm(rayfine::ReplaceHandler::Any).map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's SIGTERM handler: {err}")))
 }
 
 #[pymodule]

@@ -99,18 +99,35 @@ def test_a_forked_child_killed_by_sigterm_leaves_its_parents_environment_alone()
 import os, signal
 child = os.fork()
 if child == 0:
-    time.sleep(600)
+    time.sleep(30)
     os._exit(0)
 time.sleep(0.3)
 os.kill(child, signal.SIGTERM)
 _, status = os.waitpid(child, 0)
 print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, flush=True)
 print(env.echo(text='still here'), flush=True)
-""")
+""", timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split()
     assert lines[1] == "True" and "still here" in done.stdout, done.stdout
     assert wait_gone(int(lines[0]))
+
+
+def test_a_program_that_saves_and_restores_the_sigterm_handler_keeps_the_cleanup():
+    # Python's signal module cannot see Rayfine's handler, so it reports (and a program that
+    # saves and restores the handler puts back) the Python fallback, never SIG_DFL.
+    done = run_python(LOAD + """
+import signal
+previous = signal.signal(signal.SIGTERM, lambda *_: None)
+print(previous is not signal.SIG_DFL and getattr(previous, '__module__', '') == 'rayfine', flush=True)
+signal.signal(signal.SIGTERM, previous)
+print(signal.getsignal(signal.SIGTERM) is previous, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+""".replace("import signal", "import os, signal"), timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert done.stdout.split()[1:] == ["True", "True"], done.stdout
+    assert wait_gone(int(done.stdout.split()[0]))
 
 
 def stop(child):

@@ -50,6 +50,9 @@ const STOP_LIMIT: Duration = Duration::from_secs(30);
 /// more. The failures seen are transient (a busy mount); a lasting one is reported after the last.
 const START_ATTEMPTS: u32 = 3;
 
+/// The pause before a service is made again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// The swarm's prefix for a task whose container the engine failed to start: its program never
 /// ran (moby's executor wraps the start error in it; a program that ran and failed ends with
 /// `task: non-zero exit (N)` instead).
@@ -195,14 +198,15 @@ impl SwarmLaunch<'_> {
                         attempt + 1
                     );
                     self.remove_service(&engine, &service_id, made).await?;
+                    // A moment for whatever was busy (a mount) to settle.
+                    tokio::time::sleep(RETRY_PAUSE).await;
                     attempt += 1;
                 }
-                StartEnd::Fail => {
+                StartEnd::Fail => return Err(task_failed(&engine, &task, spec, &logs).await),
+                StartEnd::Exhausted => {
                     let mut err = task_failed(&engine, &task, spec, &logs).await;
                     if let Error::StartFailed { reason, .. } = &mut err {
-                        if attempt > 1 {
-                            reason.push_str(&format!(" (the engine failed {attempt} starts in a row)"));
-                        }
+                        reason.push_str(&format!(" (the engine failed {attempt} starts in a row)"));
                     }
                     return Err(err);
                 }
@@ -264,17 +268,19 @@ impl SwarmLaunch<'_> {
 enum StartEnd {
     /// The engine failed to start it, and attempts are left: make the service again.
     TryAgain,
-    /// Report it: the program ran and ended, the swarm refused the task, or no attempts are left.
+    /// Report it: the program ran and ended, or the swarm refused the task.
     Fail,
+    /// Report it, saying that the engine failed every one of the attempts.
+    Exhausted,
 }
 
 /// Decides, after the `attempt`-th service's task ended before it ran, whether to make it again.
 fn after_ended_start(task: &TaskFacts, attempt: u32) -> StartEnd {
     let engine_failed = task.state == "failed" && task.error.as_deref().is_some_and(|e| e.starts_with(ENGINE_START_FAILURE));
-    if engine_failed && attempt < START_ATTEMPTS {
-        StartEnd::TryAgain
-    } else {
-        StartEnd::Fail
+    match (engine_failed, attempt < START_ATTEMPTS) {
+        (true, true) => StartEnd::TryAgain,
+        (true, false) => StartEnd::Exhausted,
+        (false, _) => StartEnd::Fail,
     }
 }
 
@@ -528,7 +534,7 @@ mod tests {
             let task = ended("failed", reason);
             assert_eq!(after_ended_start(&task, 1), StartEnd::TryAgain);
             assert_eq!(after_ended_start(&task, START_ATTEMPTS - 1), StartEnd::TryAgain);
-            assert_eq!(after_ended_start(&task, START_ATTEMPTS), StartEnd::Fail, "bounded");
+            assert_eq!(after_ended_start(&task, START_ATTEMPTS), StartEnd::Exhausted, "bounded");
         }
     }
 
@@ -536,6 +542,8 @@ mod tests {
     fn a_program_that_ran_and_ended_or_a_refused_task_is_reported_at_once() {
         // The environment exited: it stays down (restart condition none), never made again.
         assert_eq!(after_ended_start(&ended("failed", "task: non-zero exit (3)"), 1), StartEnd::Fail);
+        // Also after an engine failure: the note that the engine failed every start is not due.
+        assert_eq!(after_ended_start(&ended("failed", "task: non-zero exit (3)"), 2), StartEnd::Fail);
         assert_eq!(after_ended_start(&TaskFacts { error: None, ..ended("complete", "") }, 1), StartEnd::Fail);
         // Refused before a container was made (no such image on the node): trying again is futile.
         assert_eq!(after_ended_start(&ended("rejected", "No such image: sha256:0123"), 1), StartEnd::Fail);

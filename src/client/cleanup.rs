@@ -142,6 +142,12 @@ pub fn leave_signals_to_the_host() {
     TAKE_SIGNALS.store(false, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Whether Rayfine's own Ctrl-C/SIGTERM handler is (or will be) the one: the host did not call
+/// [`leave_signals_to_the_host`].
+pub(crate) fn rayfine_takes_signals() -> bool {
+    TAKE_SIGNALS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Ends every environment of this process that is not kept, at once, without an async runtime:
 /// for an embedding program's exit path (an `atexit` hook, a signal handler of its own).
 pub fn end_all_environments_now() {

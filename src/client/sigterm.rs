@@ -5,13 +5,18 @@
 //! derivation, or a `time.sleep` it had not quite entered when the signal came) waits for the
 //! call to return, and the environments' cleanup waits with it: for minutes, or until the job
 //! scheduler's SIGKILL. Here the handler only writes a byte to a pipe; a thread of Rayfine's reads
-//! it, ends every environment that is not kept, and then lets SIGTERM's default action end the
-//! process, as it would have ended without Rayfine.
+//! it, ends every environment that is not kept (within [`CLEANUP_LIMIT`]), and then lets
+//! SIGTERM's default action end the process, as it would have ended without Rayfine.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+
+/// How long the cleanup may take before the process dies anyway: a job scheduler's grace
+/// before SIGKILL is commonly 30 s, and the containers' stdin and lease end what is left.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(15);
 
 /// The process that installed the handler: a forked child inherits the handler but not the
 /// thread, and its parent's environments are not its to end.
@@ -20,23 +25,39 @@ static OWNER: AtomicI32 = AtomicI32::new(0);
 /// The pipe's write end, for the handler (-1 until installed).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 
-/// Installs the handler, once per process, when SIGTERM still has its default action: a program
-/// (or library) that set a handler of its own, or ignores SIGTERM, keeps it. Returns whether
-/// Rayfine's handler is in place. A later `signal(SIGTERM, ...)` of the host's replaces it, so
-/// the host's own choice always wins.
-pub fn end_environments_on_sigterm() -> io::Result<bool> {
+/// Which SIGTERM handler [`end_environments_on_sigterm`] may take the place of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceHandler {
+    /// Only SIGTERM's default action: a handler the program (or a library) set, or an ignored
+    /// SIGTERM, stays.
+    OnlyDefault,
+    /// Whatever is installed: for a host that just installed a fallback of its own (so that its
+    /// signal API, which cannot see this handler, has one to report and to restore).
+    Any,
+}
+
+/// Installs, once per process, a SIGTERM handler that ends every environment that is not kept,
+/// from a thread of Rayfine's, then ends the process with SIGTERM. For a host that keeps the
+/// signals ([`leave_signals_to_the_host`](super::leave_signals_to_the_host)), such as a Python
+/// interpreter; without that call Rayfine's own Ctrl-C/SIGTERM handler does this, and this one
+/// is not installed. Returns whether the handler is in place. A later `sigaction` of the host's
+/// replaces it, so the host's own choice wins.
+pub fn end_environments_on_sigterm(replace: ReplaceHandler) -> io::Result<bool> {
+    if super::cleanup::rayfine_takes_signals() {
+        return Ok(false);
+    }
     // Held while installing: two threads asking at once install one handler, one thread.
     static INSTALLED: Mutex<Option<bool>> = Mutex::new(None);
     let mut installed = INSTALLED.lock();
     if let Some(installed) = *installed {
         return Ok(installed);
     }
-    let now = install()?;
+    let now = install(replace)?;
     *installed = Some(now);
     Ok(now)
 }
 
-fn install() -> io::Result<bool> {
+fn install(replace: ReplaceHandler) -> io::Result<bool> {
     // SAFETY: reading the current action into a zeroed struct on this stack.
     let current = unsafe {
         let mut current: libc::sigaction = std::mem::zeroed();
@@ -45,87 +66,137 @@ fn install() -> io::Result<bool> {
         }
         current
     };
-    if current.sa_sigaction != libc::SIG_DFL {
+    if replace == ReplaceHandler::OnlyDefault && current.sa_sigaction != libc::SIG_DFL {
         return Ok(false);
     }
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let [read_end, write_end] = fds;
-    // The reader blocks; only the handler's end must never.
-    // SAFETY: fcntl on a descriptor this function just made.
-    unsafe { libc::fcntl(read_end, libc::F_SETFL, 0) };
-    std::thread::Builder::new().name("rayfine-sigterm".into()).spawn(move || {
+    let (read_end, write_end) = pipe()?;
+    let reader = std::thread::Builder::new().name("rayfine-sigterm".into()).spawn(move || {
         crate::client::lease::block_termination_signals();
-        wait_for_sigterm(read_end);
-        super::cleanup::end_all_environments_now();
-        die_of_sigterm();
-    })?;
+        if wait_for_sigterm(read_end) {
+            end_all_within(CLEANUP_LIMIT);
+            die_of_sigterm();
+        }
+    });
+    if let Err(err) = reader {
+        close(read_end);
+        close(write_end);
+        return Err(err);
+    }
     // SAFETY: getpid has no preconditions.
     OWNER.store(unsafe { libc::getpid() }, Ordering::SeqCst);
     WAKE.store(write_end, Ordering::SeqCst);
     // SAFETY: a handler that is async-signal-safe (getpid, write, sigaction, raise), on a zeroed
     // action whose mask is emptied.
-    unsafe {
+    let set = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // The host's interrupted system calls resume: the process is about to end anyway.
-        action.sa_flags = libc::SA_RESTART;
+        // The host's interrupted system calls resume (the process is about to end anyway); on
+        // the alternate stack where the host has one, as CPython's own handler does.
+        action.sa_flags = libc::SA_RESTART | libc::SA_ONSTACK;
         libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) == 0
+    };
+    if !set {
+        let err = io::Error::last_os_error();
+        WAKE.store(-1, Ordering::SeqCst);
+        // The reader sees end of file and ends without doing anything.
+        close(write_end);
+        return Err(err);
     }
     Ok(true)
 }
 
-/// Blocks until the handler writes its byte (or the pipe breaks, which cannot happen while the
-/// process lives: its write end is never closed).
-fn wait_for_sigterm(read_end: libc::c_int) {
+/// A pipe whose write end never blocks (the handler's) and whose read end does (the thread's).
+fn pipe() -> io::Result<(libc::c_int, libc::c_int)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let [read_end, write_end] = fds;
+    // SAFETY: fcntl on a descriptor this function just made.
+    if unsafe { libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        let err = io::Error::last_os_error();
+        close(read_end);
+        close(write_end);
+        return Err(err);
+    }
+    Ok((read_end, write_end))
+}
+
+fn close(fd: libc::c_int) {
+    // SAFETY: closes a descriptor this module made and nothing else holds.
+    unsafe { libc::close(fd) };
+}
+
+/// Blocks until the handler writes its byte: true. False when the pipe ended (the install
+/// failed). A read that fails otherwise hands SIGTERM back to its default action, so a signal
+/// nobody will read cannot be swallowed.
+fn wait_for_sigterm(read_end: libc::c_int) -> bool {
     let mut byte = 0u8;
     loop {
         // SAFETY: reads one byte into a local.
         let n = unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) };
-        if n == 1 {
-            return;
-        }
-        if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            // No signal will come through this pipe: wait forever rather than end the process.
-            loop {
-                std::thread::park();
+        match n {
+            1 => return true,
+            0 => return false,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => {
+                WAKE.store(-1, Ordering::SeqCst);
+                restore_default();
+                return false;
             }
         }
     }
 }
 
+/// Ends every environment, on a thread of its own so that a cleanup that panics or hangs can
+/// neither keep the process alive nor swallow the signal.
+fn end_all_within(limit: Duration) {
+    let (done, ended) = std::sync::mpsc::channel();
+    let cleanup = std::thread::Builder::new().name("rayfine-sigterm-cleanup".into()).spawn(move || {
+        let _ = std::panic::catch_unwind(super::cleanup::end_all_environments_now);
+        let _ = done.send(());
+    });
+    if cleanup.is_ok() {
+        let _ = ended.recv_timeout(limit);
+    }
+}
+
 extern "C" fn on_sigterm(_: libc::c_int) {
     // SAFETY: errno is saved and restored around the calls, so the interrupted code never sees
-    // it change; getpid, write, sigaction and raise are async-signal-safe.
+    // it change; getpid, write, sigaction, pthread_sigmask and raise are async-signal-safe.
     unsafe {
         let errno = *libc::__errno_location();
         let wake = WAKE.load(Ordering::SeqCst);
-        if libc::getpid() == OWNER.load(Ordering::SeqCst) && wake >= 0 {
-            let byte = 1u8;
-            libc::write(wake, (&byte as *const u8).cast(), 1);
-        } else {
-            // A forked child: die as the default action would.
+        let byte = 1u8;
+        let owner = libc::getpid() == OWNER.load(Ordering::SeqCst);
+        // A forked child (its parent's environments are not its to end), or a pipe that is gone:
+        // die as the default action would. A full pipe (EAGAIN) already holds a wake-up.
+        if !owner || wake < 0 || (libc::write(wake, (&byte as *const u8).cast(), 1) < 0 && *libc::__errno_location() == libc::EBADF) {
             die_of_sigterm();
         }
         *libc::__errno_location() = errno;
     }
 }
 
-/// Restores SIGTERM's default action and raises it in the calling thread, which ends the process
-/// with SIGTERM as its cause (what a parent or a job scheduler expects to read).
-fn die_of_sigterm() {
-    // SAFETY: plain libc calls on zeroed structs on this stack; async-signal-safe.
+/// Puts SIGTERM's default action back.
+fn restore_default() {
+    // SAFETY: a zeroed action on this stack; sigaction is async-signal-safe.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
+}
+
+/// Restores SIGTERM's default action and raises it in the calling thread, which ends the process
+/// with SIGTERM as its cause (what a parent or a job scheduler expects to read).
+fn die_of_sigterm() {
+    restore_default();
+    // SAFETY: plain libc calls on a signal set on this stack; async-signal-safe.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);

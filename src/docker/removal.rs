@@ -131,6 +131,9 @@ pub(crate) fn remove_now(leftovers: Vec<Leftover>) {
             });
             let _ = tokio::time::timeout(REMOVE_NOW_LIMIT, futures_util::future::join_all(hosts)).await;
         });
+        // Not a drop, which would wait for blocking tasks still under way (an SSH tunnel being
+        // opened, a DNS lookup): the limit above is the whole wait.
+        runtime.shutdown_background();
     });
     let _ = worker.join();
 }
