@@ -151,15 +151,22 @@ fn wait_for_sigterm(read_end: libc::c_int) -> bool {
 }
 
 /// Ends every environment, on a thread of its own so that a cleanup that panics or hangs can
-/// neither keep the process alive nor swallow the signal.
+/// neither keep the process alive nor swallow the signal. Where no thread can be had (a pids
+/// limit), on this one: bounded then only by the removals' own limit, but never skipped.
 fn end_all_within(limit: Duration) {
+    let end_all = || {
+        let _ = std::panic::catch_unwind(super::cleanup::end_all_environments_now);
+    };
     let (done, ended) = std::sync::mpsc::channel();
     let cleanup = std::thread::Builder::new().name("rayfine-sigterm-cleanup".into()).spawn(move || {
-        let _ = std::panic::catch_unwind(super::cleanup::end_all_environments_now);
+        end_all();
         let _ = done.send(());
     });
-    if cleanup.is_ok() {
-        let _ = ended.recv_timeout(limit);
+    match cleanup {
+        Ok(_) => {
+            let _ = ended.recv_timeout(limit);
+        }
+        Err(_) => end_all(),
     }
 }
 
