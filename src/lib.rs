@@ -55,7 +55,7 @@ mod random;
 pub use build::{build_image_from_env, BuiltImage, ImageBuilder};
 #[cfg(feature = "client")]
 pub use client::{
-    block_termination_signals, blocking, cleanup_all_environments, end_all_environments_now, end_environments_on_sigterm, get_environment, leave_signals_to_the_host, kept_log_path, list_active_environments, load_env, state_dir, CleanupGuard, ContainerLimits, ReplaceHandler,
+    block_termination_signals, blocking, cleanup_all_environments, end_all_environments_now, end_environments_on_sigterm, get_environment, leave_signals_to_the_host, kept_log_path, list_active_environments, load_env, state_dir, CleanupGuard, ContainerLimits,
     EnvironmentWrapper, LoadOptions, Mode, Source, DEFAULT_LEASE, DEFAULT_PIDS_LIMIT,
 };
 #[cfg(feature = "client")]

@@ -330,7 +330,7 @@ fn end_all_now(py: Python<'_>) {
 /// of whatever handler is installed (the Python layer's fallback). Returns whether it is in place.
 #[pyfunction]
 fn end_environments_on_sigterm() -> PyResult<bool> {
-    rayfine::end_environments_on_sigterm(rayfine::ReplaceHandler::Any).map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's SIGTERM handler: {err}")))
+    rayfine::end_environments_on_sigterm().map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot install Rayfine's SIGTERM handler: {err}")))
 }
 
 #[pymodule]

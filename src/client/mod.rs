@@ -15,7 +15,7 @@ use std::time::Instant;
 pub use cleanup::{cleanup_all_environments, end_all_environments_now, leave_signals_to_the_host, CleanupGuard};
 pub use environment::{get_environment, list_active_environments, EnvironmentWrapper};
 pub use lease::{block_termination_signals, DEFAULT_LEASE};
-pub use sigterm::{end_environments_on_sigterm, ReplaceHandler};
+pub use sigterm::end_environments_on_sigterm;
 pub use options::{ContainerLimits, LoadOptions, Mode, Source, DEFAULT_PIDS_LIMIT};
 
 use crate::backend::docker::DockerLaunch;

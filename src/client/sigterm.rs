@@ -25,50 +25,30 @@ static OWNER: AtomicI32 = AtomicI32::new(0);
 /// The pipe's write end, for the handler (-1 until installed).
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 
-/// Which SIGTERM handler [`end_environments_on_sigterm`] may take the place of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplaceHandler {
-    /// Only SIGTERM's default action: a handler the program (or a library) set, or an ignored
-    /// SIGTERM, stays.
-    OnlyDefault,
-    /// Whatever is installed: for a host that just installed a fallback of its own (so that its
-    /// signal API, which cannot see this handler, has one to report and to restore).
-    Any,
-}
-
 /// Installs, once per process, a SIGTERM handler that ends every environment that is not kept,
 /// from a thread of Rayfine's, then ends the process with SIGTERM. For a host that keeps the
 /// signals ([`leave_signals_to_the_host`](super::leave_signals_to_the_host)), such as a Python
 /// interpreter; without that call Rayfine's own Ctrl-C/SIGTERM handler does this, and this one
-/// is not installed. Returns whether the handler is in place. A later `sigaction` of the host's
-/// replaces it, so the host's own choice wins.
-pub fn end_environments_on_sigterm(replace: ReplaceHandler) -> io::Result<bool> {
+/// is not installed. It takes the place of whatever SIGTERM handler is installed: the host
+/// decides whether to call it (Python's layer does only where SIGTERM had its default action,
+/// after installing a fallback its signal API can report and restore). Returns whether the
+/// handler is in place. A later `sigaction` of the host's replaces it, so the host's own choice
+/// wins.
+pub fn end_environments_on_sigterm() -> io::Result<bool> {
     if super::cleanup::rayfine_takes_signals() {
         return Ok(false);
     }
     // Held while installing: two threads asking at once install one handler, one thread.
-    static INSTALLED: Mutex<Option<bool>> = Mutex::new(None);
+    static INSTALLED: Mutex<bool> = Mutex::new(false);
     let mut installed = INSTALLED.lock();
-    if let Some(installed) = *installed {
-        return Ok(installed);
+    if !*installed {
+        install()?;
+        *installed = true;
     }
-    let now = install(replace)?;
-    *installed = Some(now);
-    Ok(now)
+    Ok(true)
 }
 
-fn install(replace: ReplaceHandler) -> io::Result<bool> {
-    // SAFETY: reading the current action into a zeroed struct on this stack.
-    let current = unsafe {
-        let mut current: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut current) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        current
-    };
-    if replace == ReplaceHandler::OnlyDefault && current.sa_sigaction != libc::SIG_DFL {
-        return Ok(false);
-    }
+fn install() -> io::Result<()> {
     let (read_end, write_end) = pipe()?;
     let reader = std::thread::Builder::new().name("rayfine-sigterm".into()).spawn(move || {
         crate::client::lease::block_termination_signals();
@@ -103,7 +83,7 @@ fn install(replace: ReplaceHandler) -> io::Result<bool> {
         close(write_end);
         return Err(err);
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A pipe whose write end never blocks (the handler's) and whose read end does (the thread's).
