@@ -243,12 +243,25 @@ class InterpreterInfoTest(unittest.TestCase):
     was started with options of its own, which a direct start would lose."""
 
     def started_as(self, orig_argv):
-        saved = sys.orig_argv
-        sys.orig_argv = orig_argv
+        """The handshake's interpreter as if started with `orig_argv` (None: a Python before 3.10,
+        which has no sys.orig_argv)."""
+        missing = object()
+        saved = getattr(sys, "orig_argv", missing)
+        if orig_argv is None:
+            if saved is not missing:
+                del sys.orig_argv
+        else:
+            sys.orig_argv = orig_argv
         try:
             return worker.interpreter_info({"PATH": "/usr/bin"})
         finally:
-            sys.orig_argv = saved
+            if saved is missing:
+                sys.__dict__.pop("orig_argv", None)
+            else:
+                sys.orig_argv = saved
+
+    def test_a_python_that_cannot_tell_its_own_options_names_no_interpreter(self):
+        self.assertIsNone(self.started_as(None))
 
     def test_plain_start_is_reported_with_its_limits(self):
         import resource
