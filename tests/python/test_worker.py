@@ -173,6 +173,43 @@ class SyncPoolTest(unittest.TestCase):
         self.assertEqual(ids, [1, 2], "both calls answered by the one thread")
 
 
+@unittest.skipIf(worker.futex_hash_slots() is None, "no private futex hash here (Linux before 6.16)")
+class FutexHashTest(unittest.TestCase):
+    """A pool of many threads gets a futex hash wide enough for them (see WIDE_FUTEX_HASH_AFTER)."""
+
+    def test_a_pool_that_grows_to_many_threads_widens_the_futex_hash_and_a_small_one_does_not(self):
+        # In a child, so that this process's hash stays as the kernel made it.
+        script = textwrap.dedent("""
+            import importlib.util, json, threading, types
+            spec = importlib.util.spec_from_file_location("rayfine_worker", %r)
+            worker = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(worker)
+            worker.send = lambda data: None
+            gate = threading.Event()
+            env = types.ModuleType("env")
+            env.GATE = gate
+            exec("def wait():" + chr(10) + "    GATE.wait(10)", env.__dict__)
+            wait = worker.discover_methods(env)["wait"]
+            pool = worker.SyncPool()
+            seen = []
+            for n in range(worker.WIDE_FUTEX_HASH_AFTER * 2):
+                pool.submit(n, wait, wait.func, [], {})
+                # The kernel makes the hash with the process's second thread.
+                if n + 1 in (1, worker.WIDE_FUTEX_HASH_AFTER - 1):
+                    seen.append(worker.futex_hash_slots())
+            seen.append(worker.futex_hash_slots())
+            gate.set()
+            print(json.dumps(seen))
+        """ % WORKER_PATH)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        first, small, after = json.loads(out.stdout)
+        self.assertGreater(first, 0, "the kernel made a private hash")
+        self.assertLess(first, worker.FUTEX_HASH_SLOTS)
+        self.assertEqual(small, first, "a pool of a few threads leaves the hash alone")
+        self.assertEqual(after, worker.FUTEX_HASH_SLOTS)
+
+
 class Harness:
     """A Worker on a real event loop, with `send` stubbed: each message is dispatched on the loop's
     thread while the loop runs, as in the worker, and the replies are collected by id."""

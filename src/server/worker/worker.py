@@ -113,6 +113,19 @@ INLINE_LIMIT = 0.001
 # gets a turn, which at that load it waits for anyway.
 CROWDED_THREADS = 256
 CROWDED_SWITCH = 0.05
+# Linux 6.16 gave each process a private futex hash table, sized for its threads but capped by its
+# CPUs: on two, 16 buckets, however many threads there are. Every lock and condition a thread sleeps
+# on (the GIL's, the pool's queue) is a futex in one bucket, and waking one walks its bucket past the
+# sleepers of every other futex there, under the bucket's spinlock. With thousands of pool threads
+# asleep on the pool's queue, a hot futex (the GIL's) that lands in their bucket makes each of its
+# wake-ups walk past all of them: measured at 4,096 OpenEnv sessions, about 1 worker in 3 spent
+# 2 to 40 times the CPU of the others (in futex_wake and the spinlock), all its life. So once the
+# pool holds WIDE_FUTEX_HASH_AFTER threads, the worker asks for FUTEX_HASH_SLOTS buckets (16,384
+# buckets cost the kernel about 1 MiB); on older kernels, which share one large table among all
+# processes, the request fails and nothing changes.
+WIDE_FUTEX_HASH_AFTER = 64
+FUTEX_HASH_SLOTS = 16384
+PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, PR_FUTEX_HASH_GET_SLOTS = 78, 1, 2
 _write_lock = threading.Lock()
 
 
@@ -689,6 +702,33 @@ def load_env(path):
     return module
 
 
+def futex_hash_slots(slots=None):
+    """This process's private futex hash: asks for `slots` buckets if given, then returns how many
+    it has (0: it uses the kernel's shared table). None where there is no private hash (Linux
+    before 6.16, or no ctypes in a minimal image) or the kernel refused."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    word = ctypes.c_ulong
+    if slots is not None and prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, word(slots), word(0), word(0)) != 0:
+        return None
+    have = prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, word(0), word(0), word(0))
+    return have if have >= 0 else None
+
+
+def widen_futex_hash():
+    """Gives the process FUTEX_HASH_SLOTS futex buckets, unless it has that many or shares the
+    kernel's table (see WIDE_FUTEX_HASH_AFTER)."""
+    have = futex_hash_slots()
+    if have is None or have == 0 or have >= FUTEX_HASH_SLOTS:
+        return
+    if futex_hash_slots(FUTEX_HASH_SLOTS) is None:
+        log("could not widen the futex hash from %d buckets; many threads may cost more CPU" % have)
+
+
 class SyncPool:
     """Threads that run sync methods; grows while every thread is busy, up to MAX_SYNC_THREADS.
 
@@ -719,6 +759,8 @@ class SyncPool:
                 self.crowded = True
                 sys.setswitchinterval(CROWDED_SWITCH)
         if grow:
+            if self.threads == WIDE_FUTEX_HASH_AFTER:
+                widen_futex_hash()
             try:
                 threading.Thread(target=self.run, args=(job,), name="rayfine-sync", daemon=True).start()
                 return True
