@@ -362,6 +362,13 @@ class InstanceTest(unittest.TestCase):
         self.h.send({"id": 1, "open": 4}, wait=[1])
         self.assertEqual(self.h.call(2, "made_on_thread", instance=4)["result"], "rayfine-sync")
 
+    def test_the_constructors_thread_answers_the_open_without_the_loop(self):
+        answered_on = []
+        collect = worker.send
+        worker.send = lambda data: (answered_on.append(threading.current_thread().name), collect(data))
+        self.h.send({"id": 1, "open": 4}, wait=[1])
+        self.assertEqual(answered_on, ["rayfine-sync"])
+
     def test_opening_an_open_instance_is_a_bad_request(self):
         self.h.send({"id": 1, "open": 3}, wait=[1])
         reply = self.h.send({"id": 2, "open": 3}, wait=[2])[0]
