@@ -119,9 +119,10 @@ CROWDED_SWITCH = 0.05
 # sleepers of every other futex there, under the bucket's spinlock. With thousands of pool threads
 # asleep on the pool's queue, a hot futex (the GIL's) that lands in their bucket makes each of its
 # wake-ups walk past all of them: measured at 4,096 OpenEnv sessions, about 1 worker in 3 spent
-# 2 to 40 times the CPU of the others (in futex_wake and the spinlock), all its life. So once the
-# pool holds WIDE_FUTEX_HASH_AFTER threads, the worker asks for FUTEX_HASH_SLOTS buckets (16,384
-# buckets cost the kernel about 1 MiB); on older kernels, which share one large table among all
+# 2 to 40 times the CPU of the others (in futex_wake and the spinlock), all its life. So as the
+# pool starts its WIDE_FUTEX_HASH_AFTER-th thread, the worker asks for FUTEX_HASH_SLOTS buckets
+# (16,384 buckets cost the kernel about 1 MiB; the request waits for the old table's last user,
+# which stalls the loop once, briefly); on older kernels, which share one large table among all
 # processes, the request fails and nothing changes.
 WIDE_FUTEX_HASH_AFTER = 64
 FUTEX_HASH_SLOTS = 16384
@@ -704,8 +705,10 @@ def load_env(path):
 
 def futex_hash_slots(slots=None):
     """This process's private futex hash: asks for `slots` buckets if given, then returns how many
-    it has (0: it uses the kernel's shared table). None where there is no private hash (Linux
-    before 6.16, or no ctypes in a minimal image) or the kernel refused."""
+    it has: 0 where it has none but uses the kernel's shared table (a single thread so far, a
+    kernel built without private hashes, or a process that asked for the shared one). None where
+    it cannot be asked (Linux before 6.16, no ctypes in a minimal image) or the kernel refused the
+    request; `ctypes.get_errno()` then says why."""
     try:
         import ctypes
 
@@ -713,9 +716,9 @@ def futex_hash_slots(slots=None):
     except (ImportError, OSError, AttributeError):
         return None
     word = ctypes.c_ulong
-    if slots is not None and prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, word(slots), word(0), word(0)) != 0:
+    if slots is not None and prctl(PR_FUTEX_HASH, word(PR_FUTEX_HASH_SET_SLOTS), word(slots), word(0), word(0)) != 0:
         return None
-    have = prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, word(0), word(0), word(0))
+    have = prctl(PR_FUTEX_HASH, word(PR_FUTEX_HASH_GET_SLOTS), word(0), word(0), word(0))
     return have if have >= 0 else None
 
 
@@ -726,7 +729,10 @@ def widen_futex_hash():
     if have is None or have == 0 or have >= FUTEX_HASH_SLOTS:
         return
     if futex_hash_slots(FUTEX_HASH_SLOTS) is None:
-        log("could not widen the futex hash from %d buckets; many threads may cost more CPU" % have)
+        import ctypes
+
+        log("could not widen the futex hash from %d buckets (%s); many threads may cost more CPU"
+            % (have, os.strerror(ctypes.get_errno())))
 
 
 class SyncPool:
@@ -838,10 +844,10 @@ class Opening:
     """The pool's job that makes session instance K: an Actor constructor may be slow, so it runs
     where a sync call would, never on the loop's thread (unless no thread can be had at all).
 
-    The thread that ran it registers the instance and answers, under `Worker.instances_lock`, as
+    The thread that ran it registers the instance (under `Worker.instances_lock`) and answers, as
     a sync call's thread does: handing that to the loop's thread would cost every session a
-    wake-up of the loop (measured at 4,096 sessions, 6 interleaved pairs of bench runs: the
-    worker's CPU a batch 0.59-0.83 s without it, against 0.65-1.02 s with it).
+    wake-up of the loop (measured at 4,096 sessions, 6 bench runs each way, interleaved: the
+    worker's CPU in a repetition 0.56-0.83 s without it, against 0.65-1.02 s with it).
     Only when a close came meanwhile does the loop's thread take over (`Worker.opened`), since
     the close runs there."""
 
