@@ -134,7 +134,7 @@ class SyncPoolTest(unittest.TestCase):
         self.sent = []
         self.original_send = worker.send
         self.original_start = threading.Thread.start
-        worker.send = self.sent.append
+        worker.send = lambda data, hold_gil=False: self.sent.append(data)
         module = env_module("def nap():\n    return 'done'\n")
         self.method = worker.discover_methods(module)["nap"]
 
@@ -184,7 +184,7 @@ class FutexHashTest(unittest.TestCase):
             spec = importlib.util.spec_from_file_location("rayfine_worker", %r)
             worker = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(worker)
-            worker.send = lambda data: None
+            worker.send = lambda data, hold_gil=False: None
             gate = threading.Event()
             env = types.ModuleType("env")
             env.GATE = gate
@@ -227,7 +227,7 @@ class Harness:
         self.order = []
         original_send = worker.send
 
-        def collect(data):
+        def collect(data, hold_gil=False):
             for line in bytes(data).splitlines():
                 reply = json.loads(line)
                 self.order.append(reply["id"])
@@ -256,6 +256,47 @@ class Harness:
         message.update(options)
         message.update({"method": method, "args": list(args), "kwargs": kwargs or {}})
         return self.send(message, wait=[call_id])[0]
+
+
+class SendTest(unittest.TestCase):
+    """`send` from a thread that keeps the GIL through the write: whole messages, even past a full
+    pipe."""
+
+    def setUp(self):
+        self.read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self.addCleanup(os.close, self.read_end)
+        self.addCleanup(os.close, write_end)
+        self.addCleanup(setattr, worker, "CHANNEL_OUT", worker.CHANNEL_OUT)
+        self.addCleanup(setattr, worker, "write_keeping_the_gil", worker.write_keeping_the_gil)
+        worker.CHANNEL_OUT = write_end
+        worker.write_keeping_the_gil = worker.gil_keeping_write()
+
+    def test_the_write_is_made_without_letting_go_of_the_gil(self):
+        import ctypes
+
+        self.assertIsNotNone(worker.write_keeping_the_gil)
+        self.assertTrue(worker.write_keeping_the_gil._flags_ & ctypes._FUNCFLAG_PYTHONAPI,
+                        "a PyDLL function: ctypes keeps the GIL through the call")
+
+    def test_messages_larger_than_the_pipe_arrive_whole_and_in_order(self):
+        messages = [b"a" * 300_000 + b"\n", b'{"id":1,"result":null}\n', b"b" * 70_000 + b"\n"]
+        received = bytearray()
+
+        def read_all():
+            while len(received) < sum(map(len, messages)):
+                received.extend(os.read(self.read_end, 1 << 16))
+
+        reader = threading.Thread(target=read_all)
+        writers = [threading.Thread(target=worker.send, args=(m, True)) for m in messages]
+        for writer in writers:
+            writer.start()
+        time.sleep(0.1)  # the pipe fills: the writers wait for room, without holding the GIL
+        reader.start()
+        for thread in writers + [reader]:
+            thread.join(10)
+        self.assertEqual(sorted(bytes(received).splitlines(keepends=True)), sorted(messages),
+                         "every message whole, none interleaved with another")
 
 
 class PollingTest(unittest.TestCase):
@@ -371,7 +412,7 @@ class InstanceTest(unittest.TestCase):
     def test_the_constructors_thread_answers_the_open_without_the_loop(self):
         answered_on = []
         collect = worker.send
-        worker.send = lambda data: (answered_on.append(threading.current_thread().name), collect(data))
+        worker.send = lambda data, hold_gil=False: (answered_on.append(threading.current_thread().name), collect(data))
         self.h.send({"id": 1, "open": 4}, wait=[1])
         self.assertEqual(answered_on, ["rayfine-sync"])
 

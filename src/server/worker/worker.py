@@ -48,6 +48,7 @@ import json
 import os
 import queue
 import re
+import select
 import selectors
 import signal
 import sys
@@ -73,9 +74,13 @@ def take_channel():
     server, which then shuts down in order. Python-level handlers, unlike SIG_IGN, are not
     inherited by programs the environment starts.
     """
-    global CHANNEL_IN, CHANNEL_OUT
+    global CHANNEL_IN, CHANNEL_OUT, write_keeping_the_gil
     CHANNEL_IN = os.dup(0)
     CHANNEL_OUT = os.dup(1)
+    # Only this process holds this end (os.dup's descriptors are not inherited), so its flag is
+    # ours to set: `send` never blocks while it keeps the GIL.
+    os.set_blocking(CHANNEL_OUT, False)
+    write_keeping_the_gil = gil_keeping_write()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -139,13 +144,54 @@ def log(message):
         pass
 
 
-def send(data):
-    """Writes one message (bytes ending in a newline) to the server, whole, from any thread."""
-    view = memoryview(data)
+def send(data, hold_gil=False):
+    """Writes one message (bytes ending in a newline) to the server, whole, from any thread.
+
+    `os.write` lets go of the GIL for the system call, and a thread that lets go of it while
+    others wait for it may get it back only after them: with thousands of sync calls ending at
+    once (OpenEnv sessions stepping a `time.sleep`), each reply could cost its thread a wait
+    behind the others, and the loop's thread, which dispatches everyone's next message, waited
+    too. So a thread that writes while other threads may want the GIL (`hold_gil`) writes
+    through `write_keeping_the_gil`, which keeps it; the channel is non-blocking, so that call
+    cannot block. A full pipe (or an error) falls back to `os.write`, which waits for room
+    without the GIL and raises as it always did. Uncontended, the ctypes call costs 0.5 µs more
+    than `os.write`, so the loop's thread keeps `os.write` while the pool is idle.
+    """
     with _write_lock:
+        if hold_gil and write_keeping_the_gil is not None:
+            if type(data) is not bytes:
+                data = bytes(data)
+            written = write_keeping_the_gil(CHANNEL_OUT, data, len(data))
+            if written == len(data):
+                return
+            view = memoryview(data)[max(written, 0):]
+        else:
+            view = memoryview(data)
         while view:
-            written = os.write(CHANNEL_OUT, view)
+            try:
+                written = os.write(CHANNEL_OUT, view)
+            except BlockingIOError:
+                select.select((), (CHANNEL_OUT,), ())
+                continue
             view = view[written:]
+
+
+def gil_keeping_write():
+    """libc's write(2) through ctypes.PyDLL, which keeps the GIL during the call (ctypes.CDLL lets
+    go of it); None where ctypes cannot be had (a minimal image)."""
+    try:
+        import ctypes
+
+        write = ctypes.PyDLL(None).write
+    except (ImportError, OSError, AttributeError):
+        return None
+    write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+    write.restype = ctypes.c_ssize_t
+    return write
+
+
+# Set by `take_channel()`, which makes the channel non-blocking.
+write_keeping_the_gil = None
 
 
 def send_json(obj):
@@ -789,7 +835,7 @@ class SyncPool:
     def run(self, job):
         while True:
             call_id, method, func, args, kwargs = job
-            send(method.run_sync(call_id, func, args, kwargs))
+            send(method.run_sync(call_id, func, args, kwargs), True)
             with self.lock:
                 self.idle += 1
                 if self.crowded and self.threads - self.idle < CROWDED_THREADS // 4:
@@ -869,7 +915,7 @@ class Opening:
                 del worker.opening[self.key]
                 if failure is None:
                     worker.instances[self.key] = methods
-                return failure or null_result(call_id)
+                return failure or null_result(call_id)  # sent by the pool, keeping the GIL
         worker.loop.call_soon_threadsafe(worker.opened, call_id, self.key, methods, failure)
         return b""  # the loop's thread answers, then carries out the closes
 
@@ -1067,7 +1113,7 @@ class Worker:
             methods = self.instances.pop(key, None) if key != 0 else None
         close = methods.get("close") if methods else None
         if close is None:
-            send(null_result(call_id))
+            send(null_result(call_id), self.pool.threads != self.pool.idle)
             return
         method = self.methods["close"]
         self.start(call_id, method, returning_none(close, method.is_async), (), {})
@@ -1099,7 +1145,8 @@ class Worker:
         except BaseException as exc:  # noqa: B902
             message = raised_message(call_id, exc)
         self.tasks.pop(call_id, None)
-        send(message)
+        # While pool threads run, keeping the GIL through the write keeps the loop's turn.
+        send(message, self.pool.threads != self.pool.idle)
 
 
 def interpreter_info(environ):
