@@ -263,35 +263,50 @@ class SendTest(unittest.TestCase):
     pipe."""
 
     def setUp(self):
-        self.read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
+        self.read_end, self.write_end = os.pipe()
+        os.set_blocking(self.write_end, False)
         self.addCleanup(os.close, self.read_end)
-        self.addCleanup(os.close, write_end)
+        self.addCleanup(os.close, self.write_end)
         self.addCleanup(setattr, worker, "CHANNEL_OUT", worker.CHANNEL_OUT)
         self.addCleanup(setattr, worker, "write_keeping_the_gil", worker.write_keeping_the_gil)
-        worker.CHANNEL_OUT = write_end
-        worker.write_keeping_the_gil = worker.gil_keeping_write()
+        worker.CHANNEL_OUT = self.write_end
 
-    def test_the_write_is_made_without_letting_go_of_the_gil(self):
+    @unittest.skipIf(worker.gil_keeping_write() is None, "no ctypes here")
+    def test_a_thread_that_holds_the_gil_writes_with_a_call_that_keeps_it(self):
         import ctypes
 
-        self.assertIsNotNone(worker.write_keeping_the_gil)
-        self.assertTrue(worker.write_keeping_the_gil._flags_ & ctypes._FUNCFLAG_PYTHONAPI,
-                        "a PyDLL function: ctypes keeps the GIL through the call")
+        worker.write_keeping_the_gil = worker.NOT_LOADED
+        worker.send(b"loaded\n", True)
+        write = worker.write_keeping_the_gil
+        self.assertTrue(write._flags_ & ctypes._FUNCFLAG_PYTHONAPI,
+                        "loaded on first use, a PyDLL function: ctypes keeps the GIL through the call")
+        used = []
+        worker.write_keeping_the_gil = lambda fd, data, size: used.append(data) or write(fd, data, size)
+        worker.send(b"kept\n", True)
+        worker.send(b"let go\n")
+        self.assertEqual(used, [b"kept\n"], "only the send asked to keep the GIL")
+        self.assertEqual(os.read(self.read_end, 100), b"loaded\nkept\nlet go\n")
 
-    def test_messages_larger_than_the_pipe_arrive_whole_and_in_order(self):
+    def test_messages_larger_than_the_pipe_arrive_whole(self):
+        worker.write_keeping_the_gil = worker.gil_keeping_write()
         messages = [b"a" * 300_000 + b"\n", b'{"id":1,"result":null}\n', b"b" * 70_000 + b"\n"]
         received = bytearray()
 
         def read_all():
             while len(received) < sum(map(len, messages)):
-                received.extend(os.read(self.read_end, 1 << 16))
+                chunk = os.read(self.read_end, 1 << 16)
+                if not chunk:
+                    return
+                received.extend(chunk)
 
-        reader = threading.Thread(target=read_all)
-        writers = [threading.Thread(target=worker.send, args=(m, True)) for m in messages]
+        writers = [threading.Thread(target=worker.send, args=(m, True), daemon=True) for m in messages]
         for writer in writers:
             writer.start()
-        time.sleep(0.1)  # the pipe fills: the writers wait for room, without holding the GIL
+        # The reader starts once the pipe is full: a writer then waits for room in the fallback.
+        deadline = time.monotonic() + 10
+        while select.select((), (self.write_end,), (), 0)[1] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        reader = threading.Thread(target=read_all, daemon=True)
         reader.start()
         for thread in writers + [reader]:
             thread.join(10)
@@ -744,6 +759,25 @@ class EndToEndTest(unittest.TestCase):
         self.assertEqual(driver.ask({"id": 6, "method": "closed", "args": [], "kwargs": {}}), {"id": 6, "result": [6]})
         reply = driver.ask({"id": 7, "instance": 1, "method": "step", "args": [], "kwargs": {}})
         self.assertEqual(reply["error"]["kind"], "no_instance")
+
+    def test_the_worker_writes_to_a_non_blocking_channel(self):
+        """A pool thread writes keeping the GIL: on a blocking channel, a full pipe would stop every
+        thread of the worker until the server read."""
+        driver = Driver(self, self.SOURCE)
+        driver.read()
+        ours = os.fstat(driver.process.stdout.fileno())
+        flags = []
+        for fd in os.listdir("/proc/%d/fd" % driver.process.pid):
+            try:
+                theirs = os.stat("/proc/%d/fd/%s" % (driver.process.pid, fd))
+                with open("/proc/%d/fdinfo/%s" % (driver.process.pid, fd)) as info:
+                    fd_flags = next(int(line.split()[1], 8) for line in info if line.startswith("flags:"))
+            except OSError:
+                continue
+            if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino) and fd_flags & os.O_WRONLY:
+                flags.append(fd_flags)
+        self.assertTrue(flags, "the worker holds the write end of its channel")
+        self.assertTrue(all(f & os.O_NONBLOCK for f in flags), "flags %s" % [oct(f) for f in flags])
 
     def test_many_sessions_each_sleeping_in_a_sync_call_run_at_once(self):
         sessions = 300

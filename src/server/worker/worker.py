@@ -74,13 +74,13 @@ def take_channel():
     server, which then shuts down in order. Python-level handlers, unlike SIG_IGN, are not
     inherited by programs the environment starts.
     """
-    global CHANNEL_IN, CHANNEL_OUT, write_keeping_the_gil
+    global CHANNEL_IN, CHANNEL_OUT
     CHANNEL_IN = os.dup(0)
     CHANNEL_OUT = os.dup(1)
-    # Only this process holds this end (os.dup's descriptors are not inherited), so its flag is
-    # ours to set: `send` never blocks while it keeps the GIL.
+    # Non-blocking, so that `send` can never block while it keeps the GIL. The flag belongs to the
+    # pipe's write end, which the server's read end does not share; whoever else may hold it (a
+    # child forked by the environment, fd 1 until it is replaced below) never writes to it.
     os.set_blocking(CHANNEL_OUT, False)
-    write_keeping_the_gil = gil_keeping_write()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -158,10 +158,13 @@ def send(data, hold_gil=False):
     than `os.write`, so the loop's thread keeps `os.write` while the pool is idle.
     """
     with _write_lock:
-        if hold_gil and write_keeping_the_gil is not None:
+        write = write_keeping_the_gil if hold_gil else None
+        if write is NOT_LOADED:
+            write = load_gil_keeping_write()
+        if write is not None:
             if type(data) is not bytes:
                 data = bytes(data)
-            written = write_keeping_the_gil(CHANNEL_OUT, data, len(data))
+            written = write(CHANNEL_OUT, data, len(data))
             if written == len(data):
                 return
             view = memoryview(data)[max(written, 0):]
@@ -190,8 +193,16 @@ def gil_keeping_write():
     return write
 
 
-# Set by `take_channel()`, which makes the channel non-blocking.
-write_keeping_the_gil = None
+def load_gil_keeping_write():
+    """Sets `write_keeping_the_gil` on the first send that needs it: importing ctypes costs a
+    worker's start 2-6 ms, which one that never starts a pool thread need not pay."""
+    global write_keeping_the_gil
+    write_keeping_the_gil = gil_keeping_write()
+    return write_keeping_the_gil
+
+
+NOT_LOADED = object()
+write_keeping_the_gil = NOT_LOADED
 
 
 def send_json(obj):
