@@ -1124,7 +1124,7 @@ class Worker:
             methods = self.instances.pop(key, None) if key != 0 else None
         close = methods.get("close") if methods else None
         if close is None:
-            send(null_result(call_id), self.pool.threads != self.pool.idle)
+            send(null_result(call_id), self.pool.busy() != 0)
             return
         method = self.methods["close"]
         self.start(call_id, method, returning_none(close, method.is_async), (), {})
@@ -1157,7 +1157,7 @@ class Worker:
             message = raised_message(call_id, exc)
         self.tasks.pop(call_id, None)
         # While pool threads run, keeping the GIL through the write keeps the loop's turn.
-        send(message, self.pool.threads != self.pool.idle)
+        send(message, self.pool.busy() != 0)
 
 
 def interpreter_info(environ):
