@@ -92,6 +92,13 @@ class ResultTest(unittest.TestCase):
         self.assertEqual(message["error"]["kind"], "serialize")
         self.assertIn("NaN", message["error"]["message"])
 
+    def test_a_circular_result_says_so_without_the_nan_hint(self):
+        loop = []
+        loop.append(loop)
+        message = self.decode(worker.encode_result(10, loop))["error"]["message"]
+        self.assertIn("Circular reference", message)
+        self.assertNotIn("NaN", message)
+
     def test_numbers_no_float_holds_are_refused_on_the_way_in(self):
         with self.assertRaises(ValueError):
             worker.DECODER.decode('{"id":1,"args":[1e999]}')
@@ -502,6 +509,51 @@ class InstanceTest(unittest.TestCase):
         h.send({"id": 1, "open": 1}, wait=[1])
         self.assertEqual(h.send({"id": 2, "close": 1}, wait=[2])[0], {"id": 2, "result": None})
         self.assertEqual(h.module.CLOSED, [0])
+
+
+FAILING_ENV = """
+import asyncio
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no words")
+
+def unprintable():
+    raise Unprintable()
+
+def ping():
+    return "pong"
+
+async def cancelled_inside():
+    # The environment's own cancellation: awaiting a future that something else cancelled.
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+"""
+
+
+class FailureAnswerTest(unittest.TestCase):
+    """Every call is answered, however its failure looks: a caller left without an answer waits for
+    ever (the server has no call timeout unless one is set)."""
+
+    def setUp(self):
+        self.h = Harness(self, FAILING_ENV)
+
+    def test_an_exception_whose_str_raises_is_answered_and_the_pool_thread_lives_on(self):
+        reply = self.h.call(1, "unprintable")
+        self.assertEqual((reply["error"]["kind"], reply["error"]["type"]), ("raised", "Unprintable"))
+        self.assertIn("str() of Unprintable failed", reply["error"]["message"])
+        pool = self.h.worker.pool
+        deadline = time.monotonic() + 5
+        while pool.busy() != 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.assertEqual((pool.threads, pool.busy()), (1, 0), "the thread went back to the pool")
+        self.assertEqual(self.h.call(2, "ping")["result"], "pong")
+
+    def test_an_async_call_cancelled_by_the_environment_itself_is_answered(self):
+        reply = self.h.call(1, "cancelled_inside")
+        self.assertEqual((reply["error"]["kind"], reply["error"]["type"]), ("raised", "CancelledError"))
+        self.assertNotIn(1, self.h.worker.tasks)
 
 
 class ModuleEnvInstanceTest(unittest.TestCase):

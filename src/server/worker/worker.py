@@ -220,9 +220,19 @@ def exception_info(exc):
         tb = tb.tb_next
     return {
         "type": type(exc).__name__,
-        "message": str(exc),
+        "message": exception_text(exc),
         "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
     }
+
+
+def exception_text(exc):
+    """str(exc), or what can be said of it when its __str__ itself raises: the call must still be
+    answered, and an exception escaping here would leave it without a reply."""
+    try:
+        return str(exc)
+    except BaseException as failure:  # noqa: B902 - any error of the environment's __str__
+        return "<str() of %s failed: %s: %s>" % (type(exc).__name__, type(failure).__name__,
+                                                  object.__repr__(failure))
 
 
 def finite_float(text):
@@ -278,9 +288,12 @@ def encode_result(call_id, result):
     except NotSerializable as exc:
         return error_message(call_id, "serialize", "ResultNotSerializable", str(exc))
     except ValueError as exc:
-        return error_message(
-            call_id, "serialize", "ResultNotSerializable",
-            "result is not JSON-serializable: %s (NaN and Infinity have no JSON form)" % exc)
+        # json.dumps says "Out of range float values are not JSON compliant" for NaN and Infinity,
+        # which deserves a word on why; its other ValueErrors (a circular reference) speak for
+        # themselves.
+        hint = " (NaN and Infinity have no JSON form)" if "float" in str(exc) else ""
+        return error_message(call_id, "serialize", "ResultNotSerializable",
+                             "result is not JSON-serializable: %s%s" % (exc, hint))
     except (TypeError, RecursionError) as exc:
         return error_message(call_id, "serialize", "ResultNotSerializable",
                              "result is not JSON-serializable: %s" % exc)
@@ -293,7 +306,12 @@ def error_message(call_id, kind, exc_type, message, tb=""):
 
 
 def raised_message(call_id, exc):
-    info = exception_info(exc)
+    """The answer to a call that raised `exc`. It never raises itself: a call it failed to answer
+    would leave its caller waiting, and a pool thread it escaped from would be lost to the pool."""
+    try:
+        info = exception_info(exc)
+    except BaseException:  # noqa: B902 - formatting the traceback ran the environment's code
+        info = {"type": type(exc).__name__, "message": exception_text(exc), "traceback": ""}
     return error_message(call_id, "raised", info["type"], info["message"], info["traceback"])
 
 
@@ -1150,9 +1168,14 @@ class Worker:
         try:
             result = await func(*args, **kwargs)
             message = encode_result(call_id, result)
-        except asyncio.CancelledError:
-            self.tasks.pop(call_id, None)
-            return
+        except asyncio.CancelledError as exc:
+            # The server's cancel takes the task out of `tasks` first, and wants no answer. A
+            # cancellation of the environment's own (awaiting a future that something else
+            # cancelled) is an error of the call like any other, and must be answered: the
+            # caller would otherwise wait for ever.
+            if self.tasks.pop(call_id, None) is None:
+                return
+            message = raised_message(call_id, exc)
         except BaseException as exc:  # noqa: B902
             message = raised_message(call_id, exc)
         self.tasks.pop(call_id, None)
