@@ -8,7 +8,8 @@
 //! calls still waiting on it fail.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -50,9 +51,19 @@ pub(super) struct Session {
     env: EnvInfo,
     /// How long a call alone in flight polls for its reply.
     reply_poll: Duration,
-    /// Asks the restart loop to kill this worker (a sync call overran its timeout).
+    /// Asks the restart loop to kill this worker (a sync call overran its timeout, or its event
+    /// loop stopped answering).
     kill: Notify,
+    /// Why it is to be killed, once asked: what the calls failed by the kill say.
+    kill_reason: Mutex<Option<String>>,
+    /// Set while a probe of the worker's event loop is out ([`Session::check_loop`]), so that
+    /// many calls timing out at once send one.
+    probing: AtomicBool,
 }
+
+/// How long the worker's event loop may take to answer a probe, at least and at most; within
+/// that, as long as the call that timed out was given.
+const LOOP_PROBE_LIMITS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
 impl Session {
     /// A session over a worker that has sent its handshake, listing `method_list`.
@@ -61,7 +72,18 @@ impl Session {
             .iter()
             .map(|m| (m.name.clone(), MethodEntry { info: m.clone(), last_micros: AtomicU64::new(0) }))
             .collect();
-        Session { outbox, inbox, pending: Mutex::new(HashMap::new()), methods, method_list, env, reply_poll, kill: Notify::new() }
+        Session {
+            outbox,
+            inbox,
+            pending: Mutex::new(HashMap::new()),
+            methods,
+            method_list,
+            env,
+            reply_poll,
+            kill: Notify::new(),
+            kill_reason: Mutex::new(None),
+            probing: AtomicBool::new(false),
+        }
     }
 
     /// The methods in the worker's order.
@@ -81,26 +103,75 @@ impl Session {
 
     /// Sends a control line (open or close an instance) made by `encode` from the next id, and
     /// waits for its reply, at most `limit`.
-    pub(super) async fn control(&self, ids: &AtomicU64, encode: impl FnOnce(u64) -> Vec<u8>, limit: Duration) -> Outcome {
+    pub(super) async fn control(self: &Arc<Self>, ids: &AtomicU64, encode: impl FnOnce(u64) -> Vec<u8>, limit: Duration) -> Outcome {
         let id = ids.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
-        if self.outbox.send(&encode(id)).is_err() {
-            self.pending.lock().remove(&id);
-            return Err(CallError::WorkerLost("the worker stopped before the request was sent".into()));
-        }
-        match tokio::time::timeout(limit, rx).await {
-            Ok(received) => received.unwrap_or_else(|_| Err(CallError::WorkerLost("the worker stopped during the request".into()))),
-            Err(_) => {
-                self.pending.lock().remove(&id);
+        match self.exchange(&encode(id), id, limit).await {
+            Some(outcome) => outcome,
+            None => {
+                self.check_loop(ids, limit);
                 Err(CallError::Timeout { method: "the session's set-up or tear-down".into(), seconds: limit.as_secs_f64(), action: "it is left to finish" })
             }
         }
     }
 
+    /// Sends `line`, whose id is `id`, and waits at most `limit` for its reply; None if none
+    /// came in time.
+    async fn exchange(&self, line: &[u8], id: u64, limit: Duration) -> Option<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        if self.outbox.send(line).is_err() {
+            self.pending.lock().remove(&id);
+            return Some(Err(CallError::WorkerLost("the worker stopped before the request was sent".into())));
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(received) => Some(received.unwrap_or_else(|_| Err(CallError::WorkerLost("the worker stopped during the request".into())))),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                None
+            }
+        }
+    }
+
+    /// After a call overran its timeout without the worker being killed for it (an async call,
+    /// which is cancelled; a session's sync call or set-up, left to finish), checks in the
+    /// background that the worker's event loop still answers, and has the worker restarted if
+    /// it does not.
+    ///
+    /// The loop reads every call, so while it is blocked nothing is served: an `async def` that
+    /// calls `time.sleep`, or a sync method run on the loop's thread (see `worker.py`'s inline
+    /// calls) that hangs, would otherwise wedge every session for good, cancels included, since
+    /// the loop is what would read them. The probe is a close of instance 0, which the worker
+    /// answers on the loop's thread and which changes nothing.
+    fn check_loop(self: &Arc<Self>, ids: &AtomicU64, limit: Duration) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let limit = limit.clamp(LOOP_PROBE_LIMITS.0, LOOP_PROBE_LIMITS.1);
+        let session = self.clone();
+        tokio::spawn(async move {
+            if session.exchange(&wire::encode_close(id, 0), id, limit).await.is_none() {
+                tracing::warn!("the worker's event loop did not answer within {limit:?} after a call timed out; restarting the worker");
+                session.request_kill(format!("the worker was restarted because its event loop did not answer within {limit:?} (a call blocked it)"));
+            }
+            session.probing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Asks the restart loop to kill this worker, for `reason` (the first one given is kept).
+    fn request_kill(&self, reason: String) {
+        self.kill_reason.lock().get_or_insert(reason);
+        self.kill.notify_one();
+    }
+
+    /// Why this worker was killed, if it was asked to be.
+    pub(super) fn kill_reason(&self) -> Option<String> {
+        self.kill_reason.lock().clone()
+    }
+
     /// Calls `method` with raw JSON `args` and `kwargs`, tagged with the next id from `ids`.
     pub(super) async fn call(
-        &self,
+        self: &Arc<Self>,
         ids: &AtomicU64,
         method: &str,
         args: &str,
@@ -143,7 +214,7 @@ impl Session {
         let received = match timeout {
             Some(limit) => match tokio::time::timeout_at((started + limit).into(), rx).await {
                 Ok(received) => received,
-                Err(_) => return Err(self.on_timeout(id, &entry.info, limit, options.instance.is_some())),
+                Err(_) => return Err(self.on_timeout(ids, id, &entry.info, limit, options.instance.is_some())),
             },
             None => rx.await,
         };
@@ -155,17 +226,19 @@ impl Session {
     /// thread cannot be stopped from outside. A sync call of a session is the exception: killing
     /// the worker would end every other session with it, so its thread is left to finish and
     /// the caller ends that one session instead.
-    fn on_timeout(&self, id: u64, info: &MethodInfo, limit: Duration, in_session: bool) -> CallError {
+    fn on_timeout(self: &Arc<Self>, ids: &AtomicU64, id: u64, info: &MethodInfo, limit: Duration, in_session: bool) -> CallError {
         self.pending.lock().remove(&id);
         let action = if info.is_async {
             let _ = self.outbox.send(&wire::encode_cancel(id));
+            self.check_loop(ids, limit);
             "the call was cancelled"
         } else if in_session {
             tracing::warn!(method = %info.name, "sync call of a session timed out; ending that session, its thread left to finish");
+            self.check_loop(ids, limit);
             "the session was ended; its thread is left to finish"
         } else {
             tracing::warn!(method = %info.name, "sync call timed out; restarting the worker to stop it");
-            self.kill.notify_one();
+            self.request_kill(format!("the worker was restarted because sync call `{}` timed out", info.name));
             "the worker was restarted to stop it (its in-memory state is lost)"
         };
         CallError::Timeout { method: info.name.clone(), seconds: limit.as_secs_f64(), action }

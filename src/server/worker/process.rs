@@ -222,7 +222,7 @@ async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bo
     // Let the reader deliver replies the worker wrote before it died.
     let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
     let reason = match &end {
-        RunEnd::Killed => "the worker was restarted because a sync call timed out".to_string(),
+        RunEnd::Killed => session.kill_reason().unwrap_or_else(|| "the worker was restarted".to_string()),
         RunEnd::Stopped => "the server is shutting down".to_string(),
         RunEnd::Exited(why) | RunEnd::LoadFailed(ErrorInfo { message: why, .. }) => why.clone(),
     };
