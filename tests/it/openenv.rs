@@ -1,12 +1,14 @@
 //! OpenEnv compatibility, checked with OpenEnv's own Python client (the `openenv` package from
 //! PyPI, in target/openenv-venv, which `.ci/setup` makes) against the real server: the cases are in
 //! tests/openenv/check_clients.py; each runs against a server started for it with the settings it
-//! needs (a session limit, an idle timeout).
+//! needs (a session limit, an idle timeout). What a broken or ended session does to its slot and
+//! its later calls is checked here directly over `/mcp`.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::util::{bench_figure, quick_bench, repo, EnvCopy, RunningServer};
+use crate::util::{bench_figure, http, quick_bench, repo, EnvCopy, RunningServer};
 
 fn openenv_python() -> PathBuf {
     let python = repo().join("target/openenv-venv/bin/python");
@@ -74,4 +76,56 @@ fn the_openenv_bench_section_measures_steps_and_sessions_at_scale() {
 #[test]
 fn a_client_gone_mid_step_keeps_its_slot_until_the_step_is_done() {
     check("left_mid_step", "openenv_benchmark", &[("MAX_CONCURRENT_ENVS", "1")], None);
+}
+
+/// One JSON-RPC request to `/mcp`; its `result`, or its `error`'s message.
+fn mcp(server: &RunningServer, method: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
+    let request = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let (status, answer) = http("POST", &server.url("/mcp"), &request.to_string(), None);
+    assert_eq!(status, 200, "{answer}");
+    match answer.get("error") {
+        Some(error) => Err(error["message"].as_str().unwrap_or_default().to_string()),
+        None => Ok(answer["result"].clone()),
+    }
+}
+
+#[test]
+fn a_session_whose_sync_call_timed_out_takes_no_more_calls_whoever_made_it() {
+    let env = EnvCopy::of("slow_actor");
+    let (server, _) = RunningServer::start(&env, &[("RAYFINE_CALL_TIMEOUT", "1")]);
+    let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
+    let nap = |seconds: f64| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": seconds}, "session_id": id}));
+    let timed_out = nap(3.0).unwrap_err();
+    assert!(timed_out.contains("timed out"), "{timed_out}");
+    // The first nap still sleeps on the instance: a second call must not run beside it.
+    let refused = nap(0.0).unwrap_err();
+    assert!(refused.contains("Unknown session_id"), "{refused}");
+    drop(server);
+    env.assert_no_process_left();
+}
+
+#[test]
+fn an_ended_sessions_slot_comes_back_only_once_the_worker_has_dropped_its_instance() {
+    let env = EnvCopy::of("slow_actor");
+    let (server, _) = RunningServer::start(&env, &[("MAX_CONCURRENT_ENVS", "1"), ("SLOW_CLOSE_SECONDS", "2")]);
+    let create = || mcp(&server, "openenv/session/create", serde_json::json!({}));
+    let id = create().unwrap()["session_id"].as_str().unwrap().to_string();
+    let closed = mcp(&server, "openenv/session/close", serde_json::json!({"session_id": id})).unwrap();
+    assert_eq!(closed["closed"], true, "{closed}");
+    let ended = Instant::now();
+    // Its close() sleeps 2 s in the worker: until it returns, the slot is still taken.
+    let refused = create().unwrap_err();
+    assert!(refused.contains("at capacity"), "{refused}");
+    let deadline = ended + Duration::from_secs(10);
+    let next = loop {
+        match create() {
+            Ok(session) => break session,
+            Err(why) => assert!(Instant::now() < deadline && why.contains("at capacity"), "{why}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ended.elapsed() >= Duration::from_millis(1500), "the slot came back before close() could have returned");
+    assert!(next["session_id"].is_string(), "{next}");
+    drop(server);
+    env.assert_no_process_left();
 }

@@ -210,6 +210,9 @@ async fn call_tool(state: &AppState, session: Option<&EnvSession>, name: &str, a
             let _turn = session.calls.lock().await;
             let outcome = caller.tool(session.instance, name, arguments).await;
             session.touch();
+            if let Err(err) = &outcome {
+                state.openenv.end_if_broken(session, &state.worker, err);
+            }
             outcome
         }
         None => caller.tool(None, name, arguments).await,
@@ -268,7 +271,11 @@ pub async fn step_action(state: &AppState, session: &EnvSession, action: &Value)
             } else if !arguments.is_object() {
                 Err(("invalid_args", "`arguments` must be an object".to_string()))
             } else {
-                caller.tool(session.instance, &name, &arguments).await.map_err(|err| match err {
+                let outcome = caller.tool(session.instance, &name, &arguments).await;
+                if let Err(err) = &outcome {
+                    state.openenv.end_if_broken(session, &state.worker, err);
+                }
+                outcome.map_err(|err| match err {
                     CallError::NotFound { .. } => ("tool_not_found", format!("Unknown tool: '{name}'")),
                     CallError::InvalidArguments(message) => ("invalid_args", message),
                     CallError::Timeout { .. } => ("timeout", err.to_string()),

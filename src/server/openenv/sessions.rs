@@ -4,7 +4,14 @@
 //! A WebSocket connection is a session; so is one made by MCP's `openenv/session/create`, which a
 //! WebSocket may later attach to (`/ws?session_id=`). The table holds both kinds by id. A slot is
 //! taken before the Actor is constructed, so a burst of connections can never overshoot the limit,
-//! and given back when the session ends, however it ends.
+//! and given back when the session has ended, however it ends, and the worker has dropped its
+//! instance: until then the instance's `close()` (or a constructor a client gave up waiting for)
+//! still runs in the worker, and a client that opens and leaves again and again must not pile up
+//! work there that no limit bounds.
+//!
+//! A session whose call failed in a way that leaves its instance unusable ([`breaks_session`]: a
+//! sync call still running after its timeout, an instance lost with its worker) is ended at once,
+//! whoever drives it, so that no later call runs beside the stuck one or on nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -71,6 +78,8 @@ pub struct EnvSession {
     close_requested: AtomicBool,
     /// Whether a WebSocket created it (and so ends it when it closes).
     pub owned_by_socket: bool,
+    /// It was ended (taken out of the table): a WebSocket still attached must close.
+    ended: AtomicBool,
 }
 
 impl EnvSession {
@@ -104,6 +113,18 @@ impl EnvSession {
     pub fn request_close(&self) {
         self.close_requested.store(true, Ordering::Release);
     }
+
+    /// Whether it was ended, by its own client, the reaper, or a call that broke it.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+/// Whether a call that failed with `err` leaves its session unusable: a timed-out call (a sync
+/// one still runs on the instance; OpenEnv's clients are not told which), or an instance gone
+/// with its worker.
+pub fn breaks_session(err: &CallError) -> bool {
+    matches!(err, CallError::Timeout { .. } | CallError::Unavailable(_) | CallError::WorkerLost(_) | CallError::InstanceLost(_))
 }
 
 /// Every session of this server.
@@ -112,8 +133,9 @@ pub struct Sessions {
     pub limits: SessionLimits,
     /// Live sessions by id.
     table: Mutex<HashMap<String, Arc<EnvSession>>>,
-    /// Slots taken: live sessions plus those whose Actor is being constructed.
-    taken: AtomicUsize,
+    /// Slots taken: live sessions, those whose Actor is being constructed, and ended ones whose
+    /// instance the worker has not yet dropped. Shared with the tasks that drop them.
+    taken: Arc<AtomicUsize>,
     /// Instance ids; 0 is the worker's default instance, which `/call` uses.
     next_instance: AtomicU64,
 }
@@ -121,7 +143,7 @@ pub struct Sessions {
 impl Sessions {
     /// An empty table. The reaper of sessions nobody drives starts with it, if a runtime runs.
     pub fn new(limits: SessionLimits, worker: Worker) -> Arc<Sessions> {
-        let sessions = Arc::new(Sessions { limits, table: Mutex::new(HashMap::new()), taken: AtomicUsize::new(0), next_instance: AtomicU64::new(1) });
+        let sessions = Arc::new(Sessions { limits, table: Mutex::new(HashMap::new()), taken: Arc::new(AtomicUsize::new(0)), next_instance: AtomicU64::new(1) });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(reap_unattached(Arc::downgrade(&sessions), worker));
         }
@@ -157,6 +179,7 @@ impl Sessions {
             attached: AtomicBool::new(owned_by_socket),
             close_requested: AtomicBool::new(false),
             owned_by_socket,
+            ended: AtomicBool::new(false),
         });
         self.table.lock().insert(session.id.clone(), session.clone());
         reservation.kept = true;
@@ -168,30 +191,46 @@ impl Sessions {
         self.table.lock().get(id).cloned()
     }
 
-    /// Ends a session: frees its slot at once and drops its instance in the background (its
-    /// `close()` may take a while, and nobody waits for it). Ending one twice does nothing.
+    /// Ends a session: takes it out of the table at once and drops its instance in the
+    /// background (its `close()` may take a while, and nobody waits for it), giving its slot
+    /// back after that. Ending one twice does nothing.
     pub fn end(&self, session: &EnvSession, worker: &Worker) {
         if self.table.lock().remove(&session.id).is_none() {
             return;
         }
+        session.ended.store(true, Ordering::Release);
         self.release(session.instance, worker);
     }
 
-    /// Gives a slot back and drops `instance` in the worker, in the background. A close of an
-    /// instance whose constructor still runs waits for it in the worker; one the worker never
-    /// made is answered at once.
+    /// Ends `session` if `err`, what one of its calls failed with, leaves it unusable
+    /// ([`breaks_session`]); says whether it did.
+    pub fn end_if_broken(&self, session: &EnvSession, worker: &Worker, err: &CallError) -> bool {
+        if !breaks_session(err) {
+            return false;
+        }
+        self.end(session, worker);
+        true
+    }
+
+    /// Drops `instance` in the worker, in the background, then gives its slot back. A close of
+    /// an instance whose constructor still runs waits for it in the worker; one the worker never
+    /// made is answered at once; a worker that does not answer within the set-up timeout has its
+    /// event loop checked (and is restarted if that is stuck), so the slot always comes back.
     fn release(&self, instance: Option<u64>, worker: &Worker) {
-        self.taken.fetch_sub(1, Ordering::AcqRel);
-        let Some(instance) = instance else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (Some(instance), Ok(runtime)) = (instance, tokio::runtime::Handle::try_current()) else {
+            self.taken.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
         let worker = worker.clone();
         let limit = self.limits.setup_timeout;
+        let taken = self.taken.clone();
         runtime.spawn(async move {
             match worker.close_instance(instance, limit).await {
                 // The worker that held it is gone, and the instance with it.
                 Ok(()) | Err(CallError::Unavailable(_) | CallError::WorkerLost(_)) => {}
                 Err(err) => tracing::warn!("closing session instance {instance}: {err}"),
             }
+            taken.fetch_sub(1, Ordering::AcqRel);
         });
     }
 

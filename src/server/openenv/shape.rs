@@ -9,6 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use super::super::worker::CallError;
+use super::sessions::breaks_session;
 use crate::protocol::MethodInfo;
 
 /// OpenEnv's answer to `reset` and `step`.
@@ -117,25 +118,22 @@ pub fn error_frame(code: &str, message: &str, extra: Map<String, Value>) -> Valu
     json!({"type": "error", "data": data})
 }
 
-/// The error frame for a failed call, and whether the session must end with it.
+/// The error frame for a failed call, and whether the session must end with it
+/// ([`breaks_session`]).
 pub fn call_error_frame(err: &CallError) -> (Value, bool) {
-    match err {
+    let frame = match err {
         CallError::InvalidArguments(message) => {
             let errors = json!([{"type": "value_error", "loc": [], "msg": message}]);
-            (error_frame(code::VALIDATION_ERROR, "Invalid message", Map::from_iter([("errors".to_string(), errors)])), false)
+            error_frame(code::VALIDATION_ERROR, "Invalid message", Map::from_iter([("errors".to_string(), errors)]))
         }
         CallError::Raised(info) => {
             let extra = Map::from_iter([("exception_type".to_string(), json!(info.kind)), ("traceback".to_string(), json!(info.traceback))]);
-            (error_frame(code::EXECUTION_ERROR, &info.message, extra), false)
+            error_frame(code::EXECUTION_ERROR, &info.message, extra)
         }
-        CallError::NotFound { .. } | CallError::NotSerializable(_) => (error_frame(code::EXECUTION_ERROR, &err.to_string(), Map::new()), false),
-        // A sync call that overran is still running on the session's instance: the session
-        // cannot safely take another call.
-        CallError::Timeout { .. } => (error_frame(code::EXECUTION_ERROR, &err.to_string(), Map::new()), true),
-        CallError::Unavailable(_) | CallError::WorkerLost(_) | CallError::InstanceLost(_) => {
-            (error_frame(code::SESSION_ERROR, &err.to_string(), Map::new()), true)
-        }
-    }
+        CallError::NotFound { .. } | CallError::NotSerializable(_) | CallError::Timeout { .. } => error_frame(code::EXECUTION_ERROR, &err.to_string(), Map::new()),
+        CallError::Unavailable(_) | CallError::WorkerLost(_) | CallError::InstanceLost(_) => error_frame(code::SESSION_ERROR, &err.to_string(), Map::new()),
+    };
+    (frame, breaks_session(err))
 }
 
 /// `GET /schema`: the action's schema from `step`'s signature (its `action` parameter's, if it has

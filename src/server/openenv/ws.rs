@@ -264,7 +264,7 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
             };
             if let Some(observation) = super::mcp::step_action(&state, &session, &action).await {
                 progress.step_count += 1;
-                return After::Reply(json!({"type": "observation", "data": {"observation": observation, "reward": null, "done": false}}));
+                return reply_unless_ended(&session, json!({"type": "observation", "data": {"observation": observation, "reward": null, "done": false}}));
             }
             let outcome = caller.step(session.instance, &action, &json!({})).await;
             if outcome.is_ok() {
@@ -283,10 +283,8 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
         "mcp" => {
             drop(progress);
             let request = data.unwrap_or(Value::Null);
-            return match super::mcp::handle(&state, request, Some(&session)).await {
-                Some(answer) => After::Reply(json!({"type": "mcp", "data": answer})),
-                None => After::Reply(json!({"type": "mcp", "data": null})),
-            };
+            let answer = super::mcp::handle(&state, request, Some(&session)).await;
+            return reply_unless_ended(&session, json!({"type": "mcp", "data": answer}));
         }
         other => return After::Reply(error_frame(code::UNKNOWN_TYPE, &format!("Unknown message type: {other}"), Map::new())),
     };
@@ -294,8 +292,22 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
         Ok(frame) => After::Reply(frame),
         Err(err) => match shape::call_error_frame(&err) {
             (frame, false) => After::Reply(frame),
-            (frame, true) => After::ReplyAndEnd(frame),
+            (frame, true) => {
+                // Ended in the table too, even if MCP made it: nobody may call it again.
+                state.openenv.end(&session, &state.worker);
+                After::ReplyAndEnd(frame)
+            }
         },
+    }
+}
+
+/// Answers with `frame`, then ends the socket if the request ended the session (a tool call
+/// through MCP that broke it).
+fn reply_unless_ended(session: &EnvSession, frame: Value) -> After {
+    if session.is_ended() {
+        After::ReplyAndEnd(frame)
+    } else {
+        After::Reply(frame)
     }
 }
 
