@@ -556,6 +556,34 @@ class FailureAnswerTest(unittest.TestCase):
         self.assertNotIn(1, self.h.worker.tasks)
 
 
+class InlineWithSessionsTest(unittest.TestCase):
+    """A short sync call runs on the loop's thread for a lone client, never while two sessions are
+    open: a call that turns slow there would stall the other session's episode."""
+
+    def setUp(self):
+        self.h = Harness(self, "import threading\nclass Actor:\n    def where(self):\n"
+                               "        return threading.current_thread().name\n")
+        self.h.worker.methods["where"].short_runs = worker.INLINE_AFTER
+
+    def where(self, call_id, instance):
+        # A pool thread counts itself idle just after its answer: wait for that, or the pool
+        # would still look busy and the call go to it for that reason alone.
+        pool = self.h.worker.pool
+        deadline = time.monotonic() + 5
+        while pool.busy() != 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return self.h.call(call_id, "where", instance=instance)["result"]
+
+    def test_one_session_runs_short_calls_inline_two_do_not(self):
+        self.h.send({"id": 1, "open": 1}, wait=[1])
+        self.assertEqual(self.where(2, 1), threading.current_thread().name, "one session: inline")
+        self.h.send({"id": 3, "open": 2}, wait=[3])
+        self.assertEqual(self.where(4, 1), "rayfine-sync")
+        self.assertEqual(self.where(5, 0), "rayfine-sync", "instance 0 too, while two sessions are open")
+        self.h.send({"id": 6, "close": 2}, wait=[6])
+        self.assertEqual(self.where(7, 1), threading.current_thread().name, "back to one session")
+
+
 class ModuleEnvInstanceTest(unittest.TestCase):
     def test_instances_of_a_module_env_are_its_functions_and_close_calls_nothing(self):
         h = Harness(self, "CALLS = []\ndef ping():\n    return 'pong'\ndef close():\n    CALLS.append(1)\n")

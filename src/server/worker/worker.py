@@ -106,9 +106,13 @@ SPIN_SECONDS = int(os.environ.get("RAYFINE_WORKER_SPIN_US", "0")) / 1e6
 # A sync method runs inline only after this many runs in a row took less than INLINE_LIMIT seconds,
 # and one slow run sends it back to the pool: a method that is sometimes slow stays in the pool, and
 # one that turns slow stalls the loop once. RAYFINE_INLINE_SYNC=0 keeps every sync call in the pool.
+# Only while at most one session is open (INLINE_MAX_INSTANCES counts instance 0 too): a stalled
+# loop stalls every caller, and with two sessions or more that is another session's episode, which
+# one session's slow step must never hold up. A single client loses nothing by it.
 INLINE_SYNC = os.environ.get("RAYFINE_INLINE_SYNC", "1") not in ("0", "false", "no", "off")
 INLINE_AFTER = 16
 INLINE_LIMIT = 0.001
+INLINE_MAX_INSTANCES = 2
 # CPython's GIL: every thread waiting for it wakes each switch interval (5 ms) to ask for it. With
 # thousands of sync calls finishing at once (OpenEnv sessions all stepping a `time.sleep`), those
 # wake-ups became most of the worker's CPU, in the kernel (measured: 6 s of system time in 5 s
@@ -1047,7 +1051,8 @@ class Worker:
             task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
             self.tasks[call_id] = task
         elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
-              and self.pool.threads == self.pool.idle):  # pool.busy() == 0, without the call
+              and self.pool.threads == self.pool.idle  # pool.busy() == 0, without the call
+              and len(self.instances) <= INLINE_MAX_INSTANCES):
             send(self.run_inline(call_id, method, func, args, kwargs))
         elif not self.pool.submit(call_id, method, func, args, kwargs):
             # No thread can be had: running it here stalls other calls until it returns, but it
@@ -1060,7 +1065,7 @@ class Worker:
             task = self.loop.create_task(self.run_async(call_id, func, args, kwargs))
             self.tasks[call_id] = task
         elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
-              and self.pool.threads == self.pool.idle):
+              and self.pool.threads == self.pool.idle and len(self.instances) <= INLINE_MAX_INSTANCES):
             send(self.run_inline(call_id, method, func, args, kwargs))
         elif not self.pool.submit(call_id, method, func, args, kwargs):
             send(self.run_inline(call_id, method, func, args, kwargs))
