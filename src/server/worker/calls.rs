@@ -41,8 +41,8 @@ pub(super) struct Session {
     outbox: Outbox,
     /// The read side: the worker's replies.
     inbox: Inbox,
-    /// Calls awaiting a reply, by id. A plain mutex: it is never held across an await.
-    pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Calls awaiting a reply. A plain mutex: it is never held across an await.
+    pending: Mutex<Pending>,
     /// Methods by name, as the worker described them.
     methods: HashMap<String, MethodEntry>,
     /// The methods in the worker's order, for `/methods`.
@@ -61,6 +61,35 @@ pub(super) struct Session {
     probing: AtomicBool,
 }
 
+/// Calls awaiting a reply, by id, and whether the worker is gone.
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Outcome>>,
+    /// Set by [`Session::fail_pending`]: a call that got this session just before its worker
+    /// ended must not wait for a reply nothing will ever route to it.
+    closed: bool,
+}
+
+impl Pending {
+    /// Registers a call; false when the worker is gone.
+    fn insert(&mut self, id: u64, waiter: oneshot::Sender<Outcome>) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.waiting.insert(id, waiter);
+        true
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<oneshot::Sender<Outcome>> {
+        self.waiting.remove(id)
+    }
+}
+
+/// The error of a call made on a session whose worker has just ended.
+fn gone() -> CallError {
+    CallError::WorkerLost("the worker stopped before the request was sent".into())
+}
+
 /// How long the worker's event loop may take to answer a probe, at least and at most; within
 /// that, as long as the call that timed out was given.
 const LOOP_PROBE_LIMITS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
@@ -75,7 +104,7 @@ impl Session {
         Session {
             outbox,
             inbox,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             methods,
             method_list,
             env,
@@ -118,10 +147,12 @@ impl Session {
     /// came in time.
     async fn exchange(&self, line: &[u8], id: u64, limit: Duration) -> Option<Outcome> {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
+        if !self.pending.lock().insert(id, tx) {
+            return Some(Err(gone()));
+        }
         if self.outbox.send(line).is_err() {
             self.pending.lock().remove(&id);
-            return Some(Err(CallError::WorkerLost("the worker stopped before the request was sent".into())));
+            return Some(Err(gone()));
         }
         match tokio::time::timeout(limit, rx).await {
             Ok(received) => Some(received.unwrap_or_else(|_| Err(CallError::WorkerLost("the worker stopped during the request".into())))),
@@ -189,8 +220,10 @@ impl Session {
         let (tx, mut rx) = oneshot::channel();
         let alone = {
             let mut pending = self.pending.lock();
-            pending.insert(id, tx);
-            pending.len() == 1
+            if !pending.insert(id, tx) {
+                return Err(gone());
+            }
+            pending.waiting.len() == 1
         };
         let mut message = wire::encode_call_with(id, method, args, kwargs, options);
         if !alone {
@@ -198,7 +231,7 @@ impl Session {
         }
         if self.outbox.send(&message).is_err() {
             self.pending.lock().remove(&id);
-            return Err(CallError::WorkerLost("the worker stopped before the call was sent".into()));
+            return Err(gone());
         }
         let lost = || Err(CallError::WorkerLost("the worker stopped during the call".into()));
         let poll = timeout.map_or(self.reply_poll, |limit| limit.min(self.reply_poll));
@@ -256,7 +289,11 @@ impl Session {
 
     /// Fails every call still waiting, with `reason`: the worker is gone.
     pub(super) fn fail_pending(&self, reason: &str) {
-        let pending = std::mem::take(&mut *self.pending.lock());
+        let pending = {
+            let mut pending = self.pending.lock();
+            pending.closed = true;
+            std::mem::take(&mut pending.waiting)
+        };
         for (_, waiter) in pending {
             let _ = waiter.send(Err(CallError::WorkerLost(reason.to_string())));
         }
@@ -269,5 +306,46 @@ impl Session {
                 let _ = waiter.send(outcome);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+
+    /// A session over two pipes whose far ends the test holds (so nothing breaks by itself), with
+    /// one sync method, `ping`.
+    fn session() -> (Arc<Session>, [OwnedFd; 2]) {
+        let (calls_read, calls_write) = std::io::pipe().unwrap();
+        let (replies_read, replies_write) = std::io::pipe().unwrap();
+        let (outbox, _flusher) = Outbox::new(OwnedFd::from(calls_write)).unwrap();
+        let inbox = Inbox::new(OwnedFd::from(replies_read), Vec::new()).unwrap();
+        let ping = MethodInfo {
+            name: "ping".into(),
+            signature: "()".into(),
+            source: String::new(),
+            endpoint: String::new(),
+            doc: String::new(),
+            is_async: false,
+            input_schema: None,
+        };
+        let session = Session::new(outbox, inbox, vec![ping], EnvInfo::default(), Duration::ZERO);
+        (Arc::new(session), [OwnedFd::from(calls_read), OwnedFd::from(replies_write)])
+    }
+
+    #[tokio::test]
+    async fn a_call_made_after_its_worker_ended_fails_at_once_instead_of_waiting_for_ever() {
+        let (session, _far_ends) = session();
+        session.fail_pending("the worker exited");
+        let ids = AtomicU64::new(1);
+        let options = wire::CallOptions::default();
+        let call = session.call(&ids, "ping", "[]", "{}", &options, None);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), call).await.expect("an answer, not a wait");
+        assert!(matches!(outcome, Err(CallError::WorkerLost(_))), "{outcome:?}");
+        let open = session.control(&ids, |id| wire::encode_open(id, 1), Duration::from_secs(30));
+        let outcome = tokio::time::timeout(Duration::from_secs(5), open).await.expect("an answer, not a wait");
+        assert!(matches!(outcome, Err(CallError::WorkerLost(_))), "{outcome:?}");
     }
 }
