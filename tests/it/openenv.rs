@@ -129,3 +129,26 @@ fn an_ended_sessions_slot_comes_back_only_once_the_worker_has_dropped_its_instan
     drop(server);
     env.assert_no_process_left();
 }
+
+#[test]
+fn a_session_call_whose_http_client_hung_up_still_holds_the_sessions_turn() {
+    use std::io::Write;
+    let env = EnvCopy::of("slow_actor");
+    let (server, _) = RunningServer::start(&env, &[]);
+    let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
+    let nap = |seconds: f64| serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "nap", "arguments": {"seconds": seconds}, "session_id": id}});
+    // A client that sends a 2 s call, then hangs up before the answer.
+    let started = Instant::now();
+    let body = nap(2.0).to_string();
+    let host = server.url("").trim_start_matches("http://").to_string();
+    let mut leaver = std::net::TcpStream::connect(&host).unwrap();
+    write!(leaver, "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(leaver);
+    // The next call of the session waits for the first to end in the worker.
+    let second = mcp(&server, "tools/call", nap(0.0)["params"].clone()).unwrap();
+    assert_eq!(second["data"], 2, "{second}");
+    assert!(started.elapsed() >= Duration::from_millis(1800), "the second call ran beside the first: {:?}", started.elapsed());
+    drop(server);
+    env.assert_no_process_left();
+}

@@ -130,7 +130,7 @@ async fn answer(state: &AppState, method: &str, params: &Value, socket_session: 
                 Some(session) => Some(session),
                 None => socket_session.cloned(),
             };
-            let value = call_tool(state, session.as_deref(), name, &arguments).await?;
+            let value = call_tool(state, session.as_ref(), name, &arguments).await?;
             Ok(tool_result(value))
         }
         "openenv/session/create" => {
@@ -199,21 +199,29 @@ pub fn tools(methods: &[MethodInfo]) -> Vec<Value> {
 }
 
 /// Runs a tool on `session`'s instance (one call at a time per session), or on the default one.
-async fn call_tool(state: &AppState, session: Option<&EnvSession>, name: &str, arguments: &Value) -> Result<Value, Fault> {
+///
+/// A session's call runs in a task of its own that holds the session's turn until the worker has
+/// answered: an HTTP client that hangs up drops this future, but the call goes on in the worker,
+/// and the session's next call must not start beside it on the same Actor.
+async fn call_tool(state: &AppState, session: Option<&Arc<EnvSession>>, name: &str, arguments: &Value) -> Result<Value, Fault> {
     if !is_tool(name) {
         return Err(Fault::new(rpc::INTERNAL_ERROR, format!("Unknown tool: '{name}'")));
     }
     let caller = super::caller(state);
     let outcome = match session {
         Some(session) => {
-            session.touch();
-            let _turn = session.calls.lock().await;
-            let outcome = caller.tool(session.instance, name, arguments).await;
-            session.touch();
-            if let Err(err) = &outcome {
-                state.openenv.end_if_broken(session, &state.worker, err);
-            }
-            outcome
+            let (state, session, name, arguments) = (state.clone(), session.clone(), name.to_string(), arguments.clone());
+            let call = tokio::spawn(async move {
+                session.touch();
+                let _turn = session.calls.lock().await;
+                let outcome = caller.tool(session.instance, &name, &arguments).await;
+                session.touch();
+                if let Err(err) = &outcome {
+                    state.openenv.end_if_broken(&session, &state.worker, err);
+                }
+                outcome
+            });
+            call.await.map_err(|err| Fault::new(rpc::INTERNAL_ERROR, format!("the call's task failed: {err}")))?
         }
         None => caller.tool(None, name, arguments).await,
     };
