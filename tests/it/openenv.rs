@@ -152,3 +152,30 @@ fn a_session_call_whose_http_client_hung_up_still_holds_the_sessions_turn() {
     drop(server);
     env.assert_no_process_left();
 }
+
+#[test]
+fn a_session_closed_while_its_call_runs_is_dropped_by_the_worker_only_after_that_call() {
+    let env = EnvCopy::of("slow_actor");
+    let (server, _) = RunningServer::start(&env, &[("MAX_CONCURRENT_ENVS", "1")]);
+    let create = || mcp(&server, "openenv/session/create", serde_json::json!({}));
+    let id = create().unwrap()["session_id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let napping = std::thread::scope(|scope| {
+        let nap = scope.spawn(|| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": 2.0}, "session_id": id})));
+        std::thread::sleep(Duration::from_millis(300));
+        let closed = mcp(&server, "openenv/session/close", serde_json::json!({"session_id": id})).unwrap();
+        assert_eq!(closed["closed"], true, "{closed}");
+        // Its close() waits for the nap, and the slot for its close().
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(why) = create() {
+            assert!(Instant::now() < deadline && why.contains("at capacity"), "{why}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let free_after = started.elapsed();
+        assert!(free_after >= Duration::from_millis(1800), "the slot came back before the call ended: {free_after:?}");
+        nap.join().unwrap()
+    });
+    assert_eq!(napping.unwrap()["data"], 1, "the call ran to its end");
+    drop(server);
+    env.assert_no_process_left();
+}

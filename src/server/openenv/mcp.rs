@@ -250,7 +250,7 @@ fn tool_result(value: Value) -> Value {
 /// OpenEnv's MCP step actions (`{"type": "list_tools"}`, `{"type": "call_tool", "tool_name",
 /// "arguments"}`), which older `MCPToolClient`s send over the WebSocket: the observation to
 /// answer with, or `None` when `action` is not one of them.
-pub async fn step_action(state: &AppState, session: &EnvSession, action: &Value) -> Option<Value> {
+pub async fn step_action(state: &AppState, session: &Arc<EnvSession>, action: &Value) -> Option<Value> {
     let kind = action.get("type").and_then(Value::as_str)?;
     // An environment whose own step takes a `type` means its own action by it.
     let methods = state.worker.methods().ok()?;

@@ -194,17 +194,17 @@ impl Sessions {
     /// Ends a session: takes it out of the table at once and drops its instance in the
     /// background (its `close()` may take a while, and nobody waits for it), giving its slot
     /// back after that. Ending one twice does nothing.
-    pub fn end(&self, session: &EnvSession, worker: &Worker) {
+    pub fn end(&self, session: &Arc<EnvSession>, worker: &Worker) {
         if self.table.lock().remove(&session.id).is_none() {
             return;
         }
         session.ended.store(true, Ordering::Release);
-        self.release(session.instance, worker);
+        self.release(session.instance, worker, Some(session.clone()));
     }
 
     /// Ends `session` if `err`, what one of its calls failed with, leaves it unusable
     /// ([`breaks_session`]); says whether it did.
-    pub fn end_if_broken(&self, session: &EnvSession, worker: &Worker, err: &CallError) -> bool {
+    pub fn end_if_broken(&self, session: &Arc<EnvSession>, worker: &Worker, err: &CallError) -> bool {
         if !breaks_session(err) {
             return false;
         }
@@ -212,11 +212,13 @@ impl Sessions {
         true
     }
 
-    /// Drops `instance` in the worker, in the background, then gives its slot back. A close of
-    /// an instance whose constructor still runs waits for it in the worker; one the worker never
-    /// made is answered at once; a worker that does not answer within the set-up timeout has its
-    /// event loop checked (and is restarted if that is stuck), so the slot always comes back.
-    fn release(&self, instance: Option<u64>, worker: &Worker) {
+    /// Drops `instance` in the worker, in the background, then gives its slot back. The close
+    /// waits for a call of `session` in flight (an MCP `openenv/session/close` or the reaper may
+    /// end a session while one runs), so that the Actor's `close()` never runs beside its own
+    /// call. A close of an instance whose constructor still runs waits for it in the worker; one
+    /// the worker never made is answered at once; a worker that does not answer within the set-up
+    /// timeout has its event loop checked (and is restarted if that is stuck).
+    fn release(&self, instance: Option<u64>, worker: &Worker, session: Option<Arc<EnvSession>>) {
         let (Some(instance), Ok(runtime)) = (instance, tokio::runtime::Handle::try_current()) else {
             self.taken.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -225,6 +227,9 @@ impl Sessions {
         let limit = self.limits.setup_timeout;
         let taken = self.taken.clone();
         runtime.spawn(async move {
+            if let Some(session) = session {
+                drop(session.calls.lock().await);
+            }
             match worker.close_instance(instance, limit).await {
                 // The worker that held it is gone, and the instance with it.
                 Ok(()) | Err(CallError::Unavailable(_) | CallError::WorkerLost(_)) => {}
@@ -236,7 +241,7 @@ impl Sessions {
 
     /// Ends a session nobody drives that has been silent for the idle timeout, unless a call
     /// of it is running or a WebSocket attaches meanwhile (claiming it first settles that race).
-    fn reap_if_idle(&self, session: &EnvSession, worker: &Worker) -> bool {
+    fn reap_if_idle(&self, session: &Arc<EnvSession>, worker: &Worker) -> bool {
         if session.idle_for() <= self.limits.idle_timeout || session.calls.try_lock().is_err() {
             return false;
         }
@@ -261,7 +266,7 @@ struct Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            self.sessions.release(self.instance, self.worker);
+            self.sessions.release(self.instance, self.worker, None);
         }
     }
 }
