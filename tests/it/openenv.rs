@@ -179,3 +179,23 @@ fn a_session_closed_while_its_call_runs_is_dropped_by_the_worker_only_after_that
     drop(server);
     env.assert_no_process_left();
 }
+
+#[tokio::test]
+async fn a_message_without_a_type_is_told_what_types_there_are() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let env = EnvCopy::of("echo_openenv");
+    let (server, _) = RunningServer::start(&env, &[]);
+    let url = server.url("/ws").replace("http://", "ws://");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    for message in [r#"{"data": {}}"#, r#"{"type": 5}"#] {
+        socket.send(Message::text(message)).await.unwrap();
+        let Some(Ok(Message::Text(answer))) = socket.next().await else { panic!("no answer to {message}") };
+        let answer: serde_json::Value = serde_json::from_str(answer.as_str()).unwrap();
+        assert_eq!(answer["data"]["code"], "UNKNOWN_TYPE", "{answer}");
+        assert!(answer["data"]["message"].as_str().unwrap().contains("no string `type` (one of reset, step"), "{answer}");
+    }
+    drop(socket);
+    drop(server);
+    env.assert_no_process_left();
+}

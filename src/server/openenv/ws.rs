@@ -100,8 +100,10 @@ async fn run(mut socket: WebSocket, state: AppState, attach: Option<String>) {
         },
         Some(id) => match state.openenv.get(&id) {
             Some(session) if session.attach() => session,
-            Some(_) => {
-                refuse(socket, error_frame(code::SESSION_ERROR, &format!("Session {id} already has an attached WebSocket"), Map::new())).await;
+            Some(session) => {
+                // The reaper claims a session by marking it attached, then ends it.
+                let why = if session.is_ended() { format!("Session {id} has ended") } else { format!("Session {id} already has an attached WebSocket") };
+                refuse(socket, error_frame(code::SESSION_ERROR, &why, Map::new())).await;
                 return;
             }
             None => {
@@ -285,6 +287,10 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
             let request = data.unwrap_or(Value::Null);
             let answer = super::mcp::handle(&state, request, Some(&session)).await;
             return reply_unless_ended(&session, json!({"type": "mcp", "data": answer}));
+        }
+        "" => {
+            let why = "Unknown message type: the message has no string `type` (one of reset, step, state, close, mcp)";
+            return After::Reply(error_frame(code::UNKNOWN_TYPE, why, Map::new()));
         }
         other => return After::Reply(error_frame(code::UNKNOWN_TYPE, &format!("Unknown message type: {other}"), Map::new())),
     };
