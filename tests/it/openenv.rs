@@ -92,12 +92,21 @@ fn mcp(server: &RunningServer, method: &str, params: serde_json::Value) -> Resul
 #[test]
 fn a_session_whose_sync_call_timed_out_takes_no_more_calls_whoever_made_it() {
     let env = EnvCopy::of("slow_actor");
-    let (server, _) = RunningServer::start(&env, &[("RAYFINE_CALL_TIMEOUT", "1")]);
+    let (server, _) = RunningServer::start(&env, &[("RAYFINE_CALL_TIMEOUT", "2")]);
     let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
     let nap = |seconds: f64| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": seconds}, "session_id": id}));
-    let timed_out = nap(3.0).unwrap_err();
+    // The first nap overruns its 2 s and still sleeps on the instance afterwards: neither the
+    // call that was waiting for its turn meanwhile nor a later one may run beside it.
+    let (timed_out, queued) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| nap(4.0));
+        std::thread::sleep(Duration::from_millis(700));
+        let queued = scope.spawn(|| nap(0.0));
+        (first.join().unwrap(), queued.join().unwrap())
+    });
+    let timed_out = timed_out.unwrap_err();
     assert!(timed_out.contains("timed out"), "{timed_out}");
-    // The first nap still sleeps on the instance: a second call must not run beside it.
+    let queued = queued.unwrap_err();
+    assert!(queued.contains("has ended"), "{queued}");
     let refused = nap(0.0).unwrap_err();
     assert!(refused.contains("Unknown session_id"), "{refused}");
     drop(server);
@@ -107,13 +116,13 @@ fn a_session_whose_sync_call_timed_out_takes_no_more_calls_whoever_made_it() {
 #[test]
 fn an_ended_sessions_slot_comes_back_only_once_the_worker_has_dropped_its_instance() {
     let env = EnvCopy::of("slow_actor");
-    let (server, _) = RunningServer::start(&env, &[("MAX_CONCURRENT_ENVS", "1"), ("SLOW_CLOSE_SECONDS", "2")]);
+    let (server, _) = RunningServer::start(&env, &[("MAX_CONCURRENT_ENVS", "1"), ("SLOW_CLOSE_SECONDS", "3")]);
     let create = || mcp(&server, "openenv/session/create", serde_json::json!({}));
     let id = create().unwrap()["session_id"].as_str().unwrap().to_string();
     let closed = mcp(&server, "openenv/session/close", serde_json::json!({"session_id": id})).unwrap();
     assert_eq!(closed["closed"], true, "{closed}");
     let ended = Instant::now();
-    // Its close() sleeps 2 s in the worker: until it returns, the slot is still taken.
+    // Its close() sleeps 3 s in the worker: until it returns, the slot is still taken.
     let refused = create().unwrap_err();
     assert!(refused.contains("at capacity"), "{refused}");
     let deadline = ended + Duration::from_secs(10);
@@ -124,7 +133,7 @@ fn an_ended_sessions_slot_comes_back_only_once_the_worker_has_dropped_its_instan
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(ended.elapsed() >= Duration::from_millis(1500), "the slot came back before close() could have returned");
+    assert!(ended.elapsed() >= Duration::from_secs(2), "the slot came back before close() could have returned");
     assert!(next["session_id"].is_string(), "{next}");
     drop(server);
     env.assert_no_process_left();
@@ -137,18 +146,18 @@ fn a_session_call_whose_http_client_hung_up_still_holds_the_sessions_turn() {
     let (server, _) = RunningServer::start(&env, &[]);
     let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
     let nap = |seconds: f64| serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "nap", "arguments": {"seconds": seconds}, "session_id": id}});
-    // A client that sends a 2 s call, then hangs up before the answer.
+    // A client that sends a 3 s call, then hangs up before the answer.
     let started = Instant::now();
-    let body = nap(2.0).to_string();
+    let body = nap(3.0).to_string();
     let host = server.url("").trim_start_matches("http://").to_string();
     let mut leaver = std::net::TcpStream::connect(&host).unwrap();
     write!(leaver, "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
     drop(leaver);
     // The next call of the session waits for the first to end in the worker.
     let second = mcp(&server, "tools/call", nap(0.0)["params"].clone()).unwrap();
     assert_eq!(second["data"], 2, "{second}");
-    assert!(started.elapsed() >= Duration::from_millis(1800), "the second call ran beside the first: {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_millis(2800), "the second call ran beside the first: {:?}", started.elapsed());
     drop(server);
     env.assert_no_process_left();
 }
@@ -161,8 +170,8 @@ fn a_session_closed_while_its_call_runs_is_dropped_by_the_worker_only_after_that
     let id = create().unwrap()["session_id"].as_str().unwrap().to_string();
     let started = Instant::now();
     let napping = std::thread::scope(|scope| {
-        let nap = scope.spawn(|| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": 2.0}, "session_id": id})));
-        std::thread::sleep(Duration::from_millis(300));
+        let nap = scope.spawn(|| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": 3.0}, "session_id": id})));
+        std::thread::sleep(Duration::from_secs(1));
         let closed = mcp(&server, "openenv/session/close", serde_json::json!({"session_id": id})).unwrap();
         assert_eq!(closed["closed"], true, "{closed}");
         // Its close() waits for the nap, and the slot for its close().
@@ -172,7 +181,7 @@ fn a_session_closed_while_its_call_runs_is_dropped_by_the_worker_only_after_that
             std::thread::sleep(Duration::from_millis(50));
         }
         let free_after = started.elapsed();
-        assert!(free_after >= Duration::from_millis(1800), "the slot came back before the call ended: {free_after:?}");
+        assert!(free_after >= Duration::from_millis(2800), "the slot came back before the call ended: {free_after:?}");
         nap.join().unwrap()
     });
     assert_eq!(napping.unwrap()["data"], 1, "the call ran to its end");

@@ -357,28 +357,35 @@ fn a_timed_out_call_takes_the_processes_it_started_along() {
 #[test]
 fn a_worker_whose_event_loop_stops_answering_after_a_timeout_is_restarted_and_a_healthy_one_is_not() {
     let env = EnvCopy::of("loop_blocker");
-    let (server, _) = RunningServer::start(&env, &[]);
+    let (server, _) = RunningServer::start(&env, &[("RUST_LOG", "rayfine=debug")]);
     let call = |method: &str| http("POST", &server.url("/call"), &json!({"method": method, "timeout": 1.0}).to_string(), None);
     let (_, first) = call("pid");
     let first = first["result"].as_u64().expect("a pid");
 
-    // Overran, but the loop is free: the call is cancelled and the worker stays.
+    // Overran, but the loop is free: the call is cancelled, the loop answers the probe, and the
+    // worker stays.
     let (status, body) = call("wait");
     assert_eq!(status, 504, "{body}");
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr().contains("event loop answered a probe") {
+        assert!(Instant::now() < deadline, "no probe was answered: {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(call("pid").1["result"], first, "a worker whose loop answers is kept");
 
-    // Overran by blocking the loop for 30 s: cancels cannot be read, so without the probe every
+    // Overran by blocking the loop for 60 s: cancels cannot be read, so without the probe every
     // call would time out until the sleep ends.
     let (status, body) = call("block_loop");
     assert_eq!(status, 504, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The probe waits 10 s (its least) for the loop, then the worker is restarted.
+    let deadline = Instant::now() + Duration::from_secs(25);
     let restarted = loop {
         let (status, body) = call("pid");
         if status == 200 {
             break body["result"].as_u64().expect("a pid");
         }
         assert!(Instant::now() < deadline, "the worker still does not answer: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
     };
     assert_ne!(restarted, first, "a new worker answers");
     assert!(server.stderr().contains("event loop did not answer"), "{}", server.stderr());

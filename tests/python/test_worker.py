@@ -563,7 +563,6 @@ class InlineWithSessionsTest(unittest.TestCase):
     def setUp(self):
         self.h = Harness(self, "import threading\nclass Actor:\n    def where(self):\n"
                                "        return threading.current_thread().name\n")
-        self.h.worker.methods["where"].short_runs = worker.INLINE_AFTER
 
     def where(self, call_id, instance):
         # A pool thread counts itself idle just after its answer: wait for that, or the pool
@@ -572,6 +571,8 @@ class InlineWithSessionsTest(unittest.TestCase):
         deadline = time.monotonic() + 5
         while pool.busy() != 0 and time.monotonic() < deadline:
             time.sleep(0.001)
+        # A run preempted past 1 ms (a busy machine) would send it back to the pool.
+        self.h.worker.methods["where"].short_runs = worker.INLINE_AFTER
         return self.h.call(call_id, "where", instance=instance)["result"]
 
     def test_one_session_runs_short_calls_inline_two_do_not(self):

@@ -214,6 +214,11 @@ async fn call_tool(state: &AppState, session: Option<&Arc<EnvSession>>, name: &s
             let call = tokio::spawn(async move {
                 session.touch();
                 let _turn = session.calls.lock().await;
+                // Ended while this call waited its turn (the call before broke it): its
+                // instance may still be running that call, so this one must not.
+                if session.is_ended() {
+                    return Err(super::sessions::ended_error(&session));
+                }
                 let outcome = caller.tool(session.instance, &name, &arguments).await;
                 session.touch();
                 if let Err(err) = &outcome {

@@ -120,6 +120,11 @@ impl EnvSession {
     }
 }
 
+/// The error of a call that got its session's turn after the session was ended.
+pub fn ended_error(session: &EnvSession) -> CallError {
+    CallError::InstanceLost(format!("session {} has ended (a call before this one timed out, or it was closed)", session.id))
+}
+
 /// Whether a call that failed with `err` leaves its session unusable: a timed-out call (a sync
 /// one still runs on the instance; OpenEnv's clients are not told which), or an instance gone
 /// with its worker.
@@ -213,11 +218,14 @@ impl Sessions {
     }
 
     /// Drops `instance` in the worker, in the background, then gives its slot back. The close
-    /// waits for a call of `session` in flight (an MCP `openenv/session/close` or the reaper may
-    /// end a session while one runs), so that the Actor's `close()` never runs beside its own
-    /// call. A close of an instance whose constructor still runs waits for it in the worker; one
-    /// the worker never made is answered at once; a worker that does not answer within the set-up
-    /// timeout has its event loop checked (and is restarted if that is stuck).
+    /// waits for the server's call of `session` in flight (an MCP `openenv/session/close` or the
+    /// reaper may end a session while one runs), so that the Actor's `close()` does not run beside
+    /// it; a sync call that timed out is past waiting for, since its thread runs on unseen. A close
+    /// of an instance whose constructor still runs waits for it in the worker; one the worker
+    /// never made is answered at once. The slot comes back when the close is answered, or after
+    /// the set-up timeout (the worker's event loop is then checked, and the worker restarted if
+    /// that is stuck). A module-based environment's session has no instance: its slot comes back
+    /// at once.
     fn release(&self, instance: Option<u64>, worker: &Worker, session: Option<Arc<EnvSession>>) {
         let (Some(instance), Ok(runtime)) = (instance, tokio::runtime::Handle::try_current()) else {
             self.taken.fetch_sub(1, Ordering::AcqRel);

@@ -244,6 +244,11 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
     let data = message.remove("data");
     let caller = super::caller(&state);
     let mut progress = session.calls.lock().await;
+    if session.is_ended() {
+        // Ended while this request waited its turn (over MCP, by a call that broke it).
+        let err = super::sessions::ended_error(&session);
+        return After::ReplyAndEnd(shape::call_error_frame(&err).0);
+    }
     let outcome = match kind.as_str() {
         "reset" => {
             let kwargs = match data {

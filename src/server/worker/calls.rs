@@ -91,8 +91,12 @@ fn gone() -> CallError {
 }
 
 /// How long the worker's event loop may take to answer a probe, at least and at most; within
-/// that, as long as the call that timed out was given.
-const LOOP_PROBE_LIMITS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// that, as long as the call that timed out was given. At least 10 s: the loop may be busy for a
+/// while with work that is no fault (a short sync method that ran long once on the loop's
+/// thread, hundreds of sessions' CPU-bound steps switching the GIL every 50 ms), and a probe that
+/// killed a worker for that would end every session; a loop silent for 10 s is stuck for all of
+/// them.
+const LOOP_PROBE_LIMITS: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(60));
 
 impl Session {
     /// A session over a worker that has sent its handshake, listing `method_list`.
@@ -181,9 +185,12 @@ impl Session {
         let limit = limit.clamp(LOOP_PROBE_LIMITS.0, LOOP_PROBE_LIMITS.1);
         let session = self.clone();
         tokio::spawn(async move {
+            let sent = Instant::now();
             if session.exchange(&wire::encode_close(id, 0), id, limit).await.is_none() {
                 tracing::warn!("the worker's event loop did not answer within {limit:?} after a call timed out; restarting the worker");
                 session.request_kill(format!("the worker was restarted because its event loop did not answer within {limit:?} (a call blocked it)"));
+            } else {
+                tracing::debug!("the worker's event loop answered a probe after a call timed out, in {:?}", sent.elapsed());
             }
             session.probing.store(false, Ordering::Release);
         });

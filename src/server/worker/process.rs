@@ -94,9 +94,9 @@ pub(super) async fn restart_loop(config: WorkerConfig, shared: Weak<Shared>) {
             RunEnd::LoadFailed(error) => format!("reloading failed: {}: {}", error.kind, error.message),
             RunEnd::Exited(why) => why,
             RunEnd::Stopped => return,
-            RunEnd::Killed => {
+            RunEnd::Killed(why) => {
                 backoff = BACKOFF_START;
-                strong.phase.send_replace(Phase::Restarting("a sync call timed out".into()));
+                strong.phase.send_replace(Phase::Restarting(why));
                 continue;
             }
         };
@@ -120,7 +120,8 @@ pub(super) async fn restart_loop(config: WorkerConfig, shared: Weak<Shared>) {
 enum RunEnd {
     LoadFailed(ErrorInfo),
     Exited(String),
-    Killed,
+    /// Killed at a call's request, for the reason given.
+    Killed(String),
     Stopped,
 }
 
@@ -209,7 +210,7 @@ async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bo
         _ = session.kill_requested() => {
             reaper::kill_tree(pid, Leader::Unreaped).await;
             let _ = child.wait().await;
-            RunEnd::Killed
+            RunEnd::Killed(session.kill_reason().unwrap_or_else(|| "the worker was restarted".to_string()))
         }
         _ = shared.stop.notified() => {
             reaper::kill_tree(pid, Leader::Unreaped).await;
@@ -222,7 +223,7 @@ async fn serve_worker(shared: &Shared, reply_poll: Duration, ever_ready: &mut bo
     // Let the reader deliver replies the worker wrote before it died.
     let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
     let reason = match &end {
-        RunEnd::Killed => session.kill_reason().unwrap_or_else(|| "the worker was restarted".to_string()),
+        RunEnd::Killed(why) => why.clone(),
         RunEnd::Stopped => "the server is shutting down".to_string(),
         RunEnd::Exited(why) | RunEnd::LoadFailed(ErrorInfo { message: why, .. }) => why.clone(),
     };
