@@ -213,12 +213,7 @@ async fn call_tool(state: &AppState, session: Option<&Arc<EnvSession>>, name: &s
             let (state, session, name, arguments) = (state.clone(), session.clone(), name.to_string(), arguments.clone());
             let call = tokio::spawn(async move {
                 session.touch();
-                let _turn = session.calls.lock().await;
-                // Ended while this call waited its turn (the call before broke it): its
-                // instance may still be running that call, so this one must not.
-                if session.is_ended() {
-                    return Err(super::sessions::ended_error(&session));
-                }
+                let _turn = session.turn().await?;
                 let outcome = caller.tool(session.instance, &name, &arguments).await;
                 session.touch();
                 if let Err(err) = &outcome {

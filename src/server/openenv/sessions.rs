@@ -67,9 +67,9 @@ pub struct EnvSession {
     /// Its Actor instance in the worker; `None` for module-based environments, whose sessions
     /// share the module (there is nothing to instantiate).
     pub instance: Option<u64>,
-    /// Held for the length of each call: a session's calls run one at a time, whether they come
-    /// over its WebSocket or over MCP with its id.
-    pub calls: tokio::sync::Mutex<Progress>,
+    /// Held for the length of each call ([`EnvSession::turn`]): a session's calls run one at a
+    /// time, whether they come over its WebSocket or over MCP with its id.
+    calls: tokio::sync::Mutex<Progress>,
     /// When its client was last heard from.
     last_activity: Mutex<Instant>,
     /// A WebSocket drives it (and watches its client's liveness itself).
@@ -118,11 +118,17 @@ impl EnvSession {
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
-}
 
-/// The error of a call that got its session's turn after the session was ended.
-pub fn ended_error(session: &EnvSession) -> CallError {
-    CallError::InstanceLost(format!("session {} has ended (a call before this one timed out, or it was closed)", session.id))
+    /// Waits for this session's turn (its calls run one at a time, whoever makes them) and holds
+    /// it; fails if the session was ended meanwhile, since the call before may have broken it and
+    /// still be running on its instance.
+    pub async fn turn(&self) -> Result<tokio::sync::MutexGuard<'_, Progress>, CallError> {
+        let turn = self.calls.lock().await;
+        if self.is_ended() {
+            return Err(CallError::InstanceLost(format!("session {} has ended (a call before this one timed out, or it was closed)", self.id)));
+        }
+        Ok(turn)
+    }
 }
 
 /// Whether a call that failed with `err` leaves its session unusable: a timed-out call (a sync

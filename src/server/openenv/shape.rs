@@ -9,7 +9,6 @@
 use serde_json::{json, Map, Value};
 
 use super::super::worker::CallError;
-use super::sessions::breaks_session;
 use crate::protocol::MethodInfo;
 
 /// OpenEnv's answer to `reset` and `step`.
@@ -118,10 +117,10 @@ pub fn error_frame(code: &str, message: &str, extra: Map<String, Value>) -> Valu
     json!({"type": "error", "data": data})
 }
 
-/// The error frame for a failed call, and whether the session must end with it
-/// ([`breaks_session`]).
-pub fn call_error_frame(err: &CallError) -> (Value, bool) {
-    let frame = match err {
+/// The error frame for a failed call (whether the session ends with it is
+/// [`super::sessions::breaks_session`]'s to say).
+pub fn call_error_frame(err: &CallError) -> Value {
+    match err {
         CallError::InvalidArguments(message) => {
             let errors = json!([{"type": "value_error", "loc": [], "msg": message}]);
             error_frame(code::VALIDATION_ERROR, "Invalid message", Map::from_iter([("errors".to_string(), errors)]))
@@ -132,8 +131,7 @@ pub fn call_error_frame(err: &CallError) -> (Value, bool) {
         }
         CallError::NotFound { .. } | CallError::NotSerializable(_) | CallError::Timeout { .. } => error_frame(code::EXECUTION_ERROR, &err.to_string(), Map::new()),
         CallError::Unavailable(_) | CallError::WorkerLost(_) | CallError::InstanceLost(_) => error_frame(code::SESSION_ERROR, &err.to_string(), Map::new()),
-    };
-    (frame, breaks_session(err))
+    }
 }
 
 /// `GET /schema`: the action's schema from `step`'s signature (its `action` parameter's, if it has

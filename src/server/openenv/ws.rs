@@ -243,12 +243,11 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
     let kind = message.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
     let data = message.remove("data");
     let caller = super::caller(&state);
-    let mut progress = session.calls.lock().await;
-    if session.is_ended() {
+    let mut progress = match session.turn().await {
+        Ok(progress) => progress,
         // Ended while this request waited its turn (over MCP, by a call that broke it).
-        let err = super::sessions::ended_error(&session);
-        return After::ReplyAndEnd(shape::call_error_frame(&err).0);
-    }
+        Err(err) => return After::ReplyAndEnd(shape::call_error_frame(&err)),
+    };
     let outcome = match kind.as_str() {
         "reset" => {
             let kwargs = match data {
@@ -301,14 +300,16 @@ async fn answer(state: AppState, session: Arc<EnvSession>, request: Request) -> 
     };
     match outcome {
         Ok(frame) => After::Reply(frame),
-        Err(err) => match shape::call_error_frame(&err) {
-            (frame, false) => After::Reply(frame),
-            (frame, true) => {
-                // Ended in the table too, even if MCP made it: nobody may call it again.
-                state.openenv.end(&session, &state.worker);
+        Err(err) => {
+            let frame = shape::call_error_frame(&err);
+            // A call that broke the session ends it in the table too, even if MCP made it:
+            // nobody may call it again.
+            if state.openenv.end_if_broken(&session, &state.worker, &err) {
                 After::ReplyAndEnd(frame)
+            } else {
+                After::Reply(frame)
             }
-        },
+        }
     }
 }
 
