@@ -101,41 +101,50 @@ impl Leftover {
 /// for the exit paths (signal handler, panic hook, guard) that may run inside or outside an async
 /// runtime. Every engine is asked at once; one that does not answer holds up no other. Containers
 /// and services go first, then the secrets they used.
-pub(crate) fn remove_now(leftovers: Vec<Leftover>) {
+///
+/// Returns whether every engine answered every removal with success, "no such thing" or "being
+/// removed already": for a leftover known by its id, that it is gone or going. (A name's "no such thing" proves less: its create
+/// may still be under way in the engine.)
+pub(crate) fn remove_now(leftovers: Vec<Leftover>) -> bool {
     if leftovers.is_empty() {
-        return;
+        return true;
     }
     let mut by_host: BTreeMap<DockerHost, Vec<Leftover>> = BTreeMap::new();
     for leftover in leftovers {
         by_host.entry(leftover.host().clone()).or_default().push(leftover);
     }
     let worker = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        runtime.block_on(async {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
+        let all_removed = runtime.block_on(async {
             let hosts = by_host.into_iter().map(|(host, leftovers)| async move {
-                let Ok(engine) = Engine::connect_to(&host).await else { return };
+                let Ok(engine) = Engine::connect_to(&host).await else { return false };
                 let (secrets, first): (Vec<&Leftover>, Vec<&Leftover>) = leftovers.iter().partition(|l| matches!(l, Leftover::Secret(..)));
                 let remove = |leftover: &Leftover| {
                     let engine = engine.clone();
                     let leftover = leftover.clone();
                     async move {
-                        let _ = match &leftover {
+                        let removed = match &leftover {
                             Leftover::Container(_, id) => engine.remove_container(id).await,
                             Leftover::Service(_, id) => engine.remove_service(id).await,
                             Leftover::Secret(_, id) => engine.remove_secret(id).await,
                         };
+                        // A conflict is a removal already under way (the container's own).
+                        removed.is_ok() || removed.is_err_and(|err| err.is_not_found() || err.is_conflict())
                     }
                 };
-                futures_util::future::join_all(first.into_iter().map(remove)).await;
-                futures_util::future::join_all(secrets.into_iter().map(remove)).await;
+                let first = futures_util::future::join_all(first.into_iter().map(remove)).await;
+                let secrets = futures_util::future::join_all(secrets.into_iter().map(remove)).await;
+                first.into_iter().chain(secrets).all(|removed| removed)
             });
-            let _ = tokio::time::timeout(REMOVE_NOW_LIMIT, futures_util::future::join_all(hosts)).await;
+            let answered = tokio::time::timeout(REMOVE_NOW_LIMIT, futures_util::future::join_all(hosts)).await;
+            answered.is_ok_and(|hosts| hosts.into_iter().all(|removed| removed))
         });
         // Not a drop, which would wait for blocking tasks still under way (an SSH tunnel being
         // opened, a DNS lookup): the limit above is the whole wait.
         runtime.shutdown_background();
+        all_removed
     });
-    let _ = worker.join();
+    worker.join().unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -269,5 +278,35 @@ mod tests {
         let err = remove_and_wait_within(&engine, "c1", Duration::from_millis(500), Duration::from_millis(100)).await.unwrap_err();
         let text = err.to_string();
         assert!(text.contains("container c1 is still there") && text.contains("zombie"), "{text}");
+    }
+
+    /// `remove_now` says "all removed" only when the engine answered every removal with success,
+    /// "no such container" or "already being removed": what lets an exiting owner tell its
+    /// watchdog that nothing is left.
+    #[test]
+    fn remove_now_reports_whether_the_engine_confirmed_every_removal() {
+        let app = axum::Router::new()
+            .route("/version", get(|| async { r#"{"ApiVersion":"1.41","Version":"20.10.0"}"# }))
+            .route(
+                "/containers/{id}",
+                delete(|axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    match id.as_str() {
+                        "gone" => (StatusCode::NO_CONTENT, ""),
+                        "unknown" => (StatusCode::NOT_FOUND, r#"{"message":"No such container: unknown"}"#),
+                        "going" => (StatusCode::CONFLICT, r#"{"message":"removal of container going is already in progress"}"#),
+                        _ => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"cannot kill"}"#),
+                    }
+                }),
+            );
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let host = DockerHost::parse(&format!("tcp://{}", listener.local_addr().unwrap())).unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        let containers = |ids: &[&str]| ids.iter().map(|id| Leftover::Container(host.clone(), id.to_string())).collect::<Vec<_>>();
+        assert!(remove_now(containers(&["gone", "unknown", "going"])));
+        assert!(!remove_now(containers(&["gone", "stuck"])), "a refused removal is not confirmed");
+        assert!(remove_now(Vec::new()));
+        let nobody = DockerHost::parse("tcp://127.0.0.1:1").unwrap();
+        assert!(!remove_now(vec![Leftover::Container(nobody, "gone".into())]), "an engine that cannot be reached confirms nothing");
     }
 }
