@@ -184,8 +184,11 @@ impl DockerLaunch<'_> {
         let id = match created {
             Ok(id) => id,
             Err(err) => {
-                // Refused by the engine: nothing was made under the name.
-                cleanup::untrack(&Leftover::Container(self.host.clone(), name.clone()));
+                // Refused by the engine: nothing was made under the name. With no answer at all
+                // (the connection broke), the engine may still make it: the name stays tracked.
+                if err.status().is_some() {
+                    cleanup::untrack(&Leftover::Container(self.host.clone(), name.clone()));
+                }
                 return Err(err.into());
             }
         };
