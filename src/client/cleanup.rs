@@ -26,9 +26,19 @@ static REGISTRY: Lazy<Mutex<BTreeMap<String, Arc<Running>>>> = Lazy::new(|| Mute
 /// remove them.
 static PENDING: Lazy<Mutex<BTreeSet<Leftover>>> = Lazy::new(|| Mutex::new(BTreeSet::new()));
 
-/// Records something this process must remove if it ends now.
+/// Records something this process must remove if it ends now; call it before the request that
+/// creates it is sent.
 pub(crate) fn track(leftover: Leftover) {
     PENDING.lock().insert(leftover);
+    crate::docker::owner_watch::busy();
+}
+
+/// Tells the owner watchdogs that this process has nothing left for them to remove, if so:
+/// nothing tracked (no create under way) and no registered environment that is not kept. The
+/// order matters: a create moves from `PENDING` to the registry (`register`), so looking at
+/// `PENDING` first cannot miss one.
+fn tell_watchdogs_if_clean() {
+    crate::docker::owner_watch::clean_if(|| PENDING.lock().is_empty() && REGISTRY.lock().values().all(|env| env.keep));
 }
 
 /// Forgets it: removed, or now behind a registered environment.
@@ -74,12 +84,22 @@ pub async fn cleanup_all_environments() -> usize {
     let all: Vec<Arc<Running>> = std::mem::take(&mut *REGISTRY.lock()).into_values().collect();
     let count = all.len();
     let stops = all.iter().map(|env| env.stop());
+    let mut all_stopped = true;
     for result in futures_util::future::join_all(stops).await {
         if let Err(err) = result {
             tracing::warn!("cleanup failed: {err}");
+            all_stopped = false;
         }
     }
+    if all_stopped {
+        tell_watchdogs_if_clean();
+    }
     count
+}
+
+/// After one environment's cleanup succeeded: the watchdogs may be told that nothing is left.
+pub(crate) fn cleaned_up_one() {
+    tell_watchdogs_if_clean();
 }
 
 /// Ends every environment that is not kept, at once and without an async runtime.
@@ -96,10 +116,15 @@ pub(crate) fn kill_all_now() {
             KillNow::Remove(leftovers) => leftovers,
         })
         .collect();
-    leftovers.extend(std::mem::take(&mut *PENDING.lock()));
+    let pending = std::mem::take(&mut *PENDING.lock());
+    // Something tracked may be a create still under way, which a removal by name cannot prove gone.
+    let under_way = !pending.is_empty();
+    leftovers.extend(pending);
     leftovers.sort();
     leftovers.dedup();
-    crate::docker::remove_now(leftovers);
+    if crate::docker::remove_now(leftovers) && !under_way {
+        tell_watchdogs_if_clean();
+    }
 }
 
 /// Cleans up every environment when dropped: hold one in `main` so a normal return or an

@@ -224,8 +224,9 @@ impl EnvironmentWrapper {
     pub async fn cleanup(&self) -> Result<()> {
         cleanup::unregister(&self.inner.id);
         let stopped = self.inner.stop().await;
-        if stopped.is_err() {
-            cleanup::register(self.inner.clone());
+        match &stopped {
+            Ok(()) => cleanup::cleaned_up_one(),
+            Err(_) => cleanup::register(self.inner.clone()),
         }
         stopped
     }

@@ -1,8 +1,10 @@
 //! Starts this process's owner watchdogs ([`crate::watchdog`]), one per engine, before its first
 //! container there, so that a container is removed even if this process is killed between
-//! creating and starting it.
+//! creating and starting it; and tells them when this process has nothing left for them to
+//! remove, so that they do not sweep for half a minute after a clean exit.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
@@ -11,11 +13,54 @@ use parking_lot::Mutex;
 
 use super::host::DockerHost;
 use crate::programs::ServerProgram;
-use crate::watchdog::Owner;
+use crate::watchdog::{Owner, OWNER_BUSY, OWNER_CLEAN};
 
-/// Each engine's watchdog and the write end of its stdin, held for the life of this process: the
-/// kernel closes it when this process dies, which is the watchdog's signal.
-static WATCHDOGS: Lazy<Mutex<HashMap<DockerHost, (Child, ChildStdin)>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// This process's watchdogs, and what they were last told.
+#[derive(Default)]
+struct Watchdogs {
+    /// Each engine's watchdog and the write end of its stdin, held for the life of this process:
+    /// the kernel closes it when this process dies, which is the watchdog's signal.
+    running: HashMap<DockerHost, (Child, ChildStdin)>,
+    /// Whether they were last told [`OWNER_CLEAN`]. A watchdog starts believing the opposite.
+    told_clean: bool,
+}
+
+impl Watchdogs {
+    /// Says `word` to every watchdog. One that has died cannot hear it and needs not: the write's
+    /// error (EPIPE; SIGPIPE is ignored in Rust programs and in Python) is dropped.
+    fn tell(&mut self, word: u8) {
+        for (_, stdin) in self.running.values_mut() {
+            let _ = stdin.write_all(&[word]);
+        }
+        self.told_clean = word == OWNER_CLEAN;
+    }
+}
+
+/// Held while a word is chosen and said, so that "clean" and a create's "busy" cannot cross.
+static WATCHDOGS: Lazy<Mutex<Watchdogs>> = Lazy::new(|| Mutex::new(Watchdogs::default()));
+
+/// To be called before anything is created that a watchdog would have to remove (after it is
+/// tracked for cleanup): watchdogs told "clean" hear "busy" again.
+pub(crate) fn busy() {
+    let mut watchdogs = WATCHDOGS.lock();
+    if watchdogs.told_clean {
+        watchdogs.tell(OWNER_BUSY);
+    }
+}
+
+/// Tells the watchdogs "clean" if `nothing_left()` says, under their lock, that this process
+/// has nothing they would remove: called after a cleanup that confirmed its removals.
+///
+/// The order makes it safe against a create on another thread: a create is tracked before it is
+/// sent, and says "busy" after it is tracked. Either it was tracked before `nothing_left` looked,
+/// which then says no, or its "busy" waits for this lock and comes after the "clean".
+pub(crate) fn clean_if(nothing_left: impl FnOnce() -> bool) {
+    let mut watchdogs = WATCHDOGS.lock();
+    if watchdogs.told_clean || watchdogs.running.is_empty() || !nothing_left() {
+        return;
+    }
+    watchdogs.tell(OWNER_CLEAN);
+}
 
 /// Starts the watchdog of `host`'s engine unless it runs; says once, as a warning, when it cannot
 /// be started.
@@ -30,14 +75,14 @@ pub(crate) fn ensure(host: &DockerHost) {
         return;
     }
     let mut watchdogs = WATCHDOGS.lock();
-    if let Some((child, _)) = watchdogs.get_mut(host) {
+    if let Some((child, _)) = watchdogs.running.get_mut(host) {
         if matches!(child.try_wait(), Ok(None)) {
             return;
         }
     }
     match start(host) {
         Ok(started) => {
-            watchdogs.insert(host.clone(), started);
+            watchdogs.running.insert(host.clone(), started);
         }
         Err(why) => {
             static WARNED: std::sync::Once = std::sync::Once::new();

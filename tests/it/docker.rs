@@ -8,7 +8,7 @@ use rayfine::{load_env, EnvType, Error};
 use serde_json::json;
 
 use super::docker_util::{docker_lines, DockerScope, BASE_IMAGE, FASTAPI_IMAGE, SCOPE_LABEL};
-use super::util::{cli, cli_with_env, in_child, run_child, EnvCopy};
+use super::util::{cli, cli_with_env, in_child, processes_mentioning, spawn_child, wait_until_no_process_mentions, EnvCopy};
 
 #[tokio::test]
 async fn function_env_builds_in_two_stages_and_keeps_state() {
@@ -202,14 +202,25 @@ fn cleanup_all_and_sigkill_of_the_owner_leave_no_container() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(scope.builder(BASE_IMAGE).build(env_dir.path(), &tag)).unwrap();
 
-    let output = run_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", "cleanup_all")]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
-    scope.assert_no_container_left(Duration::from_secs(5));
+    // Cleaned up by `cleanup_all_environments()`, then by the guard at the end of `main` (the
+    // way a Python program ends too). Either way the owner removed everything itself and told
+    // its watchdog so: the watchdog sweeps once and exits, rather than sweeping for 30 s.
+    for mode in ["cleanup_all", "guard"] {
+        let child = spawn_child("docker::child_loads_images", &[("RAYFINE_TEST_IMAGE", &tag), ("RAYFINE_TEST_SCOPE", &scope.id), ("RAYFINE_TEST_MODE", mode)]);
+        let owner = child.id();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{mode}: {}", String::from_utf8_lossy(&output.stdout));
+        scope.assert_no_container_left(Duration::from_secs(5));
+        wait_until_no_process_mentions(&format!("--watch-owner {owner}:"), Duration::from_secs(10), &format!("{mode}: the watchdog of an owner that left nothing still runs"));
+    }
 
     // SIGKILL: no handler runs. The attach connection closes with the process, the engine closes
-    // the server's stdin, the server exits, and the container removes itself.
+    // the server's stdin, the server exits, and the container removes itself. The watchdog was
+    // never told "clean", so it keeps sweeping for creates that may have been under way.
     let owner = owner_of_two(&scope, &tag);
+    let watchdog = format!("--watch-owner {}:", owner.id());
     sigkill_leaves_no_container(&scope, owner);
+    assert_eq!(processes_mentioning(&watchdog).len(), 1, "the watchdog of an owner killed with containers up stopped sweeping early");
     scope.finish();
 }
 
@@ -293,9 +304,17 @@ async fn child_loads_images() {
         }
         load_env(options).await.unwrap();
     }
-    if std::env::var("RAYFINE_TEST_MODE").unwrap() == "cleanup_all" {
-        assert_eq!(rayfine::cleanup_all_environments().await, 2);
-        return;
+    match std::env::var("RAYFINE_TEST_MODE").unwrap().as_str() {
+        "cleanup_all" => {
+            assert_eq!(rayfine::cleanup_all_environments().await, 2);
+            return;
+        }
+        // Dropped on the way out, with both environments up.
+        "guard" => {
+            let _guard = rayfine::CleanupGuard::new();
+            return;
+        }
+        _ => {}
     }
     println!("LOADED");
     tokio::time::sleep(Duration::from_secs(600)).await;

@@ -12,16 +12,7 @@ use rayfine::labels;
 
 use super::docker_util::{DockerScope, BASE_IMAGE, SCOPE_LABEL};
 use super::second_engine::SecondEngine;
-use super::util::{cli_with_env, processes_mentioning, spawn_child, wait_for_line, EnvCopy};
-
-/// Waits (bounded) until no process's command line holds `needle`; panics naming them.
-fn wait_until_no_process_mentions(needle: &str, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while !processes_mentioning(needle).is_empty() {
-        assert!(Instant::now() < deadline, "{what}: {:?}", processes_mentioning(needle));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use super::util::{cli_with_env, processes_mentioning, spawn_child, wait_for_line, wait_until_no_process_mentions, EnvCopy};
 
 /// This machine's tunnel folders whose name starts with `prefix`.
 fn tunnel_folders(prefix: &str) -> Vec<String> {

@@ -108,6 +108,15 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// Waits (bounded) until no process's command line holds `needle`; panics naming them.
+pub fn wait_until_no_process_mentions(needle: &str, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while !processes_mentioning(needle).is_empty() {
+        assert!(Instant::now() < deadline, "{what}: {:?}", processes_mentioning(needle));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The real `rayfine-server` on 127.0.0.1 with an ephemeral port; killed on drop.
 pub struct RunningServer {
     pub child: Child,
