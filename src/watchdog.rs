@@ -5,15 +5,15 @@
 //! and start, neither applies: an owner killed by SIGKILL there left a container in `Created`
 //! forever (9 times in 12 when killed 50 ms into `rayfine run`). Only another process can remove
 //! it, so before its first container, an owner starts this one (`rayfine-server --watch-owner
-//! PID:START`, in a process group of its own) and holds the only write end of its stdin. When the
-//! owner dies, the kernel closes that pipe; the watchdog then removes every container labelled with
-//! the owner's pid and start time and not kept (and its Swarm services and their secrets), and
-//! sweeps again for thirty seconds, for creates that were still in flight in the engine.
+//! PID:START`, in a process group of its own) and holds the other end of the socket that is its
+//! stdin. When the owner dies, the kernel closes it; the watchdog then removes every container
+//! labelled with the owner's pid and start time and not kept (and its Swarm services and their
+//! secrets), and sweeps again for thirty seconds, for creates that were still in flight in the engine.
 //!
 //! Those thirty seconds are needed only if the owner may have died with something left. An owner
-//! that has removed everything it made, with no create under way, says so on the pipe
+//! that has removed everything it made, with no create under way, says so on its stdin
 //! ([`OWNER_CLEAN`]), and says [`OWNER_BUSY`] before it creates again. If the last word before
-//! the pipe ends is "clean", the watchdog sweeps once, in case, and exits: a short `rayfine run`
+//! stdin ends is "clean", the watchdog sweeps once, in case, and exits: a short `rayfine run`
 //! no longer leaves a process behind for half a minute.
 //!
 //! It talks to the engine with a few lines of HTTP/1.0 over its socket rather than a Docker
@@ -102,7 +102,7 @@ impl Owner {
 /// the default socket), sweeping a few times. Blocking: it runs alone in its process.
 pub fn run(owner: Owner, engine: Option<String>) -> Result<usize, WatchdogError> {
     let left_clean = last_word_is_clean(std::io::stdin().lock());
-    // The pipe can only end early if the owner closed it on purpose; wait for the owner itself.
+    // Stdin can only end early if the owner closed it on purpose; wait for the owner itself.
     while owner.is_alive() {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -125,9 +125,9 @@ pub fn run(owner: Owner, engine: Option<String>) -> Result<usize, WatchdogError>
     Ok(removed)
 }
 
-/// Reads the owner's pipe to its end; whether the last word said before it ended was
-/// [`OWNER_CLEAN`]. Any other byte is ignored; a read error ends the pipe as the owner's death
-/// does, and counts as not clean.
+/// Reads what the owner says (stdin) to its end; whether the last word said before it ended was
+/// [`OWNER_CLEAN`]. Any other byte is ignored; a read error ends it as the owner's death does,
+/// and counts as not clean.
 fn last_word_is_clean(mut pipe: impl Read) -> bool {
     let mut clean = false;
     let mut chunk = [0u8; 64];
@@ -278,7 +278,7 @@ mod tests {
                 Err(std::io::Error::other("gone"))
             }
         }
-        assert!(!last_word_is_clean(std::io::Read::chain(&b"c"[..], Failing)), "a broken pipe is not a clean exit");
+        assert!(!last_word_is_clean(std::io::Read::chain(&b"c"[..], Failing)), "a failed read is not a clean exit");
     }
 
     #[test]

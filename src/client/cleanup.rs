@@ -8,6 +8,7 @@
 //! what they need out first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Once;
 
 use once_cell::sync::Lazy;
@@ -33,12 +34,43 @@ pub(crate) fn track(leftover: Leftover) {
     crate::docker::owner_watch::busy();
 }
 
+/// Environments taken out of the registry and not yet stopped: their containers are in neither
+/// `PENDING` nor the registry meanwhile.
+static STOPPING: AtomicUsize = AtomicUsize::new(0);
+
+/// Set for good once an exit path took tracked leftovers it could not prove gone (a create may
+/// still be under way in the engine): from then on, the watchdogs keep their sweeps.
+static LEFT_UNPROVEN: AtomicBool = AtomicBool::new(false);
+
 /// Tells the owner watchdogs that this process has nothing left for them to remove, if so:
-/// nothing tracked (no create under way) and no registered environment that is not kept. The
-/// order matters: a create moves from `PENDING` to the registry (`register`), so looking at
-/// `PENDING` first cannot miss one.
+/// nothing tracked (no create under way), nothing being stopped, and no registered environment
+/// that is not kept. The order matters: an environment enters the registry before it leaves
+/// `PENDING` (`register`), and `STOPPING` before it leaves the registry (`stop_registered`), so
+/// looking at `PENDING`, then the registry, then `STOPPING` cannot miss one on its way. One that
+/// goes back into the registry after a failed stop says "busy" there (`register`).
 fn tell_watchdogs_if_clean() {
-    crate::docker::owner_watch::clean_if(|| PENDING.lock().is_empty() && REGISTRY.lock().values().all(|env| env.keep));
+    crate::docker::owner_watch::clean_if(|| {
+        !LEFT_UNPROVEN.load(Ordering::SeqCst)
+            && PENDING.lock().is_empty()
+            && REGISTRY.lock().values().all(|env| env.keep)
+            && STOPPING.load(Ordering::SeqCst) == 0
+    });
+}
+
+/// Counts an environment as being stopped while it lives (see [`STOPPING`]).
+struct Stopping;
+
+impl Stopping {
+    fn begin() -> Stopping {
+        STOPPING.fetch_add(1, Ordering::SeqCst);
+        Stopping
+    }
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        STOPPING.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Forgets it: removed, or now behind a registered environment.
@@ -49,6 +81,10 @@ pub(crate) fn untrack(leftover: &Leftover) {
 /// Takes ownership of a started environment; from now on it is ended with this process.
 pub(crate) fn register(env: Arc<Running>) {
     let covered = env.backend.leftovers();
+    if !env.keep {
+        // Registered again after a failed stop, the watchdogs may have been told "clean".
+        crate::docker::owner_watch::busy();
+    }
     REGISTRY.lock().insert(env.id.clone(), env);
     // From now on the registry covers them (and leaves them alone at exit if kept).
     for leftover in &covered {
@@ -56,9 +92,21 @@ pub(crate) fn register(env: Arc<Running>) {
     }
 }
 
-/// Lets go of an environment that is being cleaned up.
-pub(crate) fn unregister(id: &str) {
-    REGISTRY.lock().remove(id);
+/// Stops an environment that is registered, or was: it leaves the registry for the stop and
+/// goes back if the stop fails, so a later cleanup and the exit paths still try to remove it.
+/// A stop that succeeded may tell the watchdogs that nothing is left.
+pub(crate) async fn stop_registered(env: &Arc<Running>) -> crate::Result<()> {
+    let stopping = Stopping::begin();
+    REGISTRY.lock().remove(&env.id);
+    let stopped = env.stop().await;
+    if stopped.is_err() {
+        register(env.clone());
+    }
+    drop(stopping);
+    if stopped.is_ok() {
+        tell_watchdogs_if_clean();
+    }
+    stopped
 }
 
 /// Every registered environment.
@@ -81,25 +129,14 @@ pub(crate) fn find(id_or_name: &str) -> Option<Arc<Running>> {
 
 /// Cleans up every registered environment, kept ones included; returns how many there were.
 pub async fn cleanup_all_environments() -> usize {
-    let all: Vec<Arc<Running>> = std::mem::take(&mut *REGISTRY.lock()).into_values().collect();
+    let all: Vec<Arc<Running>> = REGISTRY.lock().values().cloned().collect();
     let count = all.len();
-    let stops = all.iter().map(|env| env.stop());
-    let mut all_stopped = true;
-    for result in futures_util::future::join_all(stops).await {
+    for result in futures_util::future::join_all(all.iter().map(stop_registered)).await {
         if let Err(err) = result {
             tracing::warn!("cleanup failed: {err}");
-            all_stopped = false;
         }
     }
-    if all_stopped {
-        tell_watchdogs_if_clean();
-    }
     count
-}
-
-/// After one environment's cleanup succeeded: the watchdogs may be told that nothing is left.
-pub(crate) fn cleaned_up_one() {
-    tell_watchdogs_if_clean();
 }
 
 /// Ends every environment that is not kept, at once and without an async runtime.
@@ -117,12 +154,15 @@ pub(crate) fn kill_all_now() {
         })
         .collect();
     let pending = std::mem::take(&mut *PENDING.lock());
-    // Something tracked may be a create still under way, which a removal by name cannot prove gone.
-    let under_way = !pending.is_empty();
+    // Something tracked may be a create still under way, which a removal by name cannot prove
+    // gone; and once taken, it is tracked no more, so a later exit path must know.
+    if !pending.is_empty() {
+        LEFT_UNPROVEN.store(true, Ordering::SeqCst);
+    }
     leftovers.extend(pending);
     leftovers.sort();
     leftovers.dedup();
-    if crate::docker::remove_now(leftovers) && !under_way {
+    if crate::docker::remove_now(leftovers) {
         tell_watchdogs_if_clean();
     }
 }

@@ -222,13 +222,7 @@ impl EnvironmentWrapper {
     /// Stops the environment and removes it from the registry. Idempotent. If the stop fails,
     /// it stays registered, so a later cleanup and the exit paths still try to remove it.
     pub async fn cleanup(&self) -> Result<()> {
-        cleanup::unregister(&self.inner.id);
-        let stopped = self.inner.stop().await;
-        match &stopped {
-            Ok(()) => cleanup::cleaned_up_one(),
-            Err(_) => cleanup::register(self.inner.clone()),
-        }
-        stopped
+        cleanup::stop_registered(&self.inner).await
     }
 
     /// A connection error from a dead server says so, with how it ended and its last log lines.

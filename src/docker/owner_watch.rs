@@ -4,9 +4,11 @@
 //! remove, so that they do not sweep for half a minute after a clean exit.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -18,19 +20,30 @@ use crate::watchdog::{Owner, OWNER_BUSY, OWNER_CLEAN};
 /// This process's watchdogs, and what they were last told.
 #[derive(Default)]
 struct Watchdogs {
-    /// Each engine's watchdog and the write end of its stdin, held for the life of this process:
-    /// the kernel closes it when this process dies, which is the watchdog's signal.
-    running: HashMap<DockerHost, (Child, ChildStdin)>,
+    /// Each engine's watchdog and our end of the socket that is its stdin, held for the life of
+    /// this process: the kernel closes it when this process dies, which is the watchdog's signal.
+    running: HashMap<DockerHost, (Child, UnixStream)>,
+    /// The process that started them: a child forked without exec inherits this table and our
+    /// ends of the sockets, and must not speak for its parent.
+    started_by: u32,
     /// Whether they were last told [`OWNER_CLEAN`]. A watchdog starts believing the opposite.
     told_clean: bool,
 }
 
 impl Watchdogs {
-    /// Says `word` to every watchdog. One that has died cannot hear it and needs not: the write's
-    /// error (EPIPE; SIGPIPE is ignored in Rust programs and in Python) is dropped.
+    /// Says `word` to every watchdog, unless this process is not the one that started them.
     fn tell(&mut self, word: u8) {
-        for (_, stdin) in self.running.values_mut() {
-            let _ = stdin.write_all(&[word]);
+        if self.started_by != std::process::id() {
+            return;
+        }
+        for (_, socket) in self.running.values() {
+            // MSG_NOSIGNAL: a watchdog that died cannot hear it and needs not, and the program
+            // embedding us must not get a SIGPIPE for it. MSG_DONTWAIT: a watchdog reads its
+            // stdin until it ends, unless a read failed, after which it counts this owner as not
+            // clean whatever it is told; a full buffer can only mean that, so a byte it cannot
+            // take changes nothing and must not block this process.
+            // SAFETY: one byte from a live buffer to a socket this struct owns.
+            unsafe { libc::send(socket.as_raw_fd(), [word].as_ptr().cast(), 1, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
         }
         self.told_clean = word == OWNER_CLEAN;
     }
@@ -40,7 +53,8 @@ impl Watchdogs {
 static WATCHDOGS: Lazy<Mutex<Watchdogs>> = Lazy::new(|| Mutex::new(Watchdogs::default()));
 
 /// To be called before anything is created that a watchdog would have to remove (after it is
-/// tracked for cleanup): watchdogs told "clean" hear "busy" again.
+/// tracked for cleanup), and when an environment that is not kept is registered again: watchdogs
+/// told "clean" hear "busy" again.
 pub(crate) fn busy() {
     let mut watchdogs = WATCHDOGS.lock();
     if watchdogs.told_clean {
@@ -54,8 +68,11 @@ pub(crate) fn busy() {
 /// The order makes it safe against a create on another thread: a create is tracked before it is
 /// sent, and says "busy" after it is tracked. Either it was tracked before `nothing_left` looked,
 /// which then says no, or its "busy" waits for this lock and comes after the "clean".
+///
+/// It only spares the watchdogs their later sweeps, so it gives up rather than wait long for the
+/// lock: it runs on exit paths, a panic hook among them, that may interrupt a holder of the lock.
 pub(crate) fn clean_if(nothing_left: impl FnOnce() -> bool) {
-    let mut watchdogs = WATCHDOGS.lock();
+    let Some(mut watchdogs) = WATCHDOGS.try_lock_for(Duration::from_millis(200)) else { return };
     if watchdogs.told_clean || watchdogs.running.is_empty() || !nothing_left() {
         return;
     }
@@ -82,6 +99,11 @@ pub(crate) fn ensure(host: &DockerHost) {
     }
     match start(host) {
         Ok(started) => {
+            let this_process = std::process::id();
+            if watchdogs.started_by != this_process {
+                // Forked: the table is the parent's. Our own watchdogs start from here.
+                *watchdogs = Watchdogs { started_by: this_process, ..Watchdogs::default() };
+            }
             watchdogs.running.insert(host.clone(), started);
         }
         Err(why) => {
@@ -93,7 +115,7 @@ pub(crate) fn ensure(host: &DockerHost) {
     }
 }
 
-fn start(host: &DockerHost) -> Result<(Child, ChildStdin), String> {
+fn start(host: &DockerHost) -> Result<(Child, UnixStream), String> {
     let owner = Owner::this_process().ok_or("cannot read this process's start time")?;
     let program = ServerProgram::locate()
         .or_else(|_| crate::programs::locate(None).map(|path| ServerProgram::at(&path)))
@@ -102,18 +124,24 @@ fn start(host: &DockerHost) -> Result<(Child, ChildStdin), String> {
     if program.needs_serve {
         command.arg("serve");
     }
+    // A socket rather than a pipe, for `send`'s flags (see `Watchdogs::tell`); it ends for the
+    // watchdog just as a pipe does when this process dies. Both ends are close-on-exec: only the
+    // watchdog's stdin, a copy, reaches it.
+    let (ours, theirs) = UnixStream::pair().map_err(|err| format!("cannot make the watchdog's socket: {err}"))?;
     command
         .arg("--watch-owner")
         .arg(owner.to_string())
         .arg("--watch-engine")
         .arg(host.engine_url())
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
         // Nothing of ours that a caller waits on (a test's captured output) may stay open in it.
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         // Out of our process group: a Ctrl-C in the terminal is for us, not for it.
         .process_group(0);
-    let mut child = command.spawn().map_err(|err| format!("cannot start {}: {err}", program.path.display()))?;
-    let stdin = child.stdin.take().ok_or("the watchdog has no stdin")?;
-    Ok((child, stdin))
+    let child = command.spawn().map_err(|err| format!("cannot start {}: {err}", program.path.display()))?;
+    // `command` holds the watchdog's end until it is dropped; the watchdog must be its only
+    // holder, or this process's death would not end its stdin.
+    drop(command);
+    Ok((child, ours))
 }
