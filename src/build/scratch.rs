@@ -16,21 +16,7 @@ where
     Fut: Future<Output = Result<T>>,
 {
     spec.name = format!("rayfine-{purpose}-{}", crate::random::hex(6)?);
-    // Tracked by name before it exists, as an environment's container is, so that an exit while
-    // the engine creates it still removes it.
-    let by_name = Leftover::Container(engine.host().clone(), spec.name.clone());
-    cleanup::track(by_name.clone());
-    let id = match engine.create_container(spec).await {
-        Ok(id) => id,
-        Err(err) => {
-            if err.status().is_some() {
-                cleanup::untrack(&by_name);
-            }
-            return Err(err.into());
-        }
-    };
-    cleanup::track(Leftover::Container(engine.host().clone(), id.clone()));
-    cleanup::untrack(&by_name);
+    let id = cleanup::create_container_tracked(engine, spec).await?;
     let outcome = step(id.clone()).await;
     match remove_and_wait(engine, &id).await {
         Ok(()) => cleanup::untrack(&Leftover::Container(engine.host().clone(), id.clone())),

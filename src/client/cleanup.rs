@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::running::Running;
 use crate::backend::KillNow;
+use crate::docker::engine::{ContainerSpec, Engine, EngineError};
 use crate::docker::Leftover;
 
 static REGISTRY: Lazy<Mutex<BTreeMap<String, Arc<Running>>>> = Lazy::new(|| Mutex::new(BTreeMap::new()));
@@ -71,6 +72,27 @@ impl Drop for Stopping {
     fn drop(&mut self) {
         STOPPING.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Creates a container from `spec`, tracked by its name before the request is sent and by its
+/// id once the engine answers, so that an exit at any moment removes it. A refusal (an HTTP
+/// status) proves nothing was made; with no answer at all (the connection broke) the engine may
+/// still make it, so the name stays tracked.
+pub(crate) async fn create_container_tracked(engine: &Engine, spec: ContainerSpec) -> Result<String, EngineError> {
+    let by_name = Leftover::Container(engine.host().clone(), spec.name.clone());
+    track(by_name.clone());
+    let id = match engine.create_container(spec).await {
+        Ok(id) => id,
+        Err(err) => {
+            if err.status().is_some() {
+                untrack(&by_name);
+            }
+            return Err(err);
+        }
+    };
+    track(Leftover::Container(engine.host().clone(), id.clone()));
+    untrack(&by_name);
+    Ok(id)
 }
 
 /// Forgets it: removed, or now behind a registered environment.

@@ -177,23 +177,8 @@ impl DockerLaunch<'_> {
         }
         let container_spec = shape.container_spec(self, spec);
         // Tracked by name before it exists, so a Ctrl-C while the engine creates it removes it.
-        let name = container_spec.name.clone();
-        cleanup::track(Leftover::Container(self.host.clone(), name.clone()));
         *create_sent = true;
-        let created = engine.create_container(container_spec).await;
-        let id = match created {
-            Ok(id) => id,
-            Err(err) => {
-                // Refused by the engine: nothing was made under the name. With no answer at all
-                // (the connection broke), the engine may still make it: the name stays tracked.
-                if err.status().is_some() {
-                    cleanup::untrack(&Leftover::Container(self.host.clone(), name.clone()));
-                }
-                return Err(err.into());
-            }
-        };
-        cleanup::track(Leftover::Container(self.host.clone(), id.clone()));
-        cleanup::untrack(&Leftover::Container(self.host.clone(), name.clone()));
+        let id = cleanup::create_container_tracked(&engine, container_spec).await?;
         let server = server.insert(DockerServer { host: self.host.clone(), id: id.clone(), stdin: tokio::sync::Mutex::new(None), logs: logs.clone(), exited: exited.clone() });
 
         if let Some(archive) = files {
