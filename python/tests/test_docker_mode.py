@@ -103,6 +103,7 @@ def test_an_exception_in_the_progress_callback_stops_the_build_and_is_raised():
         inspect = subprocess.run(["docker", "image", "inspect", tag], capture_output=True)
         assert inspect.returncode != 0, "the build went on to tag the image"
     finally:
-        time.sleep(1)  # the engine ends the build when its client goes
+        # The engine ends the build at its next step once its client has gone; until it has,
+        # the removal waits (so as not to prune a cached layer the build is still taking).
         for image in (tag, tag + "-base"):
             rayfine.remove_image(image)

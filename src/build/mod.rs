@@ -18,8 +18,8 @@ mod syntax_check;
 
 use futures_util::StreamExt;
 
-use crate::detect::{dockerfile_path, EnvDetector, EnvType, DEFAULT_HTTP_PORT};
-use crate::docker::cache_lock::CacheLock;
+use crate::detect::{dockerfile_path, Detection, EnvDetector, EnvType, DEFAULT_HTTP_PORT};
+use crate::docker::cache_lock::{BuildHold, CacheLock};
 use crate::docker::engine::{BuildEvent, BuildRequest, Engine};
 use crate::error::{Error, Result};
 use crate::{labels, programs};
@@ -191,9 +191,16 @@ impl ImageBuilder {
             EnvType::Http => None,
         };
         let engine = Engine::connect().await?;
-        // Until the image is tagged: no Rayfine removal prunes a layer this build takes from the
-        // cache meanwhile.
-        let _cache_in_use = CacheLock::of(engine.host()).for_build().await;
+        // Until the image is tagged (or, for a build abandoned mid-way, until the engine has
+        // ended it): no Rayfine removal prunes a layer this build takes from the cache meanwhile.
+        let cache_in_use = BuildHold::new(CacheLock::of(engine.host()).for_build().await);
+        let built = self.build_holding_the_cache(&engine, folder, tag, &dockerfile, detection, server).await;
+        cache_in_use.ended();
+        built
+    }
+
+    /// [`ImageBuilder::build`] once the folder is checked and the cache lock held.
+    async fn build_holding_the_cache(&self, engine: &Engine, folder: &Path, tag: &str, dockerfile: &Path, detection: Detection, server: Option<PathBuf>) -> Result<BuiltImage> {
         let mut own_labels = BTreeMap::from([
             (labels::MANAGED.to_string(), "true".to_string()),
             (labels::VERSION.to_string(), labels::RAYFINE_VERSION.to_string()),
@@ -201,7 +208,7 @@ impl ImageBuilder {
         own_labels.extend(self.labels.clone());
 
         let mut build_args = self.build_args.clone();
-        if let Some(base) = self.resolved_base_image(&dockerfile) {
+        if let Some(base) = self.resolved_base_image(dockerfile) {
             build_args.entry("BASE_IMAGE".into()).or_insert(base);
         }
 
@@ -209,23 +216,23 @@ impl ImageBuilder {
             let mut image_labels = own_labels.clone();
             image_labels.insert(labels::ENV_TYPE.into(), EnvType::Http.as_str().into());
             image_labels.insert(labels::HTTP_PORT.into(), detection.http_port.unwrap_or(DEFAULT_HTTP_PORT).to_string());
-            let image_id = self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag, folder, dockerfile: &dockerfile, build_args: &build_args, image_labels: &image_labels }).await?;
+            let image_id = self.run_build(engine, &BuildStep { stage: BuildStage::Environment, tag, folder, dockerfile, build_args: &build_args, image_labels: &image_labels }).await?;
             return Ok(BuiltImage { tag: tag.into(), base_tag: None, env_type: EnvType::Http, reason: detection.reason, image_id });
         };
 
         let base_tag = format!("{tag}-base");
         let mut base_labels = own_labels.clone();
         base_labels.insert(labels::STAGE.into(), "base".into());
-        self.run_build(&engine, &BuildStep { stage: BuildStage::Environment, tag: &base_tag, folder, dockerfile: &dockerfile, build_args: &build_args, image_labels: &base_labels }).await?;
+        self.run_build(engine, &BuildStep { stage: BuildStage::Environment, tag: &base_tag, folder, dockerfile, build_args: &build_args, image_labels: &base_labels }).await?;
         self.report(BuildStage::Server, tag, "checking env.py with the image's python3");
-        syntax_check::check_env_syntax(&engine, &base_tag, tag).await?;
+        syntax_check::check_env_syntax(engine, &base_tag, tag).await?;
 
         let server_bytes = std::fs::read(&server).map_err(|source| Error::Io { context: format!("cannot read {}", server.display()), source })?;
         let mut image_labels = own_labels;
         image_labels.insert(labels::ENV_TYPE.into(), EnvType::Function.as_str().into());
         image_labels.insert(labels::STAGE.into(), "server".into());
         self.report(BuildStage::Server, tag, &format!("adding the server ({} KiB) and the worker on top of {base_tag}", server_bytes.len() / 1024));
-        let image_id = add_server_layer(&engine, &base_tag, tag, &server_bytes, &image_labels).await?;
+        let image_id = add_server_layer(engine, &base_tag, tag, &server_bytes, &image_labels).await?;
         self.report(BuildStage::Server, tag, &format!("tagged {tag}"));
         Ok(BuiltImage { tag: tag.into(), base_tag: Some(base_tag), env_type: EnvType::Function, reason: detection.reason, image_id })
     }

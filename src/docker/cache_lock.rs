@@ -8,8 +8,9 @@
 //! sets the parent). The build is retried (see `build::run_build`), but the orphan stays. So
 //! builds hold a shared lock on a file named after the engine, and a removal takes it exclusively:
 //! it waits until no build of any Rayfine process on this machine is under way, and builds that
-//! ask meanwhile wait for it. A removal by anyone else (the `docker` command) can still race a
-//! build; that is what the retry is for.
+//! ask meanwhile wait for it. A build its caller abandons keeps the lock a little longer, since the
+//! engine goes on with it until its next step ([`BuildHold`]). A removal by anyone else (the
+//! `docker` command) can still race a build; that is what the retry is for.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -79,6 +80,59 @@ impl CacheLock {
         let file = open(&self.path)?;
         poll_lock(&file, libc::LOCK_EX, deadline, "a removal").await?;
         Some(Held { _files: vec![file, turn] })
+    }
+}
+
+/// How long a build its caller abandoned keeps the lock: the engine is told only by the connection
+/// closing, and ends the build at its next step, after the one under way (seconds at most for the
+/// steps that take layers from the cache, which are the ones a removal could prune under it).
+pub(crate) const ABANDONED_BUILD_SETTLE: Duration = Duration::from_secs(10);
+
+/// A build's hold on the lock. When the build ends (its caller got its outcome), the hold ends
+/// with it. When its caller abandons it instead (the future dropped mid-way: Ctrl-C, a progress
+/// callback that raised), the engine goes on with the build for a while, taking layers from the
+/// cache; a removal let in at once would prune them under it, and the engine would leave the image
+/// of the step that lost its parent behind, untagged. So the hold outlives an abandoned build by
+/// [`ABANDONED_BUILD_SETTLE`], on a thread of its own (no runtime needed in a drop).
+#[derive(Debug)]
+pub(crate) struct BuildHold {
+    held: Option<Held>,
+    ended: bool,
+    settle: Duration,
+}
+
+impl BuildHold {
+    pub(crate) fn new(held: Option<Held>) -> BuildHold {
+        BuildHold { held, ended: false, settle: ABANDONED_BUILD_SETTLE }
+    }
+
+    /// The same, kept for `settle` after an abandoned build.
+    #[cfg(test)]
+    fn settling_for(mut self, settle: Duration) -> BuildHold {
+        self.settle = settle;
+        self
+    }
+
+    /// The build has ended, in success or failure: the engine is done with it.
+    pub(crate) fn ended(mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for BuildHold {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        if self.ended {
+            return;
+        }
+        let settle = self.settle;
+        let settle = std::thread::Builder::new().name("rayfine-build-settle".into()).spawn(move || {
+            std::thread::sleep(settle);
+            drop(held);
+        });
+        if let Err(err) = settle {
+            tracing::debug!("cannot keep the image cache lock for an abandoned build: {err}");
+        }
     }
 }
 
@@ -188,6 +242,23 @@ mod tests {
         let released = removal.await.unwrap();
         let (_held, at) = later.await.unwrap().expect("the later build's lock");
         assert!(at >= released, "the later build went before the removal");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_build_keeps_removals_out_while_the_engine_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = CacheLock::at(dir.path(), "engine");
+        let settle = Duration::from_millis(800);
+        // A build that ended lets a removal in at once.
+        BuildHold::new(lock.for_build().await).settling_for(settle).ended();
+        assert!(lock.for_removal(Duration::from_millis(300)).await.is_some(), "a removal waited for a build that had ended");
+        // One its caller dropped mid-way keeps the lock for the settle.
+        let abandoned = Instant::now();
+        drop(BuildHold::new(lock.for_build().await).settling_for(settle));
+        assert!(lock.for_removal(Duration::from_millis(300)).await.is_none(), "a removal went in while the engine may still be building");
+        let held = lock.for_removal(Duration::from_secs(10)).await;
+        assert!(held.is_some(), "the abandoned build never let the removal in");
+        assert!(abandoned.elapsed() >= settle, "the removal went in {:?} after the build was abandoned", abandoned.elapsed());
     }
 
     #[tokio::test]
