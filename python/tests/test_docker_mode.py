@@ -23,6 +23,14 @@ def counter_image():
     built = rayfine.build_image_from_env(COUNTER, tag, base_image=BASE_IMAGE, progress=lambda stage, line: lines.append((stage, line)))
     assert built == tag and any(stage == "server" for stage, _ in lines)
     yield tag
+    # No container of the image first: the engine only untags an image a running container uses,
+    # and it would stay behind, untagged, once that container went (a failed start's container
+    # left to the interpreter's exit would be one).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and subprocess.run(["docker", "ps", "-aq", "--filter", "ancestor=" + tag], capture_output=True, text=True).stdout.strip():
+        time.sleep(0.2)
+    left = subprocess.run(["docker", "ps", "-a", "--filter", "ancestor=" + tag], capture_output=True, text=True).stdout
+    assert len(left.strip().splitlines()) <= 1, "containers of %s still there:\n%s" % (tag, left)
     # The image before its base: an image in use by another is only untagged.
     for image in (tag, tag + "-base"):
         rayfine.remove_image(image)

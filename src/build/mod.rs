@@ -195,7 +195,11 @@ impl ImageBuilder {
         // ended it): no Rayfine removal prunes a layer this build takes from the cache meanwhile.
         let cache_in_use = BuildHold::new(CacheLock::of(engine.host()).for_build().await);
         let built = self.build_holding_the_cache(&engine, folder, tag, &dockerfile, detection, server).await;
-        cache_in_use.ended();
+        // A request that failed on its way (a connection that broke mid-build) may have left the
+        // engine building: then the hold settles as for an abandoned build.
+        if !matches!(built, Err(Error::Engine(_))) {
+            cache_in_use.ended();
+        }
         built
     }
 

@@ -84,16 +84,18 @@ impl CacheLock {
 }
 
 /// How long a build its caller abandoned keeps the lock: the engine is told only by the connection
-/// closing, and ends the build at its next step, after the one under way (seconds at most for the
-/// steps that take layers from the cache, which are the ones a removal could prune under it).
-pub(crate) const ABANDONED_BUILD_SETTLE: Duration = Duration::from_secs(10);
+/// closing, and ends the build at its next step, after the one under way (well under a second for
+/// the steps that take layers from the cache, which are the ones a removal could prune under it,
+/// and seconds on an engine under load).
+pub(crate) const ABANDONED_BUILD_SETTLE: Duration = Duration::from_secs(20);
 
 /// A build's hold on the lock. When the build ends (its caller got its outcome), the hold ends
 /// with it. When its caller abandons it instead (the future dropped mid-way: Ctrl-C, a progress
 /// callback that raised), the engine goes on with the build for a while, taking layers from the
 /// cache; a removal let in at once would prune them under it, and the engine would leave the image
 /// of the step that lost its parent behind, untagged. So the hold outlives an abandoned build by
-/// [`ABANDONED_BUILD_SETTLE`], on a thread of its own (no runtime needed in a drop).
+/// [`ABANDONED_BUILD_SETTLE`], on a thread of its own (no runtime needed in a drop), as does
+/// one whose connection to the engine broke mid-way.
 #[derive(Debug)]
 pub(crate) struct BuildHold {
     held: Option<Held>,
