@@ -29,7 +29,8 @@ pub struct ManagedContainer {
     pub port: Option<u16>,
     /// Process id of the owner.
     pub owner_pid: Option<u32>,
-    /// Whether that owner still runs.
+    /// Whether that owner still runs; for a container that names none (a build's scratch
+    /// container), whether it is young enough to belong to a build under way.
     pub owner_alive: bool,
     /// Meant to outlive its owner (`run --keep`).
     pub keep: bool,
@@ -80,13 +81,34 @@ pub async fn list_managed_containers_on(host: &DockerHost) -> Result<Vec<Managed
                 state: summary.state,
                 port: summary.public_port,
                 owner_pid,
-                owner_alive: labels::owner_alive(owner_pid, owner_start),
+                owner_alive: container_owner_alive(owner_pid, owner_start, summary.created, unix_now()),
                 labels: summary.labels.into_iter().collect(),
             }
         })
         .collect();
     containers.sort_by(|a, b| a.env_id.cmp(&b.env_id));
     Ok(containers)
+}
+
+/// How long a container that names no owner is taken to be in use by the build that made it.
+const OWNERLESS_IN_USE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether the owner of a container created at `created` (Unix seconds) still runs, at `now`.
+/// A container that names no owner is a build's scratch container (stage 2 commits it, and the
+/// image would keep an owner's labels): its build, in this process or another, is taken to be
+/// under way while the container is younger than [`OWNERLESS_IN_USE`], far longer than a commit
+/// takes, so that `cleanup --orphans` does not pull it from under a running build. Older, a build
+/// that died left it.
+fn container_owner_alive(pid: Option<u32>, start: Option<u64>, created: Option<i64>, now: i64) -> bool {
+    match pid {
+        Some(_) => labels::owner_alive(pid, start),
+        None => created.is_some_and(|created| now.saturating_sub(created) < OWNERLESS_IN_USE.as_secs() as i64),
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// An environment Rayfine runs as a Swarm service, as `rayfine ps` shows it.
@@ -241,5 +263,25 @@ pub async fn describe_exit_on(host: &DockerHost, id: &str) -> Option<String> {
             let oom = if facts.oom_killed { " (out of memory)" } else { "" };
             Some(format!("its container {short} has exited{code}{oom}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ownerless_container_is_in_use_only_while_younger_than_a_build_takes() {
+        let now = 1_800_000_000;
+        // A build's scratch container, just made (by this process or another): not an orphan.
+        assert!(container_owner_alive(None, None, Some(now - 5), now));
+        // One a dead build left long ago, or one whose age the engine did not give: an orphan.
+        assert!(!container_owner_alive(None, None, Some(now - 3600), now));
+        assert!(!container_owner_alive(None, None, None, now));
+        // One that names an owner goes by that owner, however young: this process runs, and a
+        // pid beyond the kernel's limit cannot.
+        let me = std::process::id();
+        assert!(container_owner_alive(Some(me), labels::process_start_time(me), Some(now - 3600), now));
+        assert!(!container_owner_alive(Some(4_194_304), Some(1), Some(now), now));
     }
 }

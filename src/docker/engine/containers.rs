@@ -87,6 +87,8 @@ pub struct ContainerSummary {
     pub labels: HashMap<String, String>,
     /// The first published host port.
     pub public_port: Option<u16>,
+    /// When the engine created it, in seconds since the Unix epoch.
+    pub created: Option<i64>,
 }
 
 /// A chunk of a container's output.
@@ -268,6 +270,7 @@ impl Engine {
                 state: summary.state.map(|s| s.to_string()).unwrap_or_default(),
                 labels: summary.labels.unwrap_or_default(),
                 public_port: summary.ports.unwrap_or_default().into_iter().find_map(|p| p.public_port),
+                created: summary.created,
             })
             .collect())
     }
