@@ -9,6 +9,7 @@ use rayfine::EnvironmentWrapper;
 
 use super::cpu;
 use super::floor::FloorServer;
+use super::hop::{self, CpuClock, Waiting};
 use super::report::{median, percentile, Figure, Report, Row};
 use super::wrk::{self, Load, Measured};
 use super::Settings;
@@ -67,6 +68,7 @@ pub fn call_cost(settings: &Settings, env: &Target<'_>, floor: &FloorServer, rep
     report.settings.push(format!("call cost and throughput: {}; one warm-up run first", wrk::describe(1, duration)));
     let call_url = format!("{}/call", env.url);
     let ping = body("ping", "{}");
+    let clock = CpuClock::now();
     // Warm-up: connections, the worker's first call, CPU frequency.
     measure(&call_url, env.token, &ping, 1, Duration::from_secs(1), scratch)?;
     let echo = measure(&floor.url("/echo"), None, &ping, 1, duration, scratch)?;
@@ -80,6 +82,20 @@ pub fn call_cost(settings: &Settings, env: &Target<'_>, floor: &FloorServer, rep
                 .floor("plain HTTP echo (axum)", Figure::micros(echo.p50_us), Some(Figure::micros(echo.p99_us)))
                 .target("p50 ≤ 1.2× floor, p99 ≤ 2× floor's", met),
         );
+    }
+    // The hop a call adds to the echo's, without Rayfine: when the ratio above moves between
+    // machines, these say whether the machine moved.
+    let rounds = hop::rounds_for(duration);
+    for (waiting, how) in [(Waiting::Sleeping, "both sides sleeping in `read`"), (Waiting::Polling, "both sides polling")] {
+        let (p50, p99) = hop::p50_p99(&hop::round_trips(waiting, rounds / 10, rounds)?);
+        report.push(
+            Row::new(CALL_COST, format!("round trip to a `python3` over a pipe, {how}, p50 (no Rayfine: the hop a call adds)"), Figure::micros(p50))
+                .p99(Figure::micros(p99))
+                .floor("the echo, plus this", Figure::micros(echo.p50_us + p50), None),
+        );
+    }
+    if let (Some(before), Some(after)) = (clock, CpuClock::now()) {
+        report.push(Row::new(CALL_COST, "CPU time the hypervisor kept from this VM (steal) while these rows ran", Figure::percent(after.steal_percent_since(before))));
     }
     Ok(())
 }

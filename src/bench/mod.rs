@@ -10,6 +10,7 @@ mod calls;
 mod cpu;
 mod engine_alone;
 mod floor;
+mod hop;
 mod memory;
 mod openenv;
 mod python;
