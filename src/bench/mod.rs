@@ -253,11 +253,15 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<(Report, Vec<String>)> {
     };
 
     if wants(Section::Memory) {
+        let since = Instant::now();
         let outcome = memory::memory(&settings, &mut report).await;
+        report.took("memory", since);
         record(&mut report, "memory", outcome);
     }
     if wants(Section::ColdStart) {
+        let since = Instant::now();
         let outcome = startup::process_cold_start(&settings, &mut report).await;
+        report.took("cold start (process)", since);
         record(&mut report, "cold start (process)", outcome);
     }
     if wants(Section::CallCost) || wants(Section::Throughput) || wants(Section::Scale) {
@@ -265,11 +269,15 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<(Report, Vec<String>)> {
         record(&mut report, "wrk sections", outcome);
     }
     if wants(Section::Python) {
+        let since = Instant::now();
         let outcome = python::python_clients(&settings, &mut report).await;
+        report.took("python", since);
         record(&mut report, "Python client", outcome);
     }
     if wants(Section::Openenv) {
+        let since = Instant::now();
         let outcome = openenv::openenv(&settings, &mut report).await;
+        report.took("openenv", since);
         record(&mut report, "OpenEnv", outcome);
     }
 
@@ -283,6 +291,9 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<(Report, Vec<String>)> {
         replicas::remove_copies(&docker, &hosts).await;
         docker.remove_all().await;
         record(&mut report, "Docker sections", outcome);
+    }
+    if let Some(line) = report.times_line() {
+        report.settings.push(line);
     }
 
     Ok((report, failures))
@@ -300,17 +311,23 @@ async fn wrk_sections(args: &BenchArgs, settings: &Settings, server: Option<&Pat
     let target = calls::Target { url: env.url(), token: env.token(), pid: env.pid() };
     let outcome = async {
         if wants(Section::CallCost) {
+            let since = Instant::now();
             calls::call_cost(settings, &target, &floor, report, scratch.path())?;
             calls::library_call_cost(settings, &env, &floor, report).await?;
+            report.took("call cost", since);
         }
         if wants(Section::Throughput) {
+            let since = Instant::now();
             calls::throughput(settings, &target, &floor, report, scratch.path())?;
+            report.took("throughput", since);
         }
         if wants(Section::Scale) {
             if open_files < 4200 {
                 report.skipped.push(format!("concurrency at scale: 2,048 connections need about 4,200 open files, the limit here is {open_files}"));
             } else {
+                let since = Instant::now();
                 calls::scale(settings, &target, &floor, report, scratch.path())?;
+                report.took("scale", since);
             }
         }
         Ok::<(), anyhow::Error>(())
@@ -337,22 +354,34 @@ async fn docker_sections_run(docker: &DockerBench, settings: &Settings, hosts: &
             docker.base_image
         );
     }
-    // Untimed: how long the first build takes depends on what the engine has cached.
+    // Not a figure: how long the first build takes depends on what the engine has cached.
+    let since = Instant::now();
     docker.build_image(settings).await?;
+    report.took("the bench image", since);
     if wants(Section::Build) {
+        let since = Instant::now();
         build::build(settings, docker, report).await?;
+        report.took("build", since);
     }
     if wants(Section::ColdStart) {
+        let since = Instant::now();
         startup::docker_cold_start(settings, docker, report).await?;
+        report.took("cold start (Docker)", since);
     }
     if wants(Section::FanOut) {
+        let since = Instant::now();
         startup::fan_out(settings, docker, report).await?;
+        report.took("fan-out", since);
     }
     if wants(Section::Balancing) {
+        let since = Instant::now();
         replicas::balancing(settings, docker, hosts, report).await?;
+        report.took("balancing", since);
     }
     if wants(Section::Hosts) {
+        let since = Instant::now();
         replicas::fan_out_over_hosts(settings, docker, hosts, report).await?;
+        report.took("hosts", since);
     }
     Ok(())
 }

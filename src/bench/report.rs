@@ -122,9 +122,26 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Sections that could not run, and why.
     pub skipped: Vec<String>,
+    /// How long each part of the run took, in seconds, in the order they ran: the bench is kept
+    /// under five minutes, and this says which part to shorten when a machine makes it longer.
+    pub seconds: Vec<(String, f64)>,
 }
 
 impl Report {
+    /// Notes that the part `what` of the run began at `since` and has just ended.
+    pub fn took(&mut self, what: &str, since: std::time::Instant) {
+        self.seconds.push((what.to_string(), since.elapsed().as_secs_f64()));
+    }
+
+    /// The times of `took`, as one line of the settings.
+    pub fn times_line(&self) -> Option<String> {
+        if self.seconds.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self.seconds.iter().map(|(what, s)| format!("{what} {s:.0} s")).collect();
+        Some(format!("time by part: {}", parts.join(", ")))
+    }
+
     pub fn push(&mut self, row: Row) {
         eprintln!("  {}: {} {}", row.section, row.what, row.median);
         self.rows.push(row);
