@@ -208,3 +208,41 @@ async fn a_message_without_a_type_is_told_what_types_there_are() {
     drop(server);
     env.assert_no_process_left();
 }
+
+/// A WebSocket attached to a session (`/ws?session_id=`) learns that a call of the same session
+/// made over MCP broke it as soon as that happens: an error frame, then a normal close, with no
+/// request of its own to prompt them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_attached_to_a_session_ended_over_mcp_is_told_and_closed_at_once() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let env = EnvCopy::of("slow_actor");
+    let (server, _) = RunningServer::start(&env, &[("RAYFINE_CALL_TIMEOUT", "1")]);
+    let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
+    let url = format!("{}?session_id={id}", server.url("/ws").replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    // A nap over MCP that overruns its 1 s ends the session.
+    let nap = serde_json::json!({"name": "nap", "arguments": {"seconds": 3.0}, "session_id": id});
+    let timed_out = tokio::task::block_in_place(|| mcp(&server, "tools/call", nap)).unwrap_err();
+    assert!(timed_out.contains("timed out"), "{timed_out}");
+    let ended = Instant::now();
+    let mut told = None;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = socket.next().await {
+            match frame {
+                Ok(Message::Text(text)) => told = Some(serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the socket was still open 5 s after its session ended");
+    assert!(ended.elapsed() < Duration::from_secs(2), "closed only after {:?}", ended.elapsed());
+    let told = told.expect("an error frame before the close");
+    assert_eq!(told["type"], "error", "{told}");
+    assert!(told["data"]["message"].as_str().unwrap().contains("has ended"), "{told}");
+    drop(socket);
+    drop(server);
+    env.assert_no_process_left();
+}

@@ -80,6 +80,9 @@ pub struct EnvSession {
     pub owned_by_socket: bool,
     /// It was ended (taken out of the table): a WebSocket still attached must close.
     ended: AtomicBool,
+    /// Wakes the WebSocket attached to it when it is ended elsewhere (a call over MCP broke
+    /// it), so that the socket closes then, not at its client's next request.
+    ended_signal: tokio::sync::Notify,
 }
 
 impl EnvSession {
@@ -117,6 +120,18 @@ impl EnvSession {
     /// Whether it was ended, by its own client, the reaper, or a call that broke it.
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+    }
+
+    /// Returns once it has been ended (at once if it was already).
+    pub async fn ended(&self) {
+        let notified = self.ended_signal.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: an end between the two still wakes this.
+        notified.as_mut().enable();
+        if self.is_ended() {
+            return;
+        }
+        notified.await;
     }
 
     /// Waits for this session's turn (its calls run one at a time, whoever makes them) and holds
@@ -191,6 +206,7 @@ impl Sessions {
             close_requested: AtomicBool::new(false),
             owned_by_socket,
             ended: AtomicBool::new(false),
+            ended_signal: tokio::sync::Notify::new(),
         });
         self.table.lock().insert(session.id.clone(), session.clone());
         reservation.kept = true;
@@ -210,6 +226,7 @@ impl Sessions {
             return;
         }
         session.ended.store(true, Ordering::Release);
+        session.ended_signal.notify_waiters();
         self.release(session.instance, worker, Some(session.clone()));
     }
 

@@ -206,6 +206,15 @@ async fn serve(socket: &mut WebSocket, state: &AppState, session: &Arc<EnvSessio
                     }
                 }
             }
+            // Ended elsewhere (a call of it over MCP timed out) while this socket waited for its
+            // client: say so and close now, as the client would otherwise learn it only from
+            // its next request. A call of its own in flight ends the socket with its answer.
+            () = session.ended(), if running.is_none() => {
+                let why = format!("Session {} has ended: a call of it made elsewhere (over MCP) timed out or lost its instance", session.id);
+                let _ = send(socket, &error_frame(code::SESSION_ERROR, &why, Map::new())).await;
+                let _ = close(socket).await;
+                return Some("the session was ended elsewhere".into());
+            }
             _ = pings.tick() => {
                 if heard.elapsed() > idle_timeout {
                     return Some(format!("nothing heard from the client for {idle_timeout:?}: taken for gone"));
