@@ -64,6 +64,7 @@ pub async fn list_managed_containers() -> Result<Vec<ManagedContainer>> {
 pub async fn list_managed_containers_on(host: &DockerHost) -> Result<Vec<ManagedContainer>> {
     let engine = Engine::connect_to(host).await?;
     let summaries = engine.list_containers(&format!("{}=true", labels::MANAGED)).await?;
+    let now = unix_now();
     let mut containers: Vec<ManagedContainer> = summaries
         .into_iter()
         .map(|summary| {
@@ -81,7 +82,7 @@ pub async fn list_managed_containers_on(host: &DockerHost) -> Result<Vec<Managed
                 state: summary.state,
                 port: summary.public_port,
                 owner_pid,
-                owner_alive: container_owner_alive(owner_pid, owner_start, summary.created, unix_now()),
+                owner_alive: container_owner_alive(owner_pid, owner_start, summary.created, now),
                 labels: summary.labels.into_iter().collect(),
             }
         })

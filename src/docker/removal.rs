@@ -103,8 +103,8 @@ impl Leftover {
 /// and services go first, then the secrets they used.
 ///
 /// Returns whether every engine answered every removal with success, "no such thing" or "being
-/// removed already": for a leftover known by its id, that it is gone or going. (A name's "no such thing" proves less: its create
-/// may still be under way in the engine.)
+/// removed already": for a leftover known by its id, that it is gone or going. (A name's "no
+/// such thing" proves less: its create may still be under way in the engine.)
 pub(crate) fn remove_now(leftovers: Vec<Leftover>) -> bool {
     if leftovers.is_empty() {
         return true;
