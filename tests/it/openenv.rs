@@ -108,7 +108,8 @@ fn a_session_whose_sync_call_timed_out_takes_no_more_calls_whoever_made_it() {
     let queued = queued.unwrap_err();
     assert!(queued.contains("has ended"), "{queued}");
     let refused = nap(0.0).unwrap_err();
-    assert!(refused.contains("Unknown session_id"), "{refused}");
+    // OpenEnv's words for an id it does not know, and that this one has ended.
+    assert!(refused.contains("Unknown session_id") && refused.contains("has ended"), "{refused}");
     drop(server);
     env.assert_no_process_left();
 }
@@ -214,13 +215,17 @@ async fn a_message_without_a_type_is_told_what_types_there_are() {
 /// request of its own to prompt them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_attached_to_a_session_ended_over_mcp_is_told_and_closed_at_once() {
-    use futures_util::StreamExt;
+    use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let env = EnvCopy::of("slow_actor");
     let (server, _) = RunningServer::start(&env, &[("RAYFINE_CALL_TIMEOUT", "1")]);
     let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
     let url = format!("{}?session_id={id}", server.url("/ws").replace("http://", "ws://"));
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    // One answer on the socket: it is attached before the session is ended.
+    socket.send(Message::text(r#"{"type": 5}"#)).await.unwrap();
+    let Some(Ok(Message::Text(answer))) = socket.next().await else { panic!("no answer on the attached socket") };
+    assert!(answer.as_str().contains("UNKNOWN_TYPE"), "{answer}");
     // A nap over MCP that overruns its 1 s ends the session.
     let nap = serde_json::json!({"name": "nap", "arguments": {"seconds": 3.0}, "session_id": id});
     let timed_out = tokio::task::block_in_place(|| mcp(&server, "tools/call", nap)).unwrap_err();
@@ -242,6 +247,11 @@ async fn a_websocket_attached_to_a_session_ended_over_mcp_is_told_and_closed_at_
     let told = told.expect("an error frame before the close");
     assert_eq!(told["type"], "error", "{told}");
     assert!(told["data"]["message"].as_str().unwrap().contains("has ended"), "{told}");
+    // OpenEnv's client reconnects to the same id at its next request: it is told the same.
+    let (mut again, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let Some(Ok(Message::Text(refused))) = again.next().await else { panic!("no answer to a reconnect") };
+    assert!(refused.as_str().contains("has ended"), "{refused}");
+    drop(again);
     drop(socket);
     drop(server);
     env.assert_no_process_left();

@@ -153,7 +153,7 @@ async fn answer(state: &AppState, method: &str, params: &Value, socket_session: 
             if socket_session.is_some_and(|own| own.id == id && own.owned_by_socket) {
                 return Err(Fault::new(rpc::INVALID_REQUEST, "Cannot close active WebSocket-managed session via MCP method"));
             }
-            let session = state.openenv.get(id).ok_or_else(|| Fault::new(rpc::INVALID_PARAMS, format!("Unknown session_id: {id}")))?;
+            let session = state.openenv.get(id).ok_or_else(|| Fault::new(rpc::INVALID_PARAMS, state.openenv.missing(id)))?;
             if session.is_attached() {
                 session.request_close();
                 return Ok(json!({"session_id": id, "closed": false, "closing": true}));
@@ -170,7 +170,7 @@ fn named_session(state: &AppState, params: &Value) -> Result<Option<Arc<EnvSessi
     match params.get("session_id") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(id)) => {
-            state.openenv.get(id).map(Some).ok_or_else(|| Fault::new(rpc::INVALID_PARAMS, format!("Unknown session_id: {id}")))
+            state.openenv.get(id).map(Some).ok_or_else(|| Fault::new(rpc::INVALID_PARAMS, state.openenv.missing(id)))
         }
         Some(_) => Err(Fault::new(rpc::INVALID_PARAMS, "`session_id` must be a string")),
     }

@@ -13,7 +13,7 @@
 //! sync call still running after its timeout, an instance lost with its worker) is ended at once,
 //! whoever drives it, so that no later call runs beside the stuck one or on nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -164,12 +164,35 @@ pub struct Sessions {
     taken: Arc<AtomicUsize>,
     /// Instance ids; 0 is the worker's default instance, which `/call` uses.
     next_instance: AtomicU64,
+    /// The ids of the last [`RECENTLY_ENDED`] sessions ended, newest last: a client that comes
+    /// back to one (OpenEnv's client reconnects its WebSocket to the same id) is told it ended,
+    /// not that it never existed.
+    recently_ended: Mutex<VecDeque<String>>,
+}
+
+/// How many ended sessions' ids are remembered.
+const RECENTLY_ENDED: usize = 4096;
+
+/// Why a session is not there, for an attach or a call naming it. The first words are
+/// OpenEnv's own answer to an unknown id, so clients that match on them keep working.
+pub fn missing_session_message(id: &str, ended: bool) -> String {
+    if ended {
+        format!("Unknown session_id: {id} (it has ended: a call of it timed out or lost its instance, or it was closed)")
+    } else {
+        format!("Unknown session_id: {id}")
+    }
 }
 
 impl Sessions {
     /// An empty table. The reaper of sessions nobody drives starts with it, if a runtime runs.
     pub fn new(limits: SessionLimits, worker: Worker) -> Arc<Sessions> {
-        let sessions = Arc::new(Sessions { limits, table: Mutex::new(HashMap::new()), taken: Arc::new(AtomicUsize::new(0)), next_instance: AtomicU64::new(1) });
+        let sessions = Arc::new(Sessions {
+            limits,
+            table: Mutex::new(HashMap::new()),
+            taken: Arc::new(AtomicUsize::new(0)),
+            next_instance: AtomicU64::new(1),
+            recently_ended: Mutex::new(VecDeque::new()),
+        });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(reap_unattached(Arc::downgrade(&sessions), worker));
         }
@@ -218,6 +241,11 @@ impl Sessions {
         self.table.lock().get(id).cloned()
     }
 
+    /// Why there is no session `id`: it ended a while ago, or it never was.
+    pub fn missing(&self, id: &str) -> String {
+        missing_session_message(id, self.recently_ended.lock().iter().any(|ended| ended == id))
+    }
+
     /// Ends a session: takes it out of the table at once and drops its instance in the
     /// background (its `close()` may take a while, and nobody waits for it), giving its slot
     /// back after that. Ending one twice does nothing.
@@ -227,6 +255,13 @@ impl Sessions {
         }
         session.ended.store(true, Ordering::Release);
         session.ended_signal.notify_waiters();
+        {
+            let mut ended = self.recently_ended.lock();
+            if ended.len() == RECENTLY_ENDED {
+                ended.pop_front();
+            }
+            ended.push_back(session.id.clone());
+        }
         self.release(session.instance, worker, Some(session.clone()));
     }
 

@@ -107,7 +107,7 @@ async fn run(mut socket: WebSocket, state: AppState, attach: Option<String>) {
                 return;
             }
             None => {
-                refuse(socket, error_frame(code::SESSION_ERROR, &format!("Unknown session_id: {id}"), Map::new())).await;
+                refuse(socket, error_frame(code::SESSION_ERROR, &state.openenv.missing(&id), Map::new())).await;
                 return;
             }
         },
@@ -210,7 +210,7 @@ async fn serve(socket: &mut WebSocket, state: &AppState, session: &Arc<EnvSessio
             // client: say so and close now, as the client would otherwise learn it only from
             // its next request. A call of its own in flight ends the socket with its answer.
             () = session.ended(), if running.is_none() => {
-                let why = format!("Session {} has ended: a call of it made elsewhere (over MCP) timed out or lost its instance", session.id);
+                let why = format!("Session {} has ended: a call of it made elsewhere (over MCP) timed out or lost its instance, or it was closed", session.id);
                 let _ = send(socket, &error_frame(code::SESSION_ERROR, &why, Map::new())).await;
                 let _ = close(socket).await;
                 return Some("the session was ended elsewhere".into());
