@@ -69,6 +69,38 @@ fn ticks_to_duration(ticks: u64) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / per_second)
 }
 
+/// The machine's CPU time so far: all of it, and the part the hypervisor kept (steal), from the
+/// first line of `/proc/stat`. `None` where that cannot be read.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuClock {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuClock {
+    pub fn now() -> Option<CpuClock> {
+        CpuClock::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`, in ticks; guest
+    /// time is already counted in user time, so it is left out of the total.
+    fn parse(stat: &str) -> Option<CpuClock> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
+        let steal = *ticks.get(7)?;
+        Some(CpuClock { total: ticks.iter().take(8).sum(), steal })
+    }
+
+    /// The share of the CPU time since `before` that the hypervisor kept, in percent.
+    pub fn steal_percent_since(self, before: CpuClock) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(before.steal) as f64 * 100.0 / total as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +133,15 @@ mod tests {
         // getrusage is exact to the microsecond; /proc counts in clock ticks (10 ms here).
         assert!(of_self(false) - before >= spin, "getrusage sees the loop");
         assert!(of_process(std::process::id()) - proc_before >= spin - Duration::from_millis(20), "/proc sees the loop");
+    }
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let before = CpuClock::parse("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n").unwrap();
+        let after = CpuClock::parse("cpu  150 0 70 900 10 0 0 60 0 0\n").unwrap();
+        // 20 ticks of steal out of 50 + 20 + 100 + 20 = 190.
+        assert!((after.steal_percent_since(before) - 2000.0 / 190.0).abs() < 1e-9);
+        assert!(CpuClock::parse("intr 1 2 3\n").is_none());
+        assert!(CpuClock::parse("cpu  1 2 3\n").is_none(), "a line without steal is no clock");
     }
 }

@@ -312,22 +312,27 @@ async fn wrk_sections(args: &BenchArgs, settings: &Settings, server: Option<&Pat
     let outcome = async {
         if wants(Section::CallCost) {
             let since = Instant::now();
-            calls::call_cost(settings, &target, &floor, report, scratch.path())?;
-            calls::library_call_cost(settings, &env, &floor, report).await?;
+            let outcome = match calls::call_cost(settings, &target, &floor, report, scratch.path()) {
+                Ok(()) => calls::library_call_cost(settings, &env, &floor, report).await,
+                Err(err) => Err(err),
+            };
             report.took("call cost", since);
+            outcome?;
         }
         if wants(Section::Throughput) {
             let since = Instant::now();
-            calls::throughput(settings, &target, &floor, report, scratch.path())?;
+            let outcome = calls::throughput(settings, &target, &floor, report, scratch.path());
             report.took("throughput", since);
+            outcome?;
         }
         if wants(Section::Scale) {
             if open_files < 4200 {
                 report.skipped.push(format!("concurrency at scale: 2,048 connections need about 4,200 open files, the limit here is {open_files}"));
             } else {
                 let since = Instant::now();
-                calls::scale(settings, &target, &floor, report, scratch.path())?;
+                let outcome = calls::scale(settings, &target, &floor, report, scratch.path());
                 report.took("scale", since);
+                outcome?;
             }
         }
         Ok::<(), anyhow::Error>(())
@@ -356,32 +361,38 @@ async fn docker_sections_run(docker: &DockerBench, settings: &Settings, hosts: &
     }
     // Not a figure: how long the first build takes depends on what the engine has cached.
     let since = Instant::now();
-    docker.build_image(settings).await?;
+    let outcome = docker.build_image(settings).await;
     report.took("the bench image", since);
+    outcome?;
     if wants(Section::Build) {
         let since = Instant::now();
-        build::build(settings, docker, report).await?;
+        let outcome = build::build(settings, docker, report).await;
         report.took("build", since);
+        outcome?;
     }
     if wants(Section::ColdStart) {
         let since = Instant::now();
-        startup::docker_cold_start(settings, docker, report).await?;
+        let outcome = startup::docker_cold_start(settings, docker, report).await;
         report.took("cold start (Docker)", since);
+        outcome?;
     }
     if wants(Section::FanOut) {
         let since = Instant::now();
-        startup::fan_out(settings, docker, report).await?;
+        let outcome = startup::fan_out(settings, docker, report).await;
         report.took("fan-out", since);
+        outcome?;
     }
     if wants(Section::Balancing) {
         let since = Instant::now();
-        replicas::balancing(settings, docker, hosts, report).await?;
+        let outcome = replicas::balancing(settings, docker, hosts, report).await;
         report.took("balancing", since);
+        outcome?;
     }
     if wants(Section::Hosts) {
         let since = Instant::now();
-        replicas::fan_out_over_hosts(settings, docker, hosts, report).await?;
+        let outcome = replicas::fan_out_over_hosts(settings, docker, hosts, report).await;
         report.took("hosts", since);
+        outcome?;
     }
     Ok(())
 }

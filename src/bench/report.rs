@@ -122,8 +122,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Sections that could not run, and why.
     pub skipped: Vec<String>,
-    /// How long each part of the run took, in seconds, in the order they ran: the bench is kept
-    /// under five minutes, and this says which part to shorten when a machine makes it longer.
+    /// How long each part of the run took, in seconds, in the order they ran: the bench is meant
+    /// to take under five minutes, and this says which part made a slow machine's run longer.
     pub seconds: Vec<(String, f64)>,
 }
 
@@ -242,7 +242,8 @@ impl Repeated {
     pub fn of(reports: &[Report]) -> Repeated {
         let mut summary = Repeated::default();
         if let Some(first) = reports.first() {
-            summary.settings = first.settings.clone();
+            // Each run's part times are in the JSON; the Markdown shows the first run's.
+            summary.settings = first.settings.iter().map(|line| line.replacen("time by part: ", "time by part, first run: ", 1)).collect();
         }
         summary.settings.push(format!("{} runs: each figure is the median over the runs, with the lowest and highest; the ratio is each run's figure over that run's floor", reports.len()));
         let mut keys: Vec<(&'static str, &str)> = Vec::new();
