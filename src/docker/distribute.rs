@@ -9,6 +9,7 @@ use std::time::Instant;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
+use super::cache_lock::CacheLock;
 use super::engine::{Engine, ImageFacts};
 use super::host::DockerHost;
 use crate::error::{Error, Result};
@@ -54,7 +55,11 @@ pub(crate) async fn ensure_image(target: &Engine, image: &str) -> Result<ImageFa
     }
     tracing::info!("copying image {image} to {} (it has no copy, or an older one)", target.host());
     let started = Instant::now();
+    // Held as a build holds it: the engine writes a loaded image before it tags it, and a
+    // removal on that engine takes an untagged, parentless image of Rayfine's for a build's orphan.
+    let loading = CacheLock::of(target.host()).for_build().await;
     let bytes = source.copy_image_to(image, target).await?;
+    drop(loading);
     tracing::info!("copied image {image} to {}: {:.1} MB in {:.1} s", target.host(), bytes as f64 / 1e6, started.elapsed().as_secs_f64());
     target.inspect_image(image).await.map_err(|err| {
         if err.is_not_found() {

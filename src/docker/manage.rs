@@ -4,6 +4,7 @@
 use super::cache_lock::{self, CacheLock};
 use super::engine::{short, Engine};
 use super::host::DockerHost;
+use super::orphaned_images;
 use super::removal::remove_and_wait;
 use crate::error::{Error, Result};
 use crate::labels;
@@ -229,7 +230,8 @@ pub async fn list_managed_images() -> Result<Vec<String>> {
 /// Removes an image by tag, and its untagged parents that nothing else uses; a missing one is
 /// not an error. It waits (up to ten minutes) for the image builds that Rayfine processes on this
 /// machine are running on the engine, so as not to remove a layer one of them is taking from the
-/// cache.
+/// cache. Then, still before any build starts, it removes the images earlier builds lost to such
+/// races with others' removals (see `orphaned_images`).
 pub async fn remove_image(tag: &str) -> Result<()> {
     remove_image_on(&DockerHost::Local, tag).await
 }
@@ -237,11 +239,16 @@ pub async fn remove_image(tag: &str) -> Result<()> {
 /// [`remove_image`] on `host`'s engine.
 pub async fn remove_image_on(host: &DockerHost, tag: &str) -> Result<()> {
     let engine = Engine::connect_to(host).await?;
-    let _no_build_under_way = CacheLock::of(host).for_removal(cache_lock::REMOVAL_WAIT).await;
-    match engine.remove_image(tag).await {
+    let no_build_under_way = CacheLock::of(host).for_removal(cache_lock::REMOVAL_WAIT).await;
+    let removed = match engine.remove_image(tag).await {
         Err(err) if !err.is_not_found() => Err(err.into()),
         _ => Ok(()),
+    };
+    // With no build under way, what a build lost to a race is certainly no build's any more.
+    if no_build_under_way.is_some() {
+        orphaned_images::remove_orphaned_images(&engine).await;
     }
+    removed
 }
 
 /// How container `id` of the local engine ended, as the engine tells it; `None` while it runs

@@ -6,6 +6,7 @@ mod distribute;
 pub(crate) mod engine;
 pub(crate) mod host;
 mod manage;
+pub(crate) mod orphaned_images;
 pub(crate) mod owner_watch;
 pub(crate) mod placement;
 mod reference;

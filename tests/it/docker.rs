@@ -446,3 +446,32 @@ async fn env_py_with_a_syntax_error_fails_the_build_naming_the_line() {
     assert!(docker_lines(&["images", "-q", &tag]).is_empty(), "no image is tagged {tag}");
     scope.finish();
 }
+
+/// An image a build lost to a race with a removal (the engine wrote it, then failed to link it to
+/// its parent: untagged, parentless, with Rayfine's labels) goes with the next removal through
+/// Rayfine; one that a container still uses stays. `docker import` makes an image of that shape.
+#[tokio::test]
+async fn a_removal_also_takes_images_a_build_left_untagged_and_parentless() {
+    let scope = DockerScope::new("orphans");
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    tar::Builder::new(empty.reopen().unwrap()).finish().unwrap();
+    let import = || {
+        let labels = ["--change", "LABEL rayfine.managed=true", "--change"];
+        let scope_label = format!("LABEL {SCOPE_LABEL}={}", scope.id);
+        let output = std::process::Command::new("docker").arg("import").args(labels).arg(&scope_label).arg(empty.path()).output().unwrap();
+        assert!(output.status.success(), "docker import: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let (orphan, in_use) = (import(), import());
+    let exists = |id: &str| std::process::Command::new("docker").args(["image", "inspect", id]).output().unwrap().status.success();
+    assert!(exists(&orphan) && exists(&in_use));
+    let user = docker_lines(&["create", "--label", &format!("{SCOPE_LABEL}={}", scope.id), &in_use, "/none"]);
+    assert_eq!(user.len(), 1, "docker create: {user:?}");
+
+    rayfine::docker::remove_image(&scope.tag("never-built")).await.unwrap();
+    assert!(!exists(&orphan), "the orphan {orphan} is still there");
+    assert!(exists(&in_use), "the image a container uses went");
+
+    assert!(std::process::Command::new("docker").args(["rm", &user[0]]).output().unwrap().status.success());
+    scope.finish();
+}

@@ -85,6 +85,24 @@ impl Engine {
         Ok(images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect())
     }
 
+    /// Ids of the untagged images with no parent that carry the label `key=value`.
+    pub async fn list_parentless_untagged(&self, label: &str) -> EngineResult<Vec<String>> {
+        let filters = HashMap::from([("label", vec![label.to_string()]), ("dangling", vec!["true".to_string()])]);
+        let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
+        let images = self.docker.list_images(Some(options)).await.map_err(|source| EngineError::ListImages { source })?;
+        Ok(images
+            .into_iter()
+            .filter(|i| i.parent_id.is_empty() && i.repo_tags.iter().all(|t| t == "<none>:<none>"))
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Removes an image by id unless a container uses it (409 then, 404 when there is none).
+    pub async fn remove_unused_image(&self, id: &str) -> EngineResult<()> {
+        let options = RemoveImageOptionsBuilder::default().force(false).noprune(true).build();
+        self.docker.remove_image(id, Some(options), None).await.map(|_| ()).map_err(|source| EngineError::RemoveImage { image: id.into(), source })
+    }
+
     /// Removes an image by tag or id, forcibly (404 when there is none).
     pub async fn remove_image(&self, image: &str) -> EngineResult<()> {
         let options = RemoveImageOptionsBuilder::default().force(true).noprune(false).build();
