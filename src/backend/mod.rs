@@ -12,6 +12,7 @@ mod logs;
 pub(crate) mod process;
 pub(crate) mod remote;
 pub(crate) mod swarm;
+mod worker_guard;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -20,7 +20,8 @@ use crate::detect::EnvType;
 use crate::error::{Error, Result};
 use crate::programs::ServerProgram;
 use super::known_interpreters::{self, StartKey};
-use crate::protocol::{Interpreter, ServerEvent, ANNOUNCE_INTERPRETER_ENV, TOKEN_ENV};
+use super::worker_guard::WorkerGuard;
+use crate::protocol::{Interpreter, ServerEvent, ANNOUNCE_INTERPRETER_ENV, ANNOUNCE_WORKERS_ENV, TOKEN_ENV};
 
 /// Names the interpreter the server runs the worker on (`--python`).
 const PYTHON_ENV: &str = "RAYFINE_PYTHON";
@@ -96,6 +97,7 @@ impl ProcessServer {
             }
         }
         command.env("RUST_LOG", std::env::var("RAYFINE_SERVER_LOG").unwrap_or_else(|_| "warn".into()));
+        command.env(ANNOUNCE_WORKERS_ENV, "true");
         match spec.lease {
             Some(lease) => command.env("RAYFINE_LEASE", lease.as_secs_f64().to_string()),
             None => command.env_remove("RAYFINE_LEASE"),
@@ -133,14 +135,18 @@ impl ProcessServer {
         let (exit_tx, exit) = tokio::sync::watch::channel(false);
         let status = Arc::new(Mutex::new(None));
         let (reaped, exit_status) = (exited.clone(), status.clone());
+        let workers = Arc::new(WorkerGuard::default());
+        let guard = workers.clone();
         tokio::spawn(async move {
             *exit_status.lock() = child.wait().await.ok();
+            // Before anyone hears of the exit: a caller told the server died sees no worker left.
+            guard.kill_left_behind();
             reaped.store(true, Ordering::SeqCst);
             let _ = exit_tx.send(true);
         });
         let server = ProcessServer { pid, exited, stdin: Mutex::new(stdin), logs, exit, status };
         let started = std::time::Instant::now();
-        let waited = tokio::time::timeout_at(spec.deadline.into(), wait_ready(stdout)).await;
+        let waited = tokio::time::timeout_at(spec.deadline.into(), wait_ready(stdout, pid, workers)).await;
         let failure = match waited {
             Ok(Ok((port, interpreter))) => {
                 if let (None, Some(interpreter)) = (&known, interpreter) {
@@ -238,14 +244,26 @@ impl Backend for ProcessServer {
 }
 
 /// Reads the server's event lines until it is ready (its port, and the interpreter if it said)
-/// or failed (why).
-async fn wait_ready(stdout: impl AsyncRead + Unpin) -> Result<(u16, Option<Interpreter>), String> {
+/// or failed (why). The workers it announces go to `workers`, then and after: the lines are read
+/// on until the server closes its stdout.
+async fn wait_ready(stdout: impl AsyncRead + Unpin + Send + 'static, server_pid: i32, workers: Arc<WorkerGuard>) -> Result<(u16, Option<Interpreter>), String> {
     let mut lines = BufReader::new(stdout).lines();
     let mut port = None;
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<ServerEvent>(&line) {
             Ok(ServerEvent::Listening { port: p }) => port = Some(p),
-            Ok(ServerEvent::Ready { interpreter }) => return port.map(|port| (port, interpreter)).ok_or_else(|| "the server announced no port".to_string()),
+            Ok(ServerEvent::Worker { pid }) => workers.announced(server_pid, pid),
+            Ok(ServerEvent::Ready { interpreter }) => {
+                let port = port.ok_or_else(|| "the server announced no port".to_string())?;
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if let Ok(ServerEvent::Worker { pid }) = serde_json::from_str::<ServerEvent>(&line) {
+                            workers.announced(server_pid, pid);
+                        }
+                    }
+                });
+                return Ok((port, interpreter));
+            }
             Ok(ServerEvent::Failed { error }) => return Err(format!("{}: {}", error.kind, error.message)),
             Err(_) => tracing::debug!("server stdout: {line}"),
         }

@@ -55,7 +55,7 @@ impl NoAuthServer {
                 Ok(ServerEvent::Listening { port }) => server.url = format!("http://127.0.0.1:{port}"),
                 Ok(ServerEvent::Ready { .. }) => return Ok(server),
                 Ok(ServerEvent::Failed { error }) => bail!("the bench server failed to load {}: {}", folder.display(), error.message),
-                Err(_) => {}
+                Ok(ServerEvent::Worker { .. }) | Err(_) => {}
             }
         }
     }

@@ -205,6 +205,13 @@ pub enum ServerEvent {
         /// Why.
         error: ErrorInfo,
     },
+    /// A worker was started (the first, or one started again), when the parent asked
+    /// (`--announce-workers`): a parent that finds the server dead kills the worker's process
+    /// group itself, without waiting for the worker to notice.
+    Worker {
+        /// Its process id, also the id of its process group.
+        pid: u32,
+    },
 }
 
 /// The program that runs the worker, as found from the configured name (`python3`): the
@@ -249,6 +256,10 @@ pub const SECRETS_STDIN_ENV: &str = "RAYFINE_SECRETS_STDIN";
 /// Set (to `true`) by a local owner that wants the `ready` event to name the worker's
 /// [`Interpreter`] (`--announce-interpreter`).
 pub const ANNOUNCE_INTERPRETER_ENV: &str = "RAYFINE_ANNOUNCE_INTERPRETER";
+
+/// Set (to `true`) by a local owner that wants a `worker` event for each worker the server
+/// starts (`--announce-workers`).
+pub const ANNOUNCE_WORKERS_ENV: &str = "RAYFINE_ANNOUNCE_WORKERS";
 
 /// What must not be in a container's configuration, where `docker inspect` shows it to every
 /// user of the engine: the token and the environment's variables (API keys). The client writes

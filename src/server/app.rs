@@ -158,6 +158,7 @@ mod tests {
             priority: crate::server::WorkerPriority::Normal,
             script_fd: None,
             cpu: None,
+            announce_pids: false,
         });
         let mut phases = worker.subscribe();
         tokio::time::timeout(Duration::from_secs(20), phases.wait_for(|p| !matches!(p, Phase::Starting)))

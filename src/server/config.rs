@@ -95,6 +95,10 @@ pub struct ServerConfig {
     /// for a container, whose stdout is its log.
     #[arg(long = "announce-interpreter", env = crate::protocol::ANNOUNCE_INTERPRETER_ENV, value_parser = FalseyValueParser::new(), hide = true)]
     pub announce_interpreter: bool,
+    /// Print a `worker` event with the pid of each worker started, for a parent on this machine
+    /// that kills the worker's process group if this server dies first (process mode).
+    #[arg(long = "announce-workers", env = crate::protocol::ANNOUNCE_WORKERS_ENV, value_parser = FalseyValueParser::new(), hide = true)]
+    pub announce_workers: bool,
     /// With --supervise and a lease: the port on which lease renewals are taken (the supervised
     /// server owns the container's other port).
     #[arg(long = "lease-port", env = "RAYFINE_LEASE_PORT", default_value_t = SUPERVISOR_LEASE_PORT)]

@@ -146,11 +146,14 @@ pub(crate) async fn run(
         env_path: std::path::absolute(&config.env_path).unwrap_or_else(|_| config.env_path.clone()),
         // The server's own hand-over settings: an environment that starts a Rayfine server of its own
         // must not pass them on to it (one waiting for a secrets line nobody writes).
-        hidden_env: [TOKEN_ENV, crate::protocol::SECRETS_FILE_ENV, crate::protocol::SECRETS_STDIN_ENV, crate::protocol::ANNOUNCE_INTERPRETER_ENV].map(String::from).to_vec(),
+        hidden_env: [TOKEN_ENV, crate::protocol::SECRETS_FILE_ENV, crate::protocol::SECRETS_STDIN_ENV, crate::protocol::ANNOUNCE_INTERPRETER_ENV, crate::protocol::ANNOUNCE_WORKERS_ENV]
+            .map(String::from)
+            .to_vec(),
         env: worker_env(secrets.env.into_iter().collect(), session_limits.max_sessions),
         spin,
         priority: worker_priority(config.worker_priority),
         cpu: worker_cpu,
+        announce_pids: config.announce_workers,
     });
     announce(&ServerEvent::Listening { port: local.port() });
     tokio::spawn(announce_phases(worker.clone(), config.announce_interpreter));
@@ -207,7 +210,7 @@ fn worker_env(mut env: Vec<(String, String)>, max_sessions: usize) -> Vec<(Strin
 }
 
 /// Prints one event line on stdout for a parent process to read.
-fn announce(event: &ServerEvent) {
+pub(crate) fn announce(event: &ServerEvent) {
     let line = serde_json::to_string(event).expect("events always serialize");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");

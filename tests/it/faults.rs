@@ -161,6 +161,20 @@ async fn a_container_killed_mid_call_reads_as_stopped() {
 /// SIGKILL of a process-mode server in the middle of a call: the same.
 #[tokio::test]
 async fn a_process_server_killed_mid_call_reads_as_stopped() {
+    kill_the_server_mid_call("nap").await;
+}
+
+/// The same, while the worker's event loop is stopped (an async method that sleeps instead of
+/// awaiting): the worker cannot see its channel close for a minute, so what removes it at once
+/// is its owner, which kills the worker's process group when it reaps the server.
+#[tokio::test]
+async fn a_worker_whose_loop_is_stopped_goes_at_once_with_its_sigkilled_server() {
+    kill_the_server_mid_call("block_the_loop").await;
+}
+
+/// Loads the `hostile` fixture as a process, calls `method` for 60 s, SIGKILLs the server 0.5 s
+/// in, and checks the call fails as stopped and nothing is left 10 s later.
+async fn kill_the_server_mid_call(method: &str) {
     let env_dir = EnvCopy::of("hostile");
     let env = load_env(LoadOptions::folder(env_dir.path())).await.unwrap();
     let pid = env.pid().unwrap();
@@ -169,7 +183,7 @@ async fn a_process_server_killed_mid_call_reads_as_stopped() {
         // SAFETY: signals the server this test started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    let err = env.call("nap", json!({"seconds": 30})).await.unwrap_err();
+    let err = env.call(method, json!({"seconds": 60})).await.unwrap_err();
     killer.await.unwrap();
     let text = err.to_string();
     assert!(matches!(err, Error::Stopped { .. }), "{err:?}");

@@ -53,7 +53,7 @@ pub(super) async fn wait_for_server(mut events: UnboundedReceiver<ServerEvent>, 
     let ready = async {
         while let Some(event) = events.recv().await {
             match event {
-                ServerEvent::Listening { .. } => {}
+                ServerEvent::Listening { .. } | ServerEvent::Worker { .. } => {}
                 ServerEvent::Ready { .. } => return Ok(()),
                 ServerEvent::Failed { error } => return Err(format!("{}: {}", error.kind, error.message)),
             }

@@ -43,6 +43,8 @@ pub struct WorkerConfig {
     pub priority: WorkerPriority,
     /// The CPU the worker (and everything it starts) is pinned to (see `--cpu-placement`).
     pub cpu: Option<usize>,
+    /// Print a `worker` event with each worker's pid (`--announce-workers`).
+    pub announce_pids: bool,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -150,6 +152,9 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
         }
     };
     let pid = child.id();
+    if let (true, Some(pid)) = (config.announce_pids, pid) {
+        crate::server::announce(&crate::protocol::ServerEvent::Worker { pid });
+    }
     let found = interpreter.is_none().then(|| super::interpreter::passed_env(&config.hidden_env, &worker_extra_env(config))).flatten();
     let end = serve_worker(shared, config.spin, ever_ready, &mut child, |reported| {
         if let Some(resolved) = found.as_ref().and_then(|passed| super::interpreter::resolve(reported, passed)) {
