@@ -556,6 +556,57 @@ class FailureAnswerTest(unittest.TestCase):
         self.assertNotIn(1, self.h.worker.tasks)
 
 
+EAGER_ENV = """
+import asyncio
+
+async def ping():
+    return "pong"
+
+async def in_a_task():
+    timeout = getattr(asyncio, "timeout", None)  # 3.11+: it needs the current task
+    if timeout is None:
+        return asyncio.current_task() is not None
+    async with timeout(5):
+        return asyncio.current_task() is not None
+
+async def waits():
+    await asyncio.sleep(0)
+    return "waited"
+"""
+
+
+class EagerAsyncTest(unittest.TestCase):
+    """An async call's first step runs as its message is dispatched (from the loop's reader
+    callback, as in the worker), so a call that never waits is answered before the loop turns."""
+
+    def setUp(self):
+        self.h = Harness(self, EAGER_ENV)
+
+    def answered_during_dispatch(self):
+        """Dispatches three calls from a plain callback; which were answered before it returned."""
+        answered = []
+
+        def dispatch():
+            for call_id, method in ((1, "ping"), (2, "in_a_task"), (3, "waits")):
+                self.h.worker.dispatch(json.dumps({"id": call_id, "method": method, "args": [], "kwargs": {}}).encode())
+            answered.extend(i for i in (1, 2, 3) if i in self.h.replies)
+
+        self.h.loop.call_soon(dispatch)
+        replies = self.h.send(wait=[1, 2, 3])
+        self.assertEqual([r["result"] for r in replies], ["pong", True, "waited"],
+                         "each ran as its own task: asyncio.current_task() and asyncio.timeout() work")
+        self.assertEqual(self.h.worker.tasks, {})
+        return answered
+
+    def test_a_call_that_never_waits_is_answered_in_its_dispatch(self):
+        self.assertEqual(self.answered_during_dispatch(), [1, 2])
+
+    def test_without_eager_tasks_every_call_waits_for_a_turn_of_the_loop(self):
+        self.addCleanup(setattr, worker, "EAGER_ASYNC", worker.EAGER_ASYNC)
+        worker.EAGER_ASYNC = False
+        self.assertEqual(self.answered_during_dispatch(), [])
+
+
 class InlineWithSessionsTest(unittest.TestCase):
     """A short sync call runs on the loop's thread for a lone client, never while two sessions are
     open: a call that turns slow there would stall the other session's episode."""
