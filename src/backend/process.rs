@@ -140,13 +140,13 @@ impl ProcessServer {
         tokio::spawn(async move {
             *exit_status.lock() = child.wait().await.ok();
             // Before anyone hears of the exit: a caller told the server died sees no worker left.
-            guard.kill_left_behind();
+            guard.server_reaped();
             reaped.store(true, Ordering::SeqCst);
             let _ = exit_tx.send(true);
         });
         let server = ProcessServer { pid, exited, stdin: Mutex::new(stdin), logs, exit, status };
         let started = std::time::Instant::now();
-        let waited = tokio::time::timeout_at(spec.deadline.into(), wait_ready(stdout, pid, workers)).await;
+        let waited = tokio::time::timeout_at(spec.deadline.into(), wait_ready(stdout, workers)).await;
         let failure = match waited {
             Ok(Ok((port, interpreter))) => {
                 if let (None, Some(interpreter)) = (&known, interpreter) {
@@ -246,19 +246,19 @@ impl Backend for ProcessServer {
 /// Reads the server's event lines until it is ready (its port, and the interpreter if it said)
 /// or failed (why). The workers it announces go to `workers`, then and after: the lines are read
 /// on until the server closes its stdout.
-async fn wait_ready(stdout: impl AsyncRead + Unpin + Send + 'static, server_pid: i32, workers: Arc<WorkerGuard>) -> Result<(u16, Option<Interpreter>), String> {
+async fn wait_ready(stdout: impl AsyncRead + Unpin + Send + 'static, workers: Arc<WorkerGuard>) -> Result<(u16, Option<Interpreter>), String> {
     let mut lines = BufReader::new(stdout).lines();
     let mut port = None;
     while let Ok(Some(line)) = lines.next_line().await {
         match serde_json::from_str::<ServerEvent>(&line) {
             Ok(ServerEvent::Listening { port: p }) => port = Some(p),
-            Ok(ServerEvent::Worker { pid }) => workers.announced(server_pid, pid),
+            Ok(ServerEvent::Worker { pid, started }) => workers.announced(pid, started),
             Ok(ServerEvent::Ready { interpreter }) => {
                 let port = port.ok_or_else(|| "the server announced no port".to_string())?;
                 tokio::spawn(async move {
                     while let Ok(Some(line)) = lines.next_line().await {
-                        if let Ok(ServerEvent::Worker { pid }) = serde_json::from_str::<ServerEvent>(&line) {
-                            workers.announced(server_pid, pid);
+                        if let Ok(ServerEvent::Worker { pid, started }) = serde_json::from_str::<ServerEvent>(&line) {
+                            workers.announced(pid, started);
                         }
                     }
                 });

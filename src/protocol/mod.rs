@@ -211,6 +211,10 @@ pub enum ServerEvent {
     Worker {
         /// Its process id, also the id of its process group.
         pid: u32,
+        /// When it started, in clock ticks after boot (`/proc/PID/stat`'s 22nd field): with the
+        /// pid, names the process even after its pid could have been reused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<u64>,
     },
 }
 

@@ -153,7 +153,9 @@ async fn run_once(config: &WorkerConfig, shared: &Shared, ever_ready: &mut bool)
     };
     let pid = child.id();
     if let (true, Some(pid)) = (config.announce_pids, pid) {
-        crate::server::announce(&crate::protocol::ServerEvent::Worker { pid });
+        // Read while the child is ours and unreaped, so it is certainly this worker's.
+        let started = crate::labels::process_start_time(pid);
+        crate::server::announce(&crate::protocol::ServerEvent::Worker { pid, started });
     }
     let found = interpreter.is_none().then(|| super::interpreter::passed_env(&config.hidden_env, &worker_extra_env(config))).flatten();
     let end = serve_worker(shared, config.spin, ever_ready, &mut child, |reported| {
