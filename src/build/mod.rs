@@ -277,8 +277,6 @@ impl ImageBuilder {
                     let note = format!("an image in the layer cache was removed during the build ({}); building again without the cache", first_line(&message));
                     tracing::warn!("{tag}: {note}");
                     self.report(stage, tag, &note);
-                    // The step whose parent went may have left its image behind.
-                    crate::docker::orphaned_images::remove_orphaned_images(engine).await;
                     attempt += 1;
                     no_cache = true;
                 }

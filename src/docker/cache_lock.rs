@@ -5,13 +5,13 @@
 //! also removes the untagged parents nothing else uses. When that happens to a layer a build has
 //! just picked, the build fails ("unknown parent image ID"), and a COPY step whose parent went
 //! leaves its own image behind, untagged and parentless (the engine writes the image before it
-//! sets the parent). The build is retried (see `build::run_build`) and the orphan removed (see
-//! `orphaned_images`), but the retry costs a build. So builds hold a shared lock on a file named
-//! after the engine, and a removal takes it exclusively: it waits until no build of any Rayfine
-//! process on this machine is under way, and builds that ask meanwhile wait for it. A build its
-//! caller abandons keeps the lock a little longer, since the engine goes on with it until its
-//! next step ([`BuildHold`]). A removal by anyone else (the `docker` command) can still race a
-//! build; that is what the retry is for.
+//! sets the parent). The build is retried (see `build::run_build`) and the orphan removed by the
+//! next removal (see `orphaned_images`), but the retry costs a build. So builds hold a shared
+//! lock on a file named after the engine, and a removal takes it exclusively: it waits until no
+//! build of any Rayfine process on this machine is under way, and builds that ask meanwhile wait
+//! for it. A build its caller abandons keeps the lock a little longer, since the engine goes on
+//! with it until its next step ([`BuildHold`]). A removal by anyone else (the `docker` command)
+//! can still race a build; that is what the retry is for.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;

@@ -448,30 +448,53 @@ async fn env_py_with_a_syntax_error_fails_the_build_naming_the_line() {
 }
 
 /// An image a build lost to a race with a removal (the engine wrote it, then failed to link it to
-/// its parent: untagged, parentless, with Rayfine's labels) goes with the next removal through
-/// Rayfine; one that a container still uses stays. `docker import` makes an image of that shape.
+/// its parent: untagged, parentless, its last step Rayfine's LABEL) goes with the next removal
+/// through Rayfine. One that a container still uses stays, and so does one built FROM it. A
+/// classic-builder build of `FROM scratch` + that LABEL, given no tag, makes an image of that shape.
 #[tokio::test]
 async fn a_removal_also_takes_images_a_build_left_untagged_and_parentless() {
     let scope = DockerScope::new("orphans");
-    let empty = tempfile::NamedTempFile::new().unwrap();
-    tar::Builder::new(empty.reopen().unwrap()).finish().unwrap();
-    let import = || {
-        let labels = ["--change", "LABEL rayfine.managed=true", "--change"];
-        let scope_label = format!("LABEL {SCOPE_LABEL}={}", scope.id);
-        let output = std::process::Command::new("docker").arg("import").args(labels).arg(&scope_label).arg(empty.path()).output().unwrap();
-        assert!(output.status.success(), "docker import: {}", String::from_utf8_lossy(&output.stderr));
+    let context = tempfile::tempdir().unwrap();
+    let build = |dockerfile: String, tag: Option<&str>| {
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+        let mut command = std::process::Command::new("docker");
+        command.env("DOCKER_BUILDKIT", "0").args(["build", "-q"]);
+        if let Some(tag) = tag {
+            command.args(["-t", tag]);
+        }
+        let output = command.arg(context.path()).output().unwrap();
+        assert!(output.status.success(), "docker build: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap().trim().to_string()
     };
-    let (orphan, in_use) = (import(), import());
+    let label_step = |which: &str| format!("FROM scratch\nLABEL rayfine.managed=true rayfine.version=test {SCOPE_LABEL}={} which={which}\n", scope.id);
     let exists = |id: &str| std::process::Command::new("docker").args(["image", "inspect", id]).output().unwrap().status.success();
-    assert!(exists(&orphan) && exists(&in_use));
-    let user = docker_lines(&["create", "--label", &format!("{SCOPE_LABEL}={}", scope.id), &in_use, "/none"]);
+    // Untagged from the start: another test's removal may take it before ours does.
+    let orphan = build(label_step("orphan"), None);
+    // Used by a container, then untagged by moving its tag to another image.
+    let tag = scope.tag("in-use");
+    let in_use = build(label_step("in-use"), Some(&tag));
+    let user = docker_lines(&["create", "--label", &format!("{SCOPE_LABEL}={}", scope.id), &tag, "/none"]);
     assert_eq!(user.len(), 1, "docker create: {user:?}");
+    let moved_to = build(label_step("moved-to"), Some(&tag));
+    assert_ne!(in_use, moved_to);
+    // An image built FROM one of Rayfine's: its labels, but its own last step; untagged, and
+    // made parentless (as BuildKit's are) by saving it and loading it back (the engine saves
+    // no image without a layer, hence the COPY).
+    let derived = build(format!("FROM {tag}\nCOPY Dockerfile /derived\nCMD [\"/none\"]\n"), None);
+    let saved = context.path().join("derived.tar");
+    let docker = |args: &[&str]| assert!(std::process::Command::new("docker").args(args).output().unwrap().status.success(), "docker {args:?}");
+    docker(&["save", "-o", saved.to_str().unwrap(), &derived]);
+    docker(&["rmi", &derived]);
+    docker(&["load", "-q", "-i", saved.to_str().unwrap()]);
+    assert_eq!(docker_lines(&["image", "inspect", "--format", "{{.Parent}}|{{.RepoTags}}", &derived]), vec!["|[]".to_string()]);
 
     rayfine::docker::remove_image(&scope.tag("never-built")).await.unwrap();
     assert!(!exists(&orphan), "the orphan {orphan} is still there");
     assert!(exists(&in_use), "the image a container uses went");
+    assert!(exists(&derived), "an image built FROM a Rayfine image went");
 
-    assert!(std::process::Command::new("docker").args(["rm", &user[0]]).output().unwrap().status.success());
+    docker(&["rm", &user[0]]);
+    docker(&["rmi", &derived]);
+    docker(&["rmi", &in_use]);
     scope.finish();
 }

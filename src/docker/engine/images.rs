@@ -85,16 +85,20 @@ impl Engine {
         Ok(images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect())
     }
 
-    /// Ids of the untagged images with no parent that carry the label `key=value`.
+    /// Ids of the images with no tag, no digest (never pulled) and no parent that carry the
+    /// label `key=value`.
     pub async fn list_parentless_untagged(&self, label: &str) -> EngineResult<Vec<String>> {
         let filters = HashMap::from([("label", vec![label.to_string()]), ("dangling", vec!["true".to_string()])]);
         let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
         let images = self.docker.list_images(Some(options)).await.map_err(|source| EngineError::ListImages { source })?;
-        Ok(images
-            .into_iter()
-            .filter(|i| i.parent_id.is_empty() && i.repo_tags.iter().all(|t| t == "<none>:<none>"))
-            .map(|i| i.id)
-            .collect())
+        let none = |names: &[String]| names.iter().all(|n| n.starts_with("<none>"));
+        Ok(images.into_iter().filter(|i| i.parent_id.is_empty() && none(&i.repo_tags) && none(&i.repo_digests)).map(|i| i.id).collect())
+    }
+
+    /// What made the image's last layer or setting: the newest entry of its history.
+    pub async fn last_step(&self, image: &str) -> EngineResult<String> {
+        let history = self.docker.image_history(image).await.map_err(|source| EngineError::InspectImage { image: image.into(), source })?;
+        Ok(history.into_iter().next().map(|step| step.created_by).unwrap_or_default())
     }
 
     /// Removes an image by id unless a container uses it (409 then, 404 when there is none).
