@@ -601,6 +601,41 @@ class EagerAsyncTest(unittest.TestCase):
     def test_a_call_that_never_waits_is_answered_in_its_dispatch(self):
         self.assertEqual(self.answered_during_dispatch(), [1, 2])
 
+    def started(self, set_up=None):
+        """Runs `start_task` on a quick coroutine from a plain callback; what happened, in order."""
+        loop, happened = self.h.loop, []
+
+        async def quick():
+            return 1
+
+        def start():
+            if set_up is not None:
+                set_up(loop, happened)
+            happened.append(("done at once", worker.start_task(loop, quick()).done()))
+
+        loop.call_soon(start)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        return happened
+
+    def test_only_the_new_tasks_own_step_is_taken_from_the_ready_queue(self):
+        def queue_another_after_each_task(loop, happened):
+            create = loop.create_task
+
+            def create_then_queue(coro, **options):
+                task = create(coro, **options)
+                loop.call_soon(happened.append, "the other callback")  # as another thread might
+                return task
+
+            loop.create_task = create_then_queue
+
+        self.assertEqual(self.started(queue_another_after_each_task), [("done at once", True), "the other callback"])
+
+    def test_under_the_environments_task_factory_tasks_start_as_plain_ones(self):
+        def own_factory(loop, happened):
+            loop.set_task_factory(lambda loop, coro, **options: asyncio.Task(coro, loop=loop, **options))
+
+        self.assertEqual(self.started(own_factory), [("done at once", False)])
+
     def test_without_eager_tasks_every_call_waits_for_a_turn_of_the_loop(self):
         self.addCleanup(setattr, worker, "EAGER_ASYNC", worker.EAGER_ASYNC)
         worker.EAGER_ASYNC = False

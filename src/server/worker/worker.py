@@ -214,10 +214,11 @@ def load_gil_keeping_write():
 NOT_LOADED = object()
 # In `Worker.tasks` while a task runs its first step, so that a call answered then is seen to be.
 STARTING = object()
-# The channel is read into this one buffer. `os.read(fd, 1 MiB)` allocates a fresh 1 MiB each
+# The channel is read into this one buffer. `os.read(fd, 1 MiB)` allocated a fresh 1 MiB each
 # time, which glibc maps and unmaps: 19-24 µs a read on a VM (measured), against 1.5 µs for
-# `os.readv` into a buffer kept for the purpose, and more than a trivial call costs.
-READ_BUFFER = bytearray(1 << 20)
+# `os.readv` into a buffer kept for the purpose, and more than a trivial call costs. 64 KiB, a
+# pipe's whole default capacity: a larger buffer would only hold more memory for every worker.
+READ_BUFFER = bytearray(1 << 16)
 READ_INTO = [READ_BUFFER]
 READ_VIEW = memoryview(READ_BUFFER)
 write_keeping_the_gil = NOT_LOADED
@@ -985,22 +986,29 @@ def start_task(loop, coro):
     """A task for `coro` on `loop`, its first step already run when EAGER_ASYNC allows it.
 
     Python 3.12 has this built in (`eager_start`). On 3.11 and before, the step the new task
-    scheduled (`call_soon`, the last entry of the loop's ready queue) is taken back and run here:
-    it is the same step the loop would run, in the task's own context and as the current task,
-    so `asyncio.current_task()` and `asyncio.timeout()` work in it as they always did. Only where
-    nothing else is running as a task (a step entered from inside one would be refused), and
-    only when the queue grew by exactly that one entry (a task factory the environment set may
-    do otherwise); else the task starts as a plain one."""
-    if not EAGER_ASYNC:
+    scheduled (`call_soon`, at the end of the loop's ready queue) is taken back and run here: it
+    is the same step the loop would run, in the task's own context and as the current task, so
+    `asyncio.current_task()` and `asyncio.timeout()` work in it as they always did. The step is
+    found by its task, not by its place (another thread's `call_soon_threadsafe` may have come in
+    behind it). Only where nothing else is running as a task (a step entered from inside one
+    would be refused), and only for the loop's own tasks: under a task factory the environment
+    set, tasks start as plain ones."""
+    if not EAGER_ASYNC or loop.get_task_factory() is not None:
         return loop.create_task(coro)
     if EAGER_TASKS_BUILT_IN:
         return asyncio.Task(coro, loop=loop, eager_start=True)
-    ready = loop._ready
-    queued = len(ready)
     task = loop.create_task(coro)
-    if len(ready) == queued + 1 and asyncio.current_task(loop) is None:
-        step = ready.pop()
-        step._run()
+    if asyncio.current_task(loop) is not None:
+        return task
+    ready = loop._ready
+    for step in reversed(ready):
+        if getattr(step._callback, "__self__", None) is task:
+            if ready[-1] is step:
+                ready.pop()
+            else:
+                ready.remove(step)
+            step._run()
+            break
     return task
 
 
@@ -1037,15 +1045,18 @@ class Worker:
                     # killed before it could kill the group): take what the environment started.
                     os.killpg(0, signal.SIGKILL)
                 os._exit(0)
-        self.buffer += READ_VIEW[:read]
-        start = 0
-        while True:
-            end = self.buffer.find(b"\n", start)
-            if end < 0:
-                break
-            self.dispatch(bytes(self.buffer[start:end]))
-            start = end + 1
-        del self.buffer[:start]
+        buffer = self.buffer
+        buffer += READ_VIEW[:read]
+        last = buffer.rfind(b"\n")
+        if last < 0:
+            return
+        # The whole lines leave the buffer before any is dispatched: an async call's first step
+        # runs inside `dispatch`, and one that runs the loop itself (`nest_asyncio`) would come
+        # back here and must not find them again.
+        lines = bytes(buffer[:last])
+        del buffer[:last + 1]
+        for line in lines.split(b"\n"):
+            self.dispatch(line)
 
     def dispatch(self, line):
         try:
@@ -1060,7 +1071,7 @@ class Worker:
             return
         if "cancel" in message:
             task = self.tasks.pop(message["cancel"], None)
-            if task is not None:
+            if task is not None and task is not STARTING:
                 task.cancel()
             return
         call_id = message["id"]
@@ -1088,11 +1099,7 @@ class Worker:
             return
         # The rest is `start`, written out: calling it would cost a trivial call about 1%.
         if method.is_async:
-            tasks = self.tasks
-            tasks[call_id] = STARTING
-            task = start_task(self.loop, self.run_async(call_id, func, args, kwargs))
-            if call_id in tasks:  # not answered in its first step
-                tasks[call_id] = task
+            self.start_async(call_id, func, args, kwargs)
         elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
               and self.pool.threads == self.pool.idle  # pool.busy() == 0, without the call
               and len(self.instances) <= INLINE_MAX_INSTANCES):
@@ -1105,15 +1112,24 @@ class Worker:
     def start(self, call_id, method, func, args, kwargs):
         """Runs a bound call where its kind runs: a task, inline, or on the pool."""
         if method.is_async:
-            self.tasks[call_id] = STARTING
-            task = start_task(self.loop, self.run_async(call_id, func, args, kwargs))
-            if call_id in self.tasks:
-                self.tasks[call_id] = task
+            self.start_async(call_id, func, args, kwargs)
         elif (INLINE_SYNC and method.short_runs >= INLINE_AFTER and not self.tasks
               and self.pool.threads == self.pool.idle and len(self.instances) <= INLINE_MAX_INSTANCES):
             send(self.run_inline(call_id, method, func, args, kwargs))
         elif not self.pool.submit(call_id, method, func, args, kwargs):
             send(self.run_inline(call_id, method, func, args, kwargs))
+
+    def start_async(self, call_id, func, args, kwargs):
+        """Starts an async call as a task, registered in `tasks` unless its first step answered it."""
+        tasks = self.tasks
+        tasks[call_id] = STARTING
+        try:
+            task = start_task(self.loop, self.run_async(call_id, func, args, kwargs))
+        except BaseException:
+            tasks.pop(call_id, None)
+            raise
+        if call_id in tasks:  # not answered in its first step
+            tasks[call_id] = task
 
     def options(self, call_id, method, message, kwargs):
         """A call's optional members: the instance it runs on, lenient binding, the action.
