@@ -455,16 +455,26 @@ async fn env_py_with_a_syntax_error_fails_the_build_naming_the_line() {
 async fn a_removal_also_takes_images_a_build_left_untagged_and_parentless() {
     let scope = DockerScope::new("orphans");
     let context = tempfile::tempdir().unwrap();
+    // These builds do not hold Rayfine's cache lock, so another test's removal may sweep one's
+    // image in the instant between the engine writing it and tagging it, as it would any
+    // build's orphan: the build then fails, and runs again, as Rayfine's own builds do.
     let build = |dockerfile: String, tag: Option<&str>| {
         std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
-        let mut command = std::process::Command::new("docker");
-        command.env("DOCKER_BUILDKIT", "0").args(["build", "-q"]);
-        if let Some(tag) = tag {
-            command.args(["-t", tag]);
+        for attempt in 1.. {
+            let mut command = std::process::Command::new("docker");
+            command.env("DOCKER_BUILDKIT", "0").args(["build", "-q"]);
+            if let Some(tag) = tag {
+                command.args(["-t", tag]);
+            }
+            let output = command.arg(context.path()).output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let swept = stderr.contains("failed to get digest") || stderr.contains("No such image: sha256:");
+            if output.status.success() || !swept || attempt == 5 {
+                assert!(output.status.success(), "docker build: {stderr}");
+                return String::from_utf8(output.stdout).unwrap().trim().to_string();
+            }
         }
-        let output = command.arg(context.path()).output().unwrap();
-        assert!(output.status.success(), "docker build: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap().trim().to_string()
+        unreachable!()
     };
     let label_step = |which: &str| format!("FROM scratch\nLABEL rayfine.managed=true rayfine.version=test {SCOPE_LABEL}={} which={which}\n", scope.id);
     let exists = |id: &str| std::process::Command::new("docker").args(["image", "inspect", id]).output().unwrap().status.success();
