@@ -20,7 +20,8 @@
 use super::engine::{short, Engine};
 use crate::labels;
 
-/// Removes every untagged, parentless image carrying Rayfine's label; returns how many went.
+/// Removes every image a build lost this way (the shape and last step above); returns how many
+/// went.
 /// Never fails: an image that cannot be listed or removed now is left for a later sweep, and
 /// the log says why.
 pub(crate) async fn remove_orphaned_images(engine: &Engine) -> usize {

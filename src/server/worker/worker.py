@@ -27,12 +27,12 @@ server. A module env (functions only) cannot be isolated: its instances all name
 
 Async methods run as tasks on one event loop, which also reads the channel, so an async call costs
 no thread switch; a task's first step runs as its call is read, so a call that never waits costs
-no turn of the loop either. Sync methods run on a pool of threads that grows on demand, and each thread writes
-its own reply. A sync method whose recent runs were all short runs on the loop's thread itself when
-nothing else is in flight: handing it to a pool thread would cost more than the call. Not while
-others are: a method is short until it is not (`step(wait_seconds)`), and its first slow run there
-would hold up every session's messages (measured: a first 1 s step inline made 1,024 sessions'
-resets wait 1 s).
+no turn of the loop either. Sync methods run on a pool of threads that grows on demand, and each
+thread writes its own reply. A sync method whose recent runs were all short runs on the loop's
+thread itself when nothing else is in flight: handing it to a pool thread would cost more than the
+call. Not while others are: a method is short until it is not (`step(wait_seconds)`), and its
+first slow run there would hold up every session's messages (measured: a first 1 s step inline
+made 1,024 sessions' resets wait 1 s).
 
 On a virtual machine, waking a sleeping thread costs tens of microseconds, more than a trivial
 call. So after each message the loop polls the channel for a short while (RAYFINE_WORKER_SPIN_US)
@@ -1003,10 +1003,7 @@ def start_task(loop, coro):
     ready = loop._ready
     for step in reversed(ready):
         if getattr(step._callback, "__self__", None) is task:
-            if ready[-1] is step:
-                ready.pop()
-            else:
-                ready.remove(step)
+            ready.remove(step)
             step._run()
             break
     return task
