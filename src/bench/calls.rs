@@ -151,8 +151,8 @@ pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, re
     let call_url = format!("{}/call", env.url);
     let ping = body("ping", "{}");
     for connections in [1u32, 16, 64, 256] {
-        let (echo, echo_cpu) = cpu_per_call(None, || measure(&floor.url("/echo"), None, &ping, connections, settings.wrk_duration, scratch))?;
-        let (m, m_cpu) = cpu_per_call(env.pid, || measure(&call_url, env.token, &ping, connections, settings.wrk_duration, scratch))?;
+        let (echo, echo_cpu) = cpu_per_call(None, || measure(&floor.url("/echo"), None, &ping, connections, settings.throughput_duration, scratch))?;
+        let (m, m_cpu) = cpu_per_call(env.pid, || measure(&call_url, env.token, &ping, connections, settings.throughput_duration, scratch))?;
         let mut row = Row::new(THROUGHPUT, format!("sync `ping`, {connections} connection{}", if connections == 1 { "" } else { "s" }), Figure::per_second(m.per_second))
             .p99(Figure::micros(m.p99_us))
             .floor("plain HTTP echo (axum)", Figure::per_second(echo.per_second), Some(Figure::micros(echo.p99_us)));

@@ -80,7 +80,10 @@ pub enum Section {
 /// Durations and sample counts.
 pub struct Settings {
     pub env_folder: PathBuf,
+    /// One wrk run of the call-cost rows: their p99 needs the samples.
     pub wrk_duration: Duration,
+    /// One wrk run of the throughput rows: a rate, steady within a second or two.
+    pub throughput_duration: Duration,
     pub scale_duration: Duration,
     pub cold_starts: usize,
     pub docker_starts: usize,
@@ -97,13 +100,14 @@ impl Settings {
         Settings {
             env_folder: args.env_folder.clone(),
             wrk_duration: Duration::from_secs(if quick { 1 } else { 5 }),
-            scale_duration: Duration::from_secs(if quick { 5 } else { 20 }),
+            throughput_duration: Duration::from_secs(if quick { 1 } else { 3 }),
+            scale_duration: Duration::from_secs(if quick { 5 } else { 10 }),
             cold_starts: if quick { 3 } else { 15 },
             docker_starts: if quick { 2 } else { 10 },
             fan_out: if quick { 4 } else { 32 },
             builds: if quick { 1 } else { 3 },
             library_calls: if quick { 200 } else { 5000 },
-            balancing_duration: Duration::from_secs(if quick { 1 } else { 5 }),
+            balancing_duration: Duration::from_secs(if quick { 1 } else { 3 }),
             fan_out_hosts: if quick { 8 } else { 64 },
         }
     }

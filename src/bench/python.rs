@@ -94,7 +94,7 @@ pub async fn python_clients(settings: &Settings, report: &mut Report) -> anyhow:
     let server = NoAuthServer::start(&settings.env_folder, &program, &[])?;
     let floor = FloorServer::start()?;
     let calls = settings.library_calls;
-    let seconds = if settings.library_calls < 1000 { 1 } else { 5 };
+    let seconds = if settings.library_calls < 1000 { 1 } else { 3 };
 
     let rust = rust_client_calls(&server.url, calls).await?;
     let output = Command::new(&python)
