@@ -193,7 +193,7 @@ impl ImageBuilder {
         let engine = Engine::connect().await?;
         // Until the image is tagged (or, for a build abandoned mid-way, until the engine has
         // ended it): no Rayfine removal prunes a layer this build takes from the cache meanwhile.
-        let cache_in_use = BuildHold::new(CacheLock::of(engine.host()).for_build().await);
+        let cache_in_use = BuildHold::new(CacheLock::of_engine(&engine).await.for_build().await);
         let built = self.build_holding_the_cache(&engine, folder, tag, &dockerfile, detection, server).await;
         // A request that failed on its way (a connection that broke mid-build) may have left the
         // engine building: then the hold settles as for an abandoned build.

@@ -19,8 +19,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+
 use crate::content_key::fnv1a;
+use crate::docker::engine::Engine;
 use crate::docker::host::DockerHost;
+
+/// The engines' IDs this process has learnt, by address: an engine keeps its ID for life.
+static ENGINE_IDS: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
 /// How long a removal waits for builds to end before it removes anyway (and may race one), and
 /// how long a build waits for the removals queued before it.
@@ -44,10 +53,36 @@ pub(crate) struct Held {
 }
 
 impl CacheLock {
-    /// The lock of `host`'s engine, named by the engine's address (`DOCKER_HOST`, or the default
-    /// socket), in `/tmp` whatever `TMPDIR` says: every process on this machine, of any user,
-    /// that names the engine the same way finds the same file.
-    pub(crate) fn of(host: &DockerHost) -> CacheLock {
+    /// The lock of the engine `engine` talks to, named by the engine's own ID, in `/tmp` whatever
+    /// `TMPDIR` says: every process on this machine, of any user, finds the same file however it
+    /// reaches the engine (`/var/run/docker.sock` or `/run/docker.sock`, a TCP port, an SSH
+    /// tunnel). Named by the address when the engine gives no ID. The ID is asked once per
+    /// address and process.
+    pub(crate) async fn of_engine(engine: &Engine) -> CacheLock {
+        let address = engine.host().engine_url();
+        let known = ENGINE_IDS.lock().get(&address).cloned();
+        let id = match known {
+            Some(id) => Some(id),
+            None => match engine.daemon_id().await {
+                Ok(Some(id)) => {
+                    ENGINE_IDS.lock().insert(address, id.clone());
+                    Some(id)
+                }
+                Ok(None) => None,
+                Err(err) => {
+                    tracing::debug!("the image cache lock is named by the engine's address: {err}");
+                    None
+                }
+            },
+        };
+        match id {
+            Some(id) => CacheLock::at(Path::new("/tmp"), &format!("rayfine-image-cache-engine-{:016x}", fnv1a(&[id.as_bytes()]))),
+            None => CacheLock::of_address(engine.host()),
+        }
+    }
+
+    /// The lock named by `host`'s address (`DOCKER_HOST`, or the default socket).
+    fn of_address(host: &DockerHost) -> CacheLock {
         let hash = fnv1a(&[host.engine_url().as_bytes()]);
         CacheLock::at(Path::new("/tmp"), &format!("rayfine-image-cache-{hash:016x}"))
     }
@@ -191,6 +226,46 @@ fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in engine on a port of its own whose `docker info` gives `id` (or fails, for
+    /// `None`), and how many times it was asked.
+    async fn engine_with_id(id: Option<&'static str>) -> (Engine, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::http::StatusCode;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let asked = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let info = move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match id {
+                    Some(id) => (StatusCode::OK, format!(r#"{{"ID":"{id}","Containers":0}}"#)),
+                    None => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"no info here"}"#.to_string()),
+                }
+            }
+        };
+        let app = axum::Router::new().route("/{*path}", axum::routing::get(info));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (Engine::at_http(&format!("http://{addr}")), asked)
+    }
+
+    #[tokio::test]
+    async fn one_engine_reached_by_two_addresses_has_one_lock_and_another_engine_its_own() {
+        let id = "WJ4R:TEST:ONE-ENGINE-TWO-ADDRESSES";
+        let ((by_one, asked), (by_another, _)) = (engine_with_id(Some(id)).await, engine_with_id(Some(id)).await);
+        assert_ne!(by_one.host().engine_url(), by_another.host().engine_url());
+        let lock = CacheLock::of_engine(&by_one).await;
+        assert_eq!(lock.path, CacheLock::of_engine(&by_another).await.path, "one engine, two locks: a removal through one address would not wait for a build through the other");
+        let (other, _) = engine_with_id(Some("WJ4R:TEST:ANOTHER-ENGINE")).await;
+        assert_ne!(lock.path, CacheLock::of_engine(&other).await.path, "two engines share a lock");
+        // The ID is asked once per address.
+        CacheLock::of_engine(&by_one).await;
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // An engine that gives no ID is named by its address.
+        let (silent, _) = engine_with_id(None).await;
+        assert_eq!(CacheLock::of_engine(&silent).await.path, CacheLock::of_address(silent.host()).path);
+    }
 
     #[tokio::test]
     async fn a_removal_waits_for_the_builds_under_way_and_no_longer() {

@@ -57,7 +57,7 @@ pub(crate) async fn ensure_image(target: &Engine, image: &str) -> Result<ImageFa
     let started = Instant::now();
     // Held as a build holds it: the engine writes a loaded image before it tags it, and a
     // removal on that engine takes an untagged, parentless image of Rayfine's for a build's orphan.
-    let loading = CacheLock::of(target.host()).for_build().await;
+    let loading = CacheLock::of_engine(target).await.for_build().await;
     let bytes = source.copy_image_to(image, target).await?;
     drop(loading);
     tracing::info!("copied image {image} to {}: {:.1} MB in {:.1} s", target.host(), bytes as f64 / 1e6, started.elapsed().as_secs_f64());

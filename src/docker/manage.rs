@@ -239,7 +239,7 @@ pub async fn remove_image(tag: &str) -> Result<()> {
 /// [`remove_image`] on `host`'s engine.
 pub async fn remove_image_on(host: &DockerHost, tag: &str) -> Result<()> {
     let engine = Engine::connect_to(host).await?;
-    let no_build_under_way = CacheLock::of(host).for_removal(cache_lock::REMOVAL_WAIT).await;
+    let no_build_under_way = CacheLock::of_engine(&engine).await.for_removal(cache_lock::REMOVAL_WAIT).await;
     let removed = match engine.remove_image(tag).await {
         Err(err) if !err.is_not_found() => Err(err.into()),
         _ => Ok(()),

@@ -88,12 +88,21 @@ impl Engine {
     /// stub for the daemon.
     #[cfg(test)]
     pub(crate) fn at_http(address: &str) -> Engine {
-        Engine { docker: Docker::connect_with_http(address, 5, bollard::API_DEFAULT_VERSION).expect("a valid address"), host: DockerHost::Local }
+        let host = DockerHost::parse(&address.replacen("http://", "tcp://", 1)).expect("a tcp address");
+        Engine { docker: Docker::connect_with_http(address, 5, bollard::API_DEFAULT_VERSION).expect("a valid address"), host }
     }
 
     /// Whether the engine answers a ping.
     pub async fn ping(&self) -> bool {
         self.docker.ping().await.is_ok()
+    }
+
+    /// The engine's own ID, as `docker info` shows it: the same by whatever address the engine
+    /// is reached, and another for another engine (it is kept in the engine's data root).
+    /// `None` when the engine gives none.
+    pub async fn daemon_id(&self) -> EngineResult<Option<String>> {
+        let info = self.docker.info().await.map_err(|source| EngineError::Info { engine: self.host.to_string(), source })?;
+        Ok(info.id.filter(|id| !id.is_empty()))
     }
 }
 
