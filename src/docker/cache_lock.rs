@@ -7,19 +7,18 @@
 //! leaves its own image behind, untagged and parentless (the engine writes the image before it
 //! sets the parent). The build is retried (see `build::run_build`) and the orphan removed by the
 //! next removal (see `orphaned_images`), but the retry costs a build. So builds hold a shared
-//! lock on a file named after the engine, and a removal takes it exclusively: it waits until no
-//! build of any Rayfine process on this machine is under way, and builds that ask meanwhile wait
-//! for it. A build its caller abandons keeps the lock a little longer, since the engine goes on
+//! lock on files named after the engine (by its identity and by its address), and a removal
+//! takes it exclusively: it waits until no build of any Rayfine process on this machine is under
+//! way, and builds that ask meanwhile wait for it. A build its caller abandons keeps the lock a little longer, since the engine goes on
 //! with it until its next step ([`BuildHold`]). A removal by anyone else (the `docker` command)
 //! can still race a build; that is what the retry is for.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-use std::collections::HashMap;
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -28,8 +27,13 @@ use crate::content_key::fnv1a;
 use crate::docker::engine::Engine;
 use crate::docker::host::DockerHost;
 
-/// The engines' IDs this process has learnt, by address: an engine keeps its ID for life.
-static ENGINE_IDS: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// The engines' identities this process has learnt, by address: an address is taken to reach
+/// one engine for as long as the process lives.
+static ENGINE_IDENTITIES: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// How long a build or removal waits for the engine to say who it is before it goes on with the
+/// address's lock alone: `docker info` can stall on a busy engine.
+const IDENTITY_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a removal waits for builds to end before it removes anyway (and may race one), and
 /// how long a build waits for the removals queued before it.
@@ -38,47 +42,63 @@ pub(crate) const REMOVAL_WAIT: Duration = Duration::from_secs(600);
 /// How often a waiting build or removal asks again: removals are rare, and builds take seconds.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
-/// The lock files of one engine: the lock itself, and the turn a removal takes while it waits,
-/// so that builds starting one after another cannot keep it waiting for ever.
+/// The lock of one engine: one or two pairs of files, taken in their order (the engine's
+/// identity's first, then its address's, by everyone, so no two holders wait on each other).
 #[derive(Debug, Clone)]
 pub(crate) struct CacheLock {
+    pairs: Vec<LockFiles>,
+}
+
+/// One lock: the lock file itself, and the turn a removal takes while it waits, so that builds
+/// starting one after another cannot keep it waiting for ever.
+#[derive(Debug, Clone)]
+struct LockFiles {
     path: PathBuf,
     turn: PathBuf,
 }
 
-/// A held lock: released when dropped (the file is closed).
+/// A held lock: released when dropped (the files are closed).
 #[derive(Debug)]
 pub(crate) struct Held {
     _files: Vec<File>,
 }
 
 impl CacheLock {
-    /// The lock of the engine `engine` talks to, named by the engine's own ID, in `/tmp` whatever
-    /// `TMPDIR` says: every process on this machine, of any user, finds the same file however it
-    /// reaches the engine (`/var/run/docker.sock` or `/run/docker.sock`, a TCP port, an SSH
-    /// tunnel). Named by the address when the engine gives no ID. The ID is asked once per
-    /// address and process.
+    /// The lock of the engine `engine` talks to, in `/tmp` whatever `TMPDIR` says, so that every
+    /// process on this machine, of any user, finds it. Two locks in one: one named by the
+    /// engine's identity (its ID and name, as `docker info` gives them), shared by every process
+    /// however it reaches the engine (`/var/run/docker.sock` or `/run/docker.sock`, a TCP port,
+    /// an SSH tunnel); and one named by the address, shared by every process that names the
+    /// engine so, even when the engine gives no identity, gives another at each request (Podman),
+    /// or did not answer in time, and by Rayfine versions that knew only that one. The identity
+    /// is asked once per address and process.
     pub(crate) async fn of_engine(engine: &Engine) -> CacheLock {
         let address = engine.host().engine_url();
-        let known = ENGINE_IDS.lock().get(&address).cloned();
-        let id = match known {
-            Some(id) => Some(id),
-            None => match engine.daemon_id().await {
-                Ok(Some(id)) => {
-                    ENGINE_IDS.lock().insert(address, id.clone());
-                    Some(id)
+        let known = ENGINE_IDENTITIES.lock().get(&address).cloned();
+        let identity = match known {
+            Some(identity) => Some(identity),
+            None => match tokio::time::timeout(IDENTITY_WAIT, engine.daemon_identity()).await {
+                Ok(Ok(Some(identity))) => {
+                    ENGINE_IDENTITIES.lock().insert(address, identity.clone());
+                    Some(identity)
                 }
-                Ok(None) => None,
-                Err(err) => {
-                    tracing::debug!("the image cache lock is named by the engine's address: {err}");
+                Ok(Ok(None)) => None,
+                Ok(Err(err)) => {
+                    tracing::debug!("the image cache lock is named by the engine's address alone: {err}");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("the image cache lock is named by the engine's address alone: docker info took over {IDENTITY_WAIT:?}");
                     None
                 }
             },
         };
-        match id {
-            Some(id) => CacheLock::at(Path::new("/tmp"), &format!("rayfine-image-cache-engine-{:016x}", fnv1a(&[id.as_bytes()]))),
-            None => CacheLock::of_address(engine.host()),
+        let mut pairs = Vec::with_capacity(2);
+        if let Some(identity) = identity {
+            pairs.push(LockFiles::at(Path::new("/tmp"), &format!("rayfine-image-cache-engine-{:016x}", fnv1a(&[identity.as_bytes()]))));
         }
+        pairs.extend(CacheLock::of_address(engine.host()).pairs);
+        CacheLock { pairs }
     }
 
     /// The lock named by `host`'s address (`DOCKER_HOST`, or the default socket).
@@ -89,7 +109,7 @@ impl CacheLock {
 
     /// The lock named `name` in `folder`.
     pub(crate) fn at(folder: &Path, name: &str) -> CacheLock {
-        CacheLock { path: folder.join(format!("{name}.lock")), turn: folder.join(format!("{name}.turn")) }
+        CacheLock { pairs: vec![LockFiles::at(folder, name)] }
     }
 
     /// Held by a build for its whole length; taken once the removals that were waiting when it
@@ -97,13 +117,17 @@ impl CacheLock {
     /// the build then goes on unguarded, as it did before there was a lock.
     pub(crate) async fn for_build(&self) -> Option<Held> {
         let deadline = Instant::now() + REMOVAL_WAIT;
-        let turn = open(&self.turn)?;
-        poll_lock(&turn, libc::LOCK_SH, deadline, "a build").await?;
-        let file = open(&self.path)?;
-        poll_lock(&file, libc::LOCK_SH, deadline, "a build").await?;
-        // The turn is only passed through: a removal that asks from now on waits for this build.
-        drop(turn);
-        Some(Held { _files: vec![file] })
+        let mut files = Vec::with_capacity(self.pairs.len());
+        for pair in &self.pairs {
+            let turn = open(&pair.turn)?;
+            poll_lock(&turn, libc::LOCK_SH, deadline, "a build").await?;
+            let file = open(&pair.path)?;
+            poll_lock(&file, libc::LOCK_SH, deadline, "a build").await?;
+            // The turn is only passed through: a removal that asks from now on waits for this build.
+            drop(turn);
+            files.push(file);
+        }
+        Some(Held { _files: files })
     }
 
     /// Held by a removal: takes the turn (new builds now wait), then waits up to `within` for the
@@ -111,11 +135,21 @@ impl CacheLock {
     /// removal then goes on (and may race a build).
     pub(crate) async fn for_removal(&self, within: Duration) -> Option<Held> {
         let deadline = Instant::now() + within;
-        let turn = open(&self.turn)?;
-        poll_lock(&turn, libc::LOCK_EX, deadline, "a removal").await?;
-        let file = open(&self.path)?;
-        poll_lock(&file, libc::LOCK_EX, deadline, "a removal").await?;
-        Some(Held { _files: vec![file, turn] })
+        let mut files = Vec::with_capacity(2 * self.pairs.len());
+        for pair in &self.pairs {
+            let turn = open(&pair.turn)?;
+            poll_lock(&turn, libc::LOCK_EX, deadline, "a removal").await?;
+            let file = open(&pair.path)?;
+            poll_lock(&file, libc::LOCK_EX, deadline, "a removal").await?;
+            files.extend([file, turn]);
+        }
+        Some(Held { _files: files })
+    }
+}
+
+impl LockFiles {
+    fn at(folder: &Path, name: &str) -> LockFiles {
+        LockFiles { path: folder.join(format!("{name}.lock")), turn: folder.join(format!("{name}.turn")) }
     }
 }
 
@@ -228,8 +262,8 @@ mod tests {
     use super::*;
 
     /// A stand-in engine on a port of its own whose `docker info` gives `id` (or fails, for
-    /// `None`), and how many times it was asked.
-    async fn engine_with_id(id: Option<&'static str>) -> (Engine, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    /// `None`) after `delay`, and how many times it was asked.
+    async fn engine_with_id(id: Option<&'static str>, delay: Duration) -> (Engine, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         use axum::http::StatusCode;
         use std::sync::atomic::{AtomicUsize, Ordering};
         let asked = std::sync::Arc::new(AtomicUsize::new(0));
@@ -237,8 +271,9 @@ mod tests {
         let info = move || {
             counter.fetch_add(1, Ordering::SeqCst);
             async move {
+                tokio::time::sleep(delay).await;
                 match id {
-                    Some(id) => (StatusCode::OK, format!(r#"{{"ID":"{id}","Containers":0}}"#)),
+                    Some(id) => (StatusCode::OK, format!(r#"{{"ID":"{id}","Name":"host-a","Containers":0}}"#)),
                     None => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"no info here"}"#.to_string()),
                 }
             }
@@ -250,21 +285,50 @@ mod tests {
         (Engine::at_http(&format!("http://{addr}")), asked)
     }
 
+    fn paths(lock: &CacheLock) -> Vec<&Path> {
+        lock.pairs.iter().map(|pair| pair.path.as_path()).collect()
+    }
+
     #[tokio::test]
-    async fn one_engine_reached_by_two_addresses_has_one_lock_and_another_engine_its_own() {
+    async fn an_engine_is_locked_by_its_identity_and_by_the_address_it_is_reached_by() {
         let id = "WJ4R:TEST:ONE-ENGINE-TWO-ADDRESSES";
-        let ((by_one, asked), (by_another, _)) = (engine_with_id(Some(id)).await, engine_with_id(Some(id)).await);
-        assert_ne!(by_one.host().engine_url(), by_another.host().engine_url());
-        let lock = CacheLock::of_engine(&by_one).await;
-        assert_eq!(lock.path, CacheLock::of_engine(&by_another).await.path, "one engine, two locks: a removal through one address would not wait for a build through the other");
-        let (other, _) = engine_with_id(Some("WJ4R:TEST:ANOTHER-ENGINE")).await;
-        assert_ne!(lock.path, CacheLock::of_engine(&other).await.path, "two engines share a lock");
-        // The ID is asked once per address.
+        let ((by_one, asked), (by_another, _)) = (engine_with_id(Some(id), Duration::ZERO).await, engine_with_id(Some(id), Duration::ZERO).await);
+        let (one, another) = (CacheLock::of_engine(&by_one).await, CacheLock::of_engine(&by_another).await);
+        let (one, another) = (paths(&one), paths(&another));
+        assert_eq!(one.len(), 2, "{one:?}");
+        assert_eq!(one[0], another[0], "one engine reached by two addresses has no lock in common: a removal through one would not wait for a build through the other");
+        assert_eq!(one[1], paths(&CacheLock::of_address(by_one.host()))[0], "the address's own lock is not taken");
+        assert_ne!(one[1], another[1]);
+        let (other, _) = engine_with_id(Some("WJ4R:TEST:ANOTHER-ENGINE"), Duration::ZERO).await;
+        assert_ne!(one[0], paths(&CacheLock::of_engine(&other).await)[0], "two engines share a lock");
+        // The identity is asked once per address.
         CacheLock::of_engine(&by_one).await;
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // An engine that gives no ID is named by its address.
-        let (silent, _) = engine_with_id(None).await;
-        assert_eq!(CacheLock::of_engine(&silent).await.path, CacheLock::of_address(silent.host()).path);
+        // An engine that gives no identity, or not in time, is locked by its address alone.
+        let (silent, _) = engine_with_id(None, Duration::ZERO).await;
+        assert_eq!(paths(&CacheLock::of_engine(&silent).await), paths(&CacheLock::of_address(silent.host())));
+        let (stalled, _) = engine_with_id(Some(id), Duration::from_secs(30)).await;
+        let asking = Instant::now();
+        assert_eq!(paths(&CacheLock::of_engine(&stalled).await), paths(&CacheLock::of_address(stalled.host())));
+        assert!(asking.elapsed() < IDENTITY_WAIT + Duration::from_secs(2), "waited {:?} for a stalled engine", asking.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_removal_waits_for_builds_that_share_either_lock_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = |names: &[&str]| CacheLock { pairs: names.iter().map(|name| LockFiles::at(dir.path(), name)).collect() };
+        // Two addresses of one engine, and a process that knows the first address only (an older
+        // Rayfine, or an engine that gave no identity in time).
+        let (through_one, through_another, address_only) = (pairs(&["engine", "one"]), pairs(&["engine", "another"]), pairs(&["one"]));
+        for build_lock in [&through_another, &address_only] {
+            let build = build_lock.for_build().await.expect("a build's lock");
+            assert!(through_one.for_removal(Duration::from_millis(300)).await.is_none(), "a removal went on under a build holding {:?}", paths(build_lock));
+            drop(build);
+            assert!(through_one.for_removal(Duration::from_millis(300)).await.is_some(), "the removal waited for a build that had ended");
+        }
+        // Builds through either address go on together.
+        let _first = through_one.for_build().await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), through_another.for_build()).await.is_ok_and(|held| held.is_some()));
     }
 
     #[tokio::test]

@@ -97,12 +97,14 @@ impl Engine {
         self.docker.ping().await.is_ok()
     }
 
-    /// The engine's own ID, as `docker info` shows it: the same by whatever address the engine
-    /// is reached, and another for another engine (it is kept in the engine's data root).
-    /// `None` when the engine gives none.
-    pub async fn daemon_id(&self) -> EngineResult<Option<String>> {
+    /// Who the engine is: its ID and name, as `docker info` shows them. The same by whatever
+    /// address the engine is reached; the ID is kept in the engine's data root, and the name
+    /// (its machine's) tells apart engines of machines cloned with the same ID. `None` when the
+    /// engine gives no ID.
+    pub async fn daemon_identity(&self) -> EngineResult<Option<String>> {
         let info = self.docker.info().await.map_err(|source| EngineError::Info { engine: self.host.to_string(), source })?;
-        Ok(info.id.filter(|id| !id.is_empty()))
+        let id = info.id.filter(|id| !id.is_empty());
+        Ok(id.map(|id| format!("{id} {}", info.name.unwrap_or_default())))
     }
 }
 
