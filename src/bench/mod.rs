@@ -82,7 +82,7 @@ pub struct Settings {
     pub env_folder: PathBuf,
     /// One wrk run of the call-cost rows: their p99 needs the samples.
     pub wrk_duration: Duration,
-    /// One wrk run of the throughput rows: a rate, steady within a second or two.
+    /// One wrk run of the throughput rows: a rate, steady within a second.
     pub throughput_duration: Duration,
     pub scale_duration: Duration,
     pub cold_starts: usize,

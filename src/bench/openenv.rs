@@ -303,17 +303,17 @@ pub async fn openenv(settings: &Settings, report: &mut Report) -> anyhow::Result
     // smaller sizes need none of their own (a warm-up each took a sixth of the section).
     let (default_grid, repetitions): (&[usize], usize) = if quick { (&[256], 1) } else { (&[4096, 2048, 1024], 3) };
     // RAYFINE_BENCH_SESSIONS=4096 measures only those sizes (while profiling one of them).
-    let chosen: Vec<usize> = std::env::var("RAYFINE_BENCH_SESSIONS").map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect()).unwrap_or_default();
+    let mut chosen: Vec<usize> = std::env::var("RAYFINE_BENCH_SESSIONS").map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect()).unwrap_or_default();
+    chosen.sort_unstable_by(|a, b| b.cmp(a));
+    chosen.dedup();
     let grid = if chosen.is_empty() { default_grid } else { &chosen[..] };
     let wait = 1.0;
     report.settings.push(format!(
-        "OpenEnv sessions at scale: largest size first, after one uncounted batch that grows the pools (before any size larger than those before it), then {repetitions} repetition(s) per size, the worst shown (lowest success, highest P50 and P99 of a successful session's whole time, connect to closed); \
+        "OpenEnv sessions at scale: largest size first, after one uncounted batch that grows the pools, then {repetitions} repetition(s) per size, the worst shown (lowest success, highest P50 and P99 of a successful session's whole time, connect to closed); \
          the environment steps with a sync `time.sleep({wait})`, the floor with a non-blocking sleep; server with MAX_CONCURRENT_ENVS=10000; each batch starts once the server and its worker have been idle for 200 ms"
     ));
-    let mut largest_so_far = 0;
-    for &sessions in grid {
-        let warm_up = sessions > largest_so_far;
-        largest_so_far = largest_so_far.max(sessions);
+    for (i, &sessions) in grid.iter().enumerate() {
+        let warm_up = i == 0;
         let measured = repeated(&env_ws, sessions, wait, repetitions, warm_up, Some(&processes)).await;
         settle(Some(&processes)).await;
         let floor_run = repeated(&floor_ws, sessions, wait, repetitions, warm_up, None).await;
