@@ -150,7 +150,7 @@ pub async fn sequential_pings(env: &EnvironmentWrapper, warmup: usize, calls: us
 pub fn throughput(settings: &Settings, env: &Target<'_>, floor: &FloorServer, report: &mut Report, scratch: &Path) -> anyhow::Result<()> {
     let call_url = format!("{}/call", env.url);
     let ping = body("ping", "{}");
-    report.settings.push(format!("throughput: {}, and the same at 1, 16 and 256 connections", wrk::describe(64, settings.throughput_duration)));
+    report.settings.push(format!("throughput: {}, and the same at 16 and 256 connections, and at 1 with one thread", wrk::describe(64, settings.throughput_duration)));
     for connections in [1u32, 16, 64, 256] {
         let (echo, echo_cpu) = cpu_per_call(None, || measure(&floor.url("/echo"), None, &ping, connections, settings.throughput_duration, scratch))?;
         let (m, m_cpu) = cpu_per_call(env.pid, || measure(&call_url, env.token, &ping, connections, settings.throughput_duration, scratch))?;

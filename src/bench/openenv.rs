@@ -303,7 +303,7 @@ pub async fn openenv(settings: &Settings, report: &mut Report) -> anyhow::Result
     // smaller sizes need none of their own (a warm-up each took a sixth of the section).
     let (default_grid, repetitions): (&[usize], usize) = if quick { (&[256], 1) } else { (&[4096, 2048, 1024], 3) };
     // RAYFINE_BENCH_SESSIONS=4096 measures only those sizes (while profiling one of them).
-    let mut chosen: Vec<usize> = std::env::var("RAYFINE_BENCH_SESSIONS").map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect()).unwrap_or_default();
+    let mut chosen: Vec<usize> = std::env::var("RAYFINE_BENCH_SESSIONS").map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).filter(|&n: &usize| n > 0).collect()).unwrap_or_default();
     chosen.sort_unstable_by(|a, b| b.cmp(a));
     chosen.dedup();
     let grid = if chosen.is_empty() { default_grid } else { &chosen[..] };

@@ -27,13 +27,25 @@ use crate::content_key::fnv1a;
 use crate::docker::engine::Engine;
 use crate::docker::host::DockerHost;
 
-/// The engines' identities this process has learnt, by address: an address is taken to reach
-/// one engine for as long as the process lives.
-static ENGINE_IDENTITIES: Lazy<Mutex<HashMap<String, String>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+/// What this process has learnt of the engines' identities, by address: an address is taken to
+/// reach one engine for as long as the process lives.
+static ENGINE_IDENTITIES: Lazy<Mutex<HashMap<String, Learnt>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+#[derive(Clone)]
+enum Learnt {
+    /// The engine's identity.
+    Identity(String),
+    /// It gave none (for good), or did not answer (until then): the address's lock alone.
+    Unknown { until: Option<Instant> },
+}
 
 /// How long a build or removal waits for the engine to say who it is before it goes on with the
 /// address's lock alone: `docker info` can stall on a busy engine.
 const IDENTITY_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an engine that did not say who it is is not asked again, so that a stalled engine
+/// does not cost every build and removal the wait.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// How long a removal waits for builds to end before it removes anyway (and may race one), and
 /// how long a build waits for the removals queued before it.
@@ -76,22 +88,24 @@ impl CacheLock {
         let address = engine.host().engine_url();
         let known = ENGINE_IDENTITIES.lock().get(&address).cloned();
         let identity = match known {
-            Some(identity) => Some(identity),
-            None => match tokio::time::timeout(IDENTITY_WAIT, engine.daemon_identity()).await {
-                Ok(Ok(Some(identity))) => {
-                    ENGINE_IDENTITIES.lock().insert(address, identity.clone());
-                    Some(identity)
+            Some(Learnt::Identity(identity)) => Some(identity),
+            Some(Learnt::Unknown { until }) if until.is_none_or(|until| Instant::now() < until) => None,
+            _ => {
+                let (learnt, why) = match tokio::time::timeout(IDENTITY_WAIT, engine.daemon_identity()).await {
+                    Ok(Ok(Some(identity))) => (Learnt::Identity(identity), None),
+                    Ok(Ok(None)) => (Learnt::Unknown { until: None }, Some("the engine gives no ID".to_string())),
+                    Ok(Err(err)) => (Learnt::Unknown { until: Some(Instant::now() + ASK_AGAIN_AFTER) }, Some(err.to_string())),
+                    Err(_) => (Learnt::Unknown { until: Some(Instant::now() + ASK_AGAIN_AFTER) }, Some(format!("docker info took over {IDENTITY_WAIT:?}"))),
+                };
+                if let Some(why) = why {
+                    tracing::debug!("the image cache lock is named by the engine's address alone: {why}");
                 }
-                Ok(Ok(None)) => None,
-                Ok(Err(err)) => {
-                    tracing::debug!("the image cache lock is named by the engine's address alone: {err}");
-                    None
+                ENGINE_IDENTITIES.lock().insert(address, learnt.clone());
+                match learnt {
+                    Learnt::Identity(identity) => Some(identity),
+                    Learnt::Unknown { .. } => None,
                 }
-                Err(_) => {
-                    tracing::debug!("the image cache lock is named by the engine's address alone: docker info took over {IDENTITY_WAIT:?}");
-                    None
-                }
-            },
+            }
         };
         let mut pairs = Vec::with_capacity(2);
         if let Some(identity) = identity {
@@ -113,26 +127,30 @@ impl CacheLock {
     }
 
     /// Held by a build for its whole length; taken once the removals that were waiting when it
-    /// asked are done. `None` when the files cannot be opened or locked within [`REMOVAL_WAIT`]:
-    /// the build then goes on unguarded, as it did before there was a lock.
+    /// asked are done. A pair whose files cannot be opened or locked within [`REMOVAL_WAIT`] is
+    /// left out: the build still keeps out the removals that share another with it. `None` when
+    /// none could be had: the build then goes on unguarded, as it did before there was a lock.
     pub(crate) async fn for_build(&self) -> Option<Held> {
         let deadline = Instant::now() + REMOVAL_WAIT;
         let mut files = Vec::with_capacity(self.pairs.len());
         for pair in &self.pairs {
-            let turn = open(&pair.turn)?;
-            poll_lock(&turn, libc::LOCK_SH, deadline, "a build").await?;
-            let file = open(&pair.path)?;
-            poll_lock(&file, libc::LOCK_SH, deadline, "a build").await?;
+            let Some(turn) = open(&pair.turn) else { continue };
+            if poll_lock(&turn, libc::LOCK_SH, deadline, "a build").await.is_none() {
+                continue;
+            }
+            let Some(file) = open(&pair.path) else { continue };
+            if poll_lock(&file, libc::LOCK_SH, deadline, "a build").await.is_some() {
+                files.push(file);
+            }
             // The turn is only passed through: a removal that asks from now on waits for this build.
             drop(turn);
-            files.push(file);
         }
-        Some(Held { _files: files })
+        (!files.is_empty()).then_some(Held { _files: files })
     }
 
     /// Held by a removal: takes the turn (new builds now wait), then waits up to `within` for the
-    /// builds under way to end. `None` when the wait ran out or the files cannot be opened; the
-    /// removal then goes on (and may race a build).
+    /// builds under way to end. `None` when the wait ran out or the files of a pair cannot be
+    /// opened; the removal then goes on (and may race a build), and sweeps no orphans.
     pub(crate) async fn for_removal(&self, within: Duration) -> Option<Held> {
         let deadline = Instant::now() + within;
         let mut files = Vec::with_capacity(2 * self.pairs.len());
@@ -305,8 +323,11 @@ mod tests {
         CacheLock::of_engine(&by_one).await;
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
         // An engine that gives no identity, or not in time, is locked by its address alone.
-        let (silent, _) = engine_with_id(None, Duration::ZERO).await;
+        let (silent, silent_asked) = engine_with_id(None, Duration::ZERO).await;
         assert_eq!(paths(&CacheLock::of_engine(&silent).await), paths(&CacheLock::of_address(silent.host())));
+        // And is not asked again at once: a stalled engine would cost every build the wait.
+        CacheLock::of_engine(&silent).await;
+        assert_eq!(silent_asked.load(std::sync::atomic::Ordering::SeqCst), 1);
         let (stalled, _) = engine_with_id(Some(id), Duration::from_secs(30)).await;
         let asking = Instant::now();
         assert_eq!(paths(&CacheLock::of_engine(&stalled).await), paths(&CacheLock::of_address(stalled.host())));
@@ -327,8 +348,15 @@ mod tests {
             assert!(through_one.for_removal(Duration::from_millis(300)).await.is_some(), "the removal waited for a build that had ended");
         }
         // Builds through either address go on together.
-        let _first = through_one.for_build().await.unwrap();
+        let first = through_one.for_build().await.unwrap();
         assert!(tokio::time::timeout(Duration::from_secs(5), through_another.for_build()).await.is_ok_and(|held| held.is_some()));
+        drop(first);
+        // A build that cannot have one of its locks keeps the other.
+        let mut half = pairs(&["engine"]);
+        half.pairs.push(LockFiles::at(&dir.path().join("missing"), "one"));
+        let build = half.for_build().await.expect("the lock that could be had");
+        assert!(through_another.for_removal(Duration::from_millis(300)).await.is_none(), "a build gave up the lock it had for the one it could not have");
+        drop(build);
     }
 
     #[tokio::test]

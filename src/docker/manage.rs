@@ -244,7 +244,9 @@ pub async fn remove_image_on(host: &DockerHost, tag: &str) -> Result<()> {
         Err(err) if !err.is_not_found() => Err(err.into()),
         _ => Ok(()),
     };
-    // With no build under way, what a build lost to a race is certainly no build's any more.
+    // With no build under way, what a build lost to a race is no build's any more: certainly for
+    // Rayfine's builds through this address, or through any address of an engine that said who
+    // it is; not for one through another address that could not learn that in time.
     if no_build_under_way.is_some() {
         orphaned_images::remove_orphaned_images(&engine).await;
     }
