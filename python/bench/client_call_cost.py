@@ -90,23 +90,36 @@ async def throughput(env, in_flight, seconds):
 
 
 def affinetes_call_cost(url, calls, warmup):
-    """affinetes' own client in URL mode (its documented way to call a server it did not start)."""
+    """affinetes' own client in URL mode (its documented way to call a server it did not start).
+
+    A comparison, not Rayfine's figure: an affinetes that cannot run here (installed without its
+    dependencies, or failing against this server) skips its row, saying why, rather than losing
+    every row measured before it."""
     try:
         import affinetes
     except ImportError:
         return {"skipped": "affinetes is not installed (pip install affinetes)"}
     import logging
 
+    try:
+        version = importlib.metadata.version("affinetes")
+    except importlib.metadata.PackageNotFoundError:
+        version = "of unknown version"
     logging.disable(logging.INFO)  # its per-call debug logging is off by default; keep start-up quiet too
-    env = affinetes.load_env(mode="url", base_url=url)
+    try:
+        env = affinetes.load_env(mode="url", base_url=url)
+    except Exception as exc:  # noqa: BLE001 - any failure of the peer's client is its row's
+        return {"skipped": "affinetes %s cannot make a client: %s: %s" % (version, type(exc).__name__, exc)}
 
     async def measure():
         return await timed_async(env.ping, calls, warmup)
 
     try:
         result = summary(asyncio.run(measure()))
-        result["version"] = importlib.metadata.version("affinetes")
+        result["version"] = version
         return result
+    except Exception as exc:  # noqa: BLE001
+        return {"skipped": "affinetes %s failed calling the server: %s: %s" % (version, type(exc).__name__, exc)}
     finally:
         try:
             asyncio.run(env.cleanup())
