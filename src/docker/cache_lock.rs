@@ -9,9 +9,10 @@
 //! next removal (see `orphaned_images`), but the retry costs a build. So builds hold a shared
 //! lock on files named after the engine (by its identity and by its address), and a removal
 //! takes it exclusively: it waits until no build of any Rayfine process on this machine is under
-//! way, and builds that ask meanwhile wait for it. A build its caller abandons keeps the lock a little longer, since the engine goes on
-//! with it until its next step ([`BuildHold`]). A removal by anyone else (the `docker` command)
-//! can still race a build; that is what the retry is for.
+//! way, and builds that ask meanwhile wait for it. A build its caller abandons keeps the lock a
+//! little longer, since the engine goes on with it until its next step ([`BuildHold`]). A
+//! removal by anyone else (the `docker` command) can still race a build; that is what the retry
+//! is for.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
