@@ -92,6 +92,11 @@ impl Engine {
         Engine { docker: Docker::connect_with_http(address, 5, bollard::API_DEFAULT_VERSION).expect("a valid address"), host }
     }
 
+    /// What the engine says of itself (`docker info`): its identity, capacity and Swarm state.
+    pub(super) async fn info(&self) -> EngineResult<bollard::models::SystemInfo> {
+        self.docker.info().await.map_err(|source| EngineError::Info { engine: self.host.to_string(), source })
+    }
+
     /// Whether the engine answers a ping.
     pub async fn ping(&self) -> bool {
         self.docker.ping().await.is_ok()
@@ -102,7 +107,7 @@ impl Engine {
     /// (its machine's) tells apart engines of machines cloned with the same ID. `None` when the
     /// engine gives no ID.
     pub async fn daemon_identity(&self) -> EngineResult<Option<String>> {
-        let info = self.docker.info().await.map_err(|source| EngineError::Info { engine: self.host.to_string(), source })?;
+        let info = self.info().await?;
         let id = info.id.filter(|id| !id.is_empty());
         Ok(id.map(|id| format!("{id} {}", info.name.unwrap_or_default())))
     }

@@ -70,7 +70,7 @@ pub struct ServiceSummary {
 impl Engine {
     /// Whether this engine is an active Swarm manager.
     pub async fn is_swarm_manager(&self) -> EngineResult<bool> {
-        let info = self.docker.info().await.map_err(|source| EngineError::Info { engine: self.host.to_string(), source })?;
+        let info = self.info().await?;
         let swarm = info.swarm.unwrap_or_default();
         Ok(swarm.local_node_state == Some(LocalNodeState::ACTIVE) && swarm.control_available == Some(true))
     }

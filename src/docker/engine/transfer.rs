@@ -30,7 +30,7 @@ pub struct Capacity {
 impl Engine {
     /// Its CPUs, memory and running containers.
     pub async fn capacity(&self) -> EngineResult<Capacity> {
-        let info = self.docker.info().await.map_err(|source| EngineError::Info { engine: self.host.to_string(), source })?;
+        let info = self.info().await?;
         let count = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
         Ok(Capacity { cpus: count(info.ncpu).max(1), memory_bytes: info.mem_total.and_then(|m| u64::try_from(m).ok()).unwrap_or(0), running: count(info.containers_running) })
     }
