@@ -200,7 +200,7 @@ pub enum EngineError {
         source: Cause,
     },
     /// Asking an engine what it holds (`docker info`) failed.
-    #[error("cannot read the capacity of {engine}: {}", said(.source))]
+    #[error("cannot ask {engine} about itself (docker info): {}", said(.source))]
     Info {
         /// The engine.
         engine: String,
