@@ -110,10 +110,19 @@ impl CacheLock {
         };
         let mut pairs = Vec::with_capacity(2);
         if let Some(identity) = identity {
-            pairs.push(LockFiles::at(Path::new("/tmp"), &format!("rayfine-image-cache-engine-{:016x}", fnv1a(&[identity.as_bytes()]))));
+            pairs.push(LockFiles::of_identity(&identity));
         }
         pairs.extend(CacheLock::of_address(engine.host()).pairs);
         CacheLock { pairs }
+    }
+
+    /// The files of the lock named by `host`'s address. For an engine gone for good, such as a
+    /// test's own daemon once it is torn down: the files of an engine still in use must stay,
+    /// since a holder that opened the old file and one that made a new one would not exclude each
+    /// other. The identity's files are never for removing: engines can share an identity (two
+    /// daemons of one machine that read one key, as the tests' second engines do).
+    pub(crate) fn address_files_of(host: &DockerHost) -> Vec<PathBuf> {
+        CacheLock::of_address(host).pairs.into_iter().flat_map(|pair| [pair.path, pair.turn]).collect()
     }
 
     /// The lock named by `host`'s address (`DOCKER_HOST`, or the default socket).
@@ -169,6 +178,11 @@ impl CacheLock {
 impl LockFiles {
     fn at(folder: &Path, name: &str) -> LockFiles {
         LockFiles { path: folder.join(format!("{name}.lock")), turn: folder.join(format!("{name}.turn")) }
+    }
+
+    /// The pair named by an engine's identity (its ID and name).
+    fn of_identity(identity: &str) -> LockFiles {
+        LockFiles::at(Path::new("/tmp"), &format!("rayfine-image-cache-engine-{:016x}", fnv1a(&[identity.as_bytes()])))
     }
 }
 

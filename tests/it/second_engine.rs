@@ -264,6 +264,26 @@ impl Drop for SecondEngine {
         let _ = self.daemon.wait();
         let outside = self.netns.replace("rfeng", "rfe") + "a";
         teardown(&self.netns, &outside, &self.dir);
+        self.remove_cache_lock_files();
+    }
+}
+
+impl SecondEngine {
+    /// Removes the image cache lock's files named by the addresses the tests reach this engine
+    /// by (plain, TLS, SSH), which is gone for good: each engine has new ones, and they would
+    /// pile up in /tmp run after run. Its identity's stay: it shares the first engine's (one
+    /// machine, one key), whose lock other tests may hold.
+    fn remove_cache_lock_files(&self) {
+        let ssh = format!("ssh://root@{}?socket={}", self.address, path(&self.dir.join("docker.sock")));
+        let hosts = [
+            Some(self.host.clone()),
+            Some(DockerHost::Tcp { host: self.address.clone(), port: PORT, certs: None }),
+            Some(DockerHost::Tcp { host: self.address.clone(), port: TLS_PORT, certs: None }),
+            DockerHost::parse(&ssh).ok(),
+        ];
+        for file in hosts.iter().flatten().flat_map(rayfine::docker::image_cache_lock_files) {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
