@@ -243,30 +243,41 @@ impl Backend for ProcessServer {
     }
 }
 
-/// Reads the server's event lines until it is ready (its port, and the interpreter if it said)
-/// or failed (why). The workers it announces go to `workers`, then and after: the lines are read
-/// on until the server closes its stdout.
+/// Waits for the server to be ready (its port, and the interpreter if it said) or to fail (why),
+/// from its event lines (see [`read_events`]).
 async fn wait_ready(stdout: impl AsyncRead + Unpin + Send + 'static, workers: Arc<WorkerGuard>) -> Result<(u16, Option<Interpreter>), String> {
-    let mut lines = BufReader::new(stdout).lines();
+    let mut events = read_events(stdout, workers);
     let mut port = None;
-    while let Ok(Some(line)) = lines.next_line().await {
-        match serde_json::from_str::<ServerEvent>(&line) {
-            Ok(ServerEvent::Listening { port: p }) => port = Some(p),
-            Ok(ServerEvent::Worker { pid, started }) => workers.announced(pid, started),
-            Ok(ServerEvent::Ready { interpreter }) => {
+    while let Some(event) = events.recv().await {
+        match event {
+            ServerEvent::Listening { port: p } => port = Some(p),
+            ServerEvent::Ready { interpreter } => {
                 let port = port.ok_or_else(|| "the server announced no port".to_string())?;
-                tokio::spawn(async move {
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        if let Ok(ServerEvent::Worker { pid, started }) = serde_json::from_str::<ServerEvent>(&line) {
-                            workers.announced(pid, started);
-                        }
-                    }
-                });
                 return Ok((port, interpreter));
             }
-            Ok(ServerEvent::Failed { error }) => return Err(format!("{}: {}", error.kind, error.message)),
-            Err(_) => tracing::debug!("server stdout: {line}"),
+            ServerEvent::Failed { error } => return Err(format!("{}: {}", error.kind, error.message)),
+            ServerEvent::Worker { .. } => {}
         }
     }
     Err("the server exited before the environment was ready".into())
+}
+
+/// Reads the server's event lines until it closes its stdout, for all its life: the workers it
+/// announces (the first, and each restart) go to `workers` as they come, and every other event
+/// to the receiver returned, for as long as it is kept.
+fn read_events(stdout: impl AsyncRead + Unpin + Send + 'static, workers: Arc<WorkerGuard>) -> tokio::sync::mpsc::UnboundedReceiver<ServerEvent> {
+    let (events, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<ServerEvent>(&line) {
+                Ok(ServerEvent::Worker { pid, started }) => workers.announced(pid, started),
+                Ok(event) => {
+                    let _ = events.send(event);
+                }
+                Err(_) => tracing::debug!("server stdout: {line}"),
+            }
+        }
+    });
+    received
 }
