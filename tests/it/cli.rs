@@ -110,7 +110,12 @@ fn a_call_to_a_kept_environment_that_died_says_it_stopped() {
     let pid = rows.iter().find(|r| r["name"] == "doomed").and_then(|r| r["pid"].as_i64()).unwrap_or_else(|| panic!("{out}"));
     // SAFETY: kills the kept server this test started (its group: the server and its worker).
     unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    std::thread::sleep(Duration::from_millis(200));
+    // Dead, not just signalled: a killed process that has not run yet still counts as running.
+    let killed = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z ")) {
+        assert!(killed.elapsed() < Duration::from_secs(60), "the SIGKILLed server {pid} did not die within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let started = Instant::now();
     let (code, _, stderr) = cli(&["call", "doomed", "ping"], state.path());
     assert_eq!(code, 2, "{stderr}");

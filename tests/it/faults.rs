@@ -205,12 +205,21 @@ async fn a_worker_killed_from_outside_is_not_called_out_of_memory() {
     let env_dir = EnvCopy::of("hostile");
     let env = load_env(LoadOptions::folder(env_dir.path())).await.unwrap();
     let worker = env.call("worker_pid", json!({})).await.unwrap().as_u64().unwrap() as i32;
-    let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // SAFETY: signals the worker of the server this test started.
-        unsafe { libc::kill(worker, libc::SIGKILL) };
+    let started = env_dir.path().join("napping");
+    let killer = tokio::spawn({
+        let started = started.clone();
+        async move {
+            // Once the call runs, not after a guess at how long it takes to get there.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !started.exists() {
+                assert!(Instant::now() < deadline, "the nap did not start within 60 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // SAFETY: signals the worker of the server this test started.
+            unsafe { libc::kill(worker, libc::SIGKILL) };
+        }
     });
-    let err = env.call("nap", json!({"seconds": 30})).await.unwrap_err().to_string();
+    let err = env.call("nap", json!({"seconds": 30, "started": started})).await.unwrap_err().to_string();
     killer.await.unwrap();
     assert!(err.contains("SIGKILL") && !err.contains("out of memory"), "{err}");
     env.cleanup().await.unwrap();

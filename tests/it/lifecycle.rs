@@ -56,7 +56,8 @@ impl Owned for ProcessEnvs {
         vec![("RAYFINE_TEST_MODE", "process".into()), ("RAYFINE_TEST_SOURCE", self.0.path_str().into())]
     }
     fn left_after(&self, within: Duration) -> Vec<String> {
-        wait_until_empty(within, || self.0.processes())
+        // The owner's end SIGKILLs the worker: give such leftovers the kernel's time.
+        crate::util::wait_until_gone(within, || self.0.processes())
     }
 }
 

@@ -89,17 +89,27 @@ fn mcp(server: &RunningServer, method: &str, params: serde_json::Value) -> Resul
     }
 }
 
+/// Waits (bounded: 60 s) until `file` exists: a `slow_actor` nap named it, and now sleeps.
+fn wait_for_file(file: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "{} did not appear within 60 s", file.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_session_whose_sync_call_timed_out_takes_no_more_calls_whoever_made_it() {
     let env = EnvCopy::of("slow_actor");
     let (server, _) = RunningServer::start(&env, &[("RAYFINE_CALL_TIMEOUT", "2")]);
     let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
-    let nap = |seconds: f64| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": seconds}, "session_id": id}));
+    let started = env.path().join("napping");
+    let nap = |seconds: f64| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": seconds, "started": started}, "session_id": id}));
     // The first nap overruns its 2 s and still sleeps on the instance afterwards: neither the
     // call that was waiting for its turn meanwhile nor a later one may run beside it.
     let (timed_out, queued) = std::thread::scope(|scope| {
         let first = scope.spawn(|| nap(4.0));
-        std::thread::sleep(Duration::from_millis(700));
+        wait_for_file(&started);
         let queued = scope.spawn(|| nap(0.0));
         (first.join().unwrap(), queued.join().unwrap())
     });
@@ -146,14 +156,15 @@ fn a_session_call_whose_http_client_hung_up_still_holds_the_sessions_turn() {
     let env = EnvCopy::of("slow_actor");
     let (server, _) = RunningServer::start(&env, &[]);
     let id = mcp(&server, "openenv/session/create", serde_json::json!({})).unwrap()["session_id"].as_str().unwrap().to_string();
-    let nap = |seconds: f64| serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "nap", "arguments": {"seconds": seconds}, "session_id": id}});
+    let napping = env.path().join("napping");
+    let nap = |seconds: f64| serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "nap", "arguments": {"seconds": seconds, "started": napping}, "session_id": id}});
     // A client that sends a 3 s call, then hangs up before the answer.
     let started = Instant::now();
     let body = nap(3.0).to_string();
     let host = server.url("").trim_start_matches("http://").to_string();
     let mut leaver = std::net::TcpStream::connect(&host).unwrap();
     write!(leaver, "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_file(&napping);
     drop(leaver);
     // The next call of the session waits for the first to end in the worker.
     let second = mcp(&server, "tools/call", nap(0.0)["params"].clone()).unwrap();
@@ -170,9 +181,10 @@ fn a_session_closed_while_its_call_runs_is_dropped_by_the_worker_only_after_that
     let create = || mcp(&server, "openenv/session/create", serde_json::json!({}));
     let id = create().unwrap()["session_id"].as_str().unwrap().to_string();
     let started = Instant::now();
+    let running = env.path().join("napping");
     let napping = std::thread::scope(|scope| {
-        let nap = scope.spawn(|| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": 3.0}, "session_id": id})));
-        std::thread::sleep(Duration::from_secs(1));
+        let nap = scope.spawn(|| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": 3.0, "started": running}, "session_id": id})));
+        wait_for_file(&running);
         let closed = mcp(&server, "openenv/session/close", serde_json::json!({"session_id": id})).unwrap();
         assert_eq!(closed["closed"], true, "{closed}");
         // Its close() waits for the nap, and the slot for its close().

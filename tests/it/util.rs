@@ -59,28 +59,35 @@ impl EnvCopy {
         processes_mentioning(self.path_str())
     }
 
-    /// Waits (bounded) until no process mentions this folder; panics naming the leftovers.
-    ///
-    /// Leftovers that have been SIGKILLed (the signal pending, or the exit begun) have been dealt
-    /// with: the kernel ends them when they next run, which on a starved machine (a fork bomb
-    /// beside them) can be late. They are given up to a minute; any other leftover fails at 10 s.
+    /// Waits (bounded: see [`wait_until_gone`], 10 s) until no process mentions this folder;
+    /// panics naming the leftovers.
     pub fn assert_no_process_left(&self) {
         let started = Instant::now();
-        loop {
-            let left = self.processes();
-            if left.is_empty() {
-                return;
-            }
-            // Described as they are seen, not after the deadline: a leftover that goes a moment
-            // later still says what held it (a SIGKILL pending and not acted on, or none sent).
-            let described: Vec<String> = left.iter().map(|line| format!("{line}\n{}", where_it_waits(line))).collect();
-            let all_killed = left.iter().all(|line| line.split_whitespace().next().and_then(|pid| pid.parse().ok()).is_some_and(was_killed));
-            let allowed = if all_killed { Duration::from_secs(60) } else { Duration::from_secs(10) };
-            if started.elapsed() > allowed {
-                panic!("processes left behind for {} after {:?}:\n{}", self.path_str(), started.elapsed(), described.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let left = wait_until_gone(Duration::from_secs(10), || self.processes());
+        if !left.is_empty() {
+            panic!("processes left behind for {} after {:?}:\n{}", self.path_str(), started.elapsed(), left.join("\n"));
         }
+    }
+}
+
+/// Waits until `list` (processes as "pid cmdline") is empty, for up to `within`, or up to a
+/// minute while every process left has been SIGKILLed (the signal pending, or the exit begun):
+/// those have been dealt with, and the kernel ends them when they next run, which on a machine
+/// starved by the fork bomb test can be late. Returns what is left, each with where it waits,
+/// described as it was seen, since a leftover can go a moment later.
+pub fn wait_until_gone(within: Duration, list: impl Fn() -> Vec<String>) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let left = list();
+        if left.is_empty() {
+            return left;
+        }
+        let described: Vec<String> = left.iter().map(|line| format!("{line}\n{}", where_it_waits(line))).collect();
+        let all_killed = left.iter().all(|line| line.split_whitespace().next().and_then(|pid| pid.parse().ok()).is_some_and(was_killed));
+        if started.elapsed() > if all_killed { within.max(Duration::from_secs(60)) } else { within } {
+            return described;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
