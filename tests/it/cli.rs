@@ -60,13 +60,13 @@ fn bad_targets_and_flags_are_refused_at_once_naming_the_problem() {
     let env = EnvCopy::of("echo");
     let state = tempfile::tempdir().unwrap();
     let cases: [(&[&str], &str, Duration); 7] = [
-        (&["call", "http://[::1", "ping"], "is not a valid URL", Duration::from_secs(2)),
-        (&["call", "http://127.0.0.1:1", "ping"], "cannot reach the environment at http://127.0.0.1:1: ", Duration::from_secs(8)),
-        (&["run", env.path_str(), "--call", "ping", "--timeout", "1e300"], "--timeout 1e300: at most", Duration::from_secs(2)),
-        (&["run", env.path_str(), "--call", "ping", "--timeout", "0"], "--timeout must be a positive number of seconds, not `0`", Duration::from_secs(2)),
-        (&["run", "some/image:tag", "--pids-limit", "1"], "a pids limit of 1 is too low", Duration::from_secs(2)),
-        (&["run", env.path_str(), "-e", "RAYFINE_LEASE=5"], "--lease SECONDS", Duration::from_secs(2)),
-        (&["run", env.path_str(), "--lease", "soon"], "--lease must be a positive number of seconds, not `soon`", Duration::from_secs(2)),
+        (&["call", "http://[::1", "ping"], "is not a valid URL", Duration::from_secs(10)),
+        (&["call", "http://127.0.0.1:1", "ping"], "cannot reach the environment at http://127.0.0.1:1: ", Duration::from_secs(20)),
+        (&["run", env.path_str(), "--call", "ping", "--timeout", "1e300"], "--timeout 1e300: at most", Duration::from_secs(10)),
+        (&["run", env.path_str(), "--call", "ping", "--timeout", "0"], "--timeout must be a positive number of seconds, not `0`", Duration::from_secs(10)),
+        (&["run", "some/image:tag", "--pids-limit", "1"], "a pids limit of 1 is too low", Duration::from_secs(10)),
+        (&["run", env.path_str(), "-e", "RAYFINE_LEASE=5"], "--lease SECONDS", Duration::from_secs(10)),
+        (&["run", env.path_str(), "--lease", "soon"], "--lease must be a positive number of seconds, not `soon`", Duration::from_secs(10)),
     ];
     for (args, expected, within) in cases {
         let started = Instant::now();

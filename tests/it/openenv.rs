@@ -244,7 +244,8 @@ async fn a_websocket_attached_to_a_session_ended_over_mcp_is_told_and_closed_at_
     assert!(timed_out.contains("timed out"), "{timed_out}");
     let ended = Instant::now();
     let mut told = None;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+    // At once, against the session's idle timeout (120 s); the bounds leave room for a starved machine.
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(frame) = socket.next().await {
             match frame {
                 Ok(Message::Text(text)) => told = Some(serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap()),
@@ -254,8 +255,8 @@ async fn a_websocket_attached_to_a_session_ended_over_mcp_is_told_and_closed_at_
         }
     })
     .await;
-    assert!(closed.is_ok(), "the socket was still open 5 s after its session ended");
-    assert!(ended.elapsed() < Duration::from_secs(2), "closed only after {:?}", ended.elapsed());
+    assert!(closed.is_ok(), "the socket was still open 30 s after its session ended");
+    assert!(ended.elapsed() < Duration::from_secs(10), "closed only after {:?}", ended.elapsed());
     let told = told.expect("an error frame before the close");
     assert_eq!(told["type"], "error", "{told}");
     assert!(told["data"]["message"].as_str().unwrap().contains("has ended"), "{told}");
