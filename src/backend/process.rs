@@ -256,6 +256,7 @@ async fn wait_ready(stdout: impl AsyncRead + Unpin + Send + 'static, workers: Ar
                 return Ok((port, interpreter));
             }
             ServerEvent::Failed { error } => return Err(format!("{}: {}", error.kind, error.message)),
+            // Never passed on: read_events gives them to the guard.
             ServerEvent::Worker { .. } => {}
         }
     }

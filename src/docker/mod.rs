@@ -15,14 +15,6 @@ mod removal;
 pub use crate::labels;
 pub use crate::programs::{is_static_elf, locate as locate_static_server, BUILD_COMMAND as STATIC_SERVER_BUILD_COMMAND};
 pub(crate) use distribute::ensure_image;
-
-/// The files of the image cache lock named by `host`'s address (see `cache_lock`), so that a
-/// test's own engine leaves none behind once it is torn down. Never for an engine still in use:
-/// its later holders would lock other files than its current ones.
-#[doc(hidden)]
-pub fn image_cache_lock_files(host: &DockerHost) -> Vec<std::path::PathBuf> {
-    cache_lock::CacheLock::address_files_of(host)
-}
 pub use engine::{is_available as docker_available, Capacity, EngineError};
 pub use host::{BadHost, DockerHost, HOSTS_ENV};
 pub use manage::{
@@ -31,3 +23,11 @@ pub use manage::{
 };
 pub(crate) use reference::validate_reference;
 pub(crate) use removal::{is_gone_within, remove_and_wait, remove_now, Leftover};
+
+/// The files of the image cache lock named by `host`'s address (see `cache_lock`), so that a
+/// test's own engine leaves none behind once it is torn down. Never for an engine still in use:
+/// its later holders would lock other files than its current ones.
+#[doc(hidden)]
+pub fn image_cache_lock_files(host: &DockerHost) -> Vec<std::path::PathBuf> {
+    cache_lock::CacheLock::address_files_of(host)
+}

@@ -120,6 +120,8 @@ fn a_call_to_a_kept_environment_that_died_says_it_stopped() {
     let (code, _, stderr) = cli(&["call", "doomed", "ping"], state.path());
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("environment `doomed` has stopped: its server process") && stderr.contains("is gone"), "{stderr}");
+    // Under the 3 s a connection to a server that never answers would wait for: told from the
+    // record, not found out by trying.
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     let _ = cli(&["cleanup", "doomed"], state.path());
     env.assert_no_process_left();

@@ -137,7 +137,7 @@ fn frozen_owner_loses_its_environments(owned: &dyn Owned) -> Duration {
     // SAFETY: as above; SIGKILL also ends a stopped process.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
-    assert!(left.is_empty(), "a frozen owner's environments outlived a 2 s lease by 30 s: {left:?}");
+    assert!(left.is_empty(), "a frozen owner's environments outlived a 2 s lease by {took:?}: {left:?}");
     took
 }
 

@@ -89,13 +89,22 @@ fn mcp(server: &RunningServer, method: &str, params: serde_json::Value) -> Resul
     }
 }
 
-/// Waits (bounded: 60 s) until `file` exists: a `slow_actor` nap named it, and now sleeps.
-fn wait_for_file(file: &std::path::Path) {
+/// Waits (bounded: 60 s) until `file` exists: a `slow_actor` nap made it, and now sleeps.
+/// Returns when it was made: when the nap started, however late this saw it.
+fn wait_for_file(file: &std::path::Path) -> std::time::SystemTime {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !file.exists() {
+    loop {
+        if let Ok(made) = std::fs::metadata(file).and_then(|m| m.modified()) {
+            return made;
+        }
         assert!(Instant::now() < deadline, "{} did not appear within 60 s", file.display());
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// How long ago `then` was, by the wall clock (a file's time).
+fn since(then: std::time::SystemTime) -> Duration {
+    std::time::SystemTime::now().duration_since(then).unwrap_or_default()
 }
 
 #[test]
@@ -159,17 +168,16 @@ fn a_session_call_whose_http_client_hung_up_still_holds_the_sessions_turn() {
     let napping = env.path().join("napping");
     let nap = |seconds: f64| serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "nap", "arguments": {"seconds": seconds, "started": napping}, "session_id": id}});
     // A client that sends a 3 s call, then hangs up before the answer.
-    let started = Instant::now();
     let body = nap(3.0).to_string();
     let host = server.url("").trim_start_matches("http://").to_string();
     let mut leaver = std::net::TcpStream::connect(&host).unwrap();
     write!(leaver, "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    wait_for_file(&napping);
+    let nap_started = wait_for_file(&napping);
     drop(leaver);
     // The next call of the session waits for the first to end in the worker.
     let second = mcp(&server, "tools/call", nap(0.0)["params"].clone()).unwrap();
     assert_eq!(second["data"], 2, "{second}");
-    assert!(started.elapsed() >= Duration::from_millis(2800), "the second call ran beside the first: {:?}", started.elapsed());
+    assert!(since(nap_started) >= Duration::from_millis(2800), "the second call ran beside the first: {:?} after it started", since(nap_started));
     drop(server);
     env.assert_no_process_left();
 }
@@ -180,11 +188,10 @@ fn a_session_closed_while_its_call_runs_is_dropped_by_the_worker_only_after_that
     let (server, _) = RunningServer::start(&env, &[("MAX_CONCURRENT_ENVS", "1")]);
     let create = || mcp(&server, "openenv/session/create", serde_json::json!({}));
     let id = create().unwrap()["session_id"].as_str().unwrap().to_string();
-    let started = Instant::now();
     let running = env.path().join("napping");
     let napping = std::thread::scope(|scope| {
         let nap = scope.spawn(|| mcp(&server, "tools/call", serde_json::json!({"name": "nap", "arguments": {"seconds": 3.0, "started": running}, "session_id": id})));
-        wait_for_file(&running);
+        let nap_started = wait_for_file(&running);
         let closed = mcp(&server, "openenv/session/close", serde_json::json!({"session_id": id})).unwrap();
         assert_eq!(closed["closed"], true, "{closed}");
         // Its close() waits for the nap, and the slot for its close().
@@ -193,8 +200,8 @@ fn a_session_closed_while_its_call_runs_is_dropped_by_the_worker_only_after_that
             assert!(Instant::now() < deadline && why.contains("at capacity"), "{why}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let free_after = started.elapsed();
-        assert!(free_after >= Duration::from_millis(2800), "the slot came back before the call ended: {free_after:?}");
+        let free_after = since(nap_started);
+        assert!(free_after >= Duration::from_millis(2800), "the slot came back {free_after:?} after the call started, before it ended");
         nap.join().unwrap()
     });
     assert_eq!(napping.unwrap()["data"], 1, "the call ran to its end");

@@ -262,9 +262,10 @@ impl Drop for SecondEngine {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // Before the teardown frees the address (the namespace's number) for another test's engine.
+        self.remove_cache_lock_files();
         let outside = self.netns.replace("rfeng", "rfe") + "a";
         teardown(&self.netns, &outside, &self.dir);
-        self.remove_cache_lock_files();
     }
 }
 

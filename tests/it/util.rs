@@ -73,8 +73,8 @@ impl EnvCopy {
 /// Waits until `list` (processes as "pid cmdline") is empty, for up to `within`, or up to a
 /// minute while every process left has been SIGKILLed (the signal pending, or the exit begun):
 /// those have been dealt with, and the kernel ends them when they next run, which on a machine
-/// starved by the fork bomb test can be late. Returns what is left, each with where it waits,
-/// described as it was seen, since a leftover can go a moment later.
+/// starved by the fork bomb test can be late. Returns what is left, each with where it waits
+/// (its pending signals, and each thread's state and schedstat).
 pub fn wait_until_gone(within: Duration, list: impl Fn() -> Vec<String>) -> Vec<String> {
     let started = Instant::now();
     loop {
@@ -82,10 +82,9 @@ pub fn wait_until_gone(within: Duration, list: impl Fn() -> Vec<String>) -> Vec<
         if left.is_empty() {
             return left;
         }
-        let described: Vec<String> = left.iter().map(|line| format!("{line}\n{}", where_it_waits(line))).collect();
         let all_killed = left.iter().all(|line| line.split_whitespace().next().and_then(|pid| pid.parse().ok()).is_some_and(was_killed));
         if started.elapsed() > if all_killed { within.max(Duration::from_secs(60)) } else { within } {
-            return described;
+            return left.iter().map(|line| format!("{line}\n{}", where_it_waits(line))).collect();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -115,7 +114,7 @@ fn where_it_waits(line: &str) -> String {
     let Some(pid) = line.split_whitespace().next() else { return String::new() };
     let proc = Path::new("/proc").join(pid);
     let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
-    // ShdPnd and SigPnd: whether a SIGKILL (bit 9, 0x100) reached it and waits to be acted on.
+    // ShdPnd and SigPnd: whether a SIGKILL (signal 9, bit 8: 0x100) reached it and waits to be acted on.
     let wanted = ["State", "PPid", "Threads", "ShdPnd", "SigPnd", "SigBlk", "SigIgn", "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"];
     let mut said: Vec<String> = status.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).map(|l| format!("  {l}")).collect();
     for task in std::fs::read_dir(proc.join("task")).into_iter().flatten().flatten() {

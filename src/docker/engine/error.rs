@@ -199,7 +199,7 @@ pub enum EngineError {
         #[source]
         source: Cause,
     },
-    /// Asking an engine what it holds (`docker info`) failed.
+    /// Asking an engine about itself (`docker info`: its capacity, Swarm role or identity) failed.
     #[error("cannot ask {engine} about itself (docker info): {}", said(.source))]
     Info {
         /// The engine.
