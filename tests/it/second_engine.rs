@@ -1,7 +1,7 @@
 //! A second Docker engine, as a second host: its own network namespace with its own address
 //! (a veth pair to this machine), its own data root, exec root, containerd and socket, listening
 //! on plain TCP at that address. Dropping it stops the daemon and removes everything it made:
-//! processes, mounts, folders, the namespace and the veth pair.
+//! processes, mounts, folders, cgroups, the namespace and the veth pair.
 //!
 //! It is started with `nsenter --net` rather than `ip netns exec`, which remounts /sys and so
 //! loses the cgroup v1 mounts dockerd needs, and with a config file of its own (the host's
@@ -290,7 +290,7 @@ impl SecondEngine {
 
 /// Removes what an engine numbered like this left: processes still running from its folder
 /// (containerd, shims, containers' processes) or in its namespace (sshd's sessions), mounts under
-/// it, the folder, the namespace and the veth pair. Quiet about what is not there.
+/// it, the folder, the namespace, the veth pair and its cgroups. Quiet about what is not there.
 fn teardown(netns: &str, outside: &str, dir: &Path) {
     // With its slash, so engine 3's teardown leaves engine 31 alone.
     let folder = format!("{}/", path(dir));
@@ -320,6 +320,22 @@ fn teardown(netns: &str, outside: &str, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     let _ = Command::new("ip").args(["netns", "del", netns]).output();
     let _ = Command::new("ip").args(["link", "del", outside]).output();
+    // The engine's --cgroup-parent, named like its namespace, in every hierarchy: the runtime
+    // makes it for the first container and nobody removes it.
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        remove_cgroup(&hierarchy.path().join(netns));
+    }
+}
+
+/// Removes an empty cgroup and the empty cgroups below it, deepest first (a cgroup's own files
+/// go with its rmdir). Quiet about what is not there or still in use.
+fn remove_cgroup(dir: &Path) {
+    for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if child.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_cgroup(&child.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn path(p: &Path) -> String {
