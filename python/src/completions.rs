@@ -13,7 +13,14 @@
 //! since the loop last looked schedules one `drain`, which completes every queued future on the
 //! loop's own thread. Under load one wake-up serves many calls, and results are converted to
 //! Python objects on the thread that uses them.
+//!
+//! The loop is woken through an eventfd it watches (`loop.add_reader`), which a runtime thread
+//! writes without the GIL. `call_soon_threadsafe` needs the GIL on the runtime thread, and lets go
+//! of it to write the loop's self-pipe: the loop's thread wakes, wants the GIL back, and waits
+//! for the runtime thread to take it again and leave. Those hand-offs, a few wake-ups of sleeping
+//! threads, were most of an awaited call's cost when calls go one at a time.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -38,6 +45,18 @@ struct Queue {
     finished: Mutex<Vec<Finished>>,
     /// True from the moment a drain is scheduled until it starts.
     scheduled: AtomicBool,
+    /// How a finished call has the loop drain.
+    wake: Wake,
+}
+
+/// How a finished call has the loop drain the queue.
+enum Wake {
+    /// An eventfd the loop watches with a [`FdDrain`]: the runtime thread writes it, no GIL needed.
+    Fd(OwnedFd),
+    /// `loop.call_soon_threadsafe(drain)`, with the GIL: for a loop that cannot watch a file
+    /// descriptor (Windows' proactor), one without weak references (a completer per call, which
+    /// must not leave a reader behind), or a system without eventfd.
+    ThreadSafeCall,
 }
 
 /// A weak reference to the loop; a strong one for a loop type that has no weak references (then
@@ -48,6 +67,36 @@ enum LoopRef {
 }
 
 impl Queue {
+    fn new(event_loop: LoopRef, wake: Wake) -> Queue {
+        Queue { event_loop, finished: Mutex::new(Vec::new()), scheduled: AtomicBool::new(false), wake }
+    }
+
+    /// Has the loop drain the queue, from a runtime thread.
+    fn wake_loop(self: &Arc<Queue>) {
+        match &self.wake {
+            Wake::Fd(fd) => {
+                let one: u64 = 1;
+                // SAFETY: an 8-byte write from a live u64 to the eventfd this queue owns, which
+                // stays open while the queue (held by this task) lives. It fails only if the
+                // counter would overflow, which needs 2^64 - 1 wake-ups that nobody reads.
+                unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            }
+            Wake::ThreadSafeCall => {
+                attach_unless_exiting(|py| {
+                    let scheduled = live_loop(py, self).and_then(|event_loop| {
+                        let drain = Bound::new(py, Drain(self.clone())).ok()?;
+                        event_loop.call_method1("call_soon_threadsafe", (drain,)).ok()
+                    });
+                    if scheduled.is_none() {
+                        // The loop is closed or gone: nobody awaits these futures any more.
+                        self.scheduled.store(false, Ordering::SeqCst);
+                        self.finished.lock().clear();
+                    }
+                });
+            }
+        }
+    }
+
     /// Sets the result or exception of every finished call's future (skipping cancelled ones).
     /// Runs on the loop's thread. A future that cannot be completed (its loop closed under it)
     /// is reported as unraisable and the others are still completed.
@@ -81,13 +130,58 @@ pub struct Completer {
 
 #[pymethods]
 impl Completer {
+    /// Made on the loop's own thread (`rayfine.aio` makes it inside a coroutine), where
+    /// `add_reader` may be called.
     #[new]
     fn new(event_loop: &Bound<'_, PyAny>) -> Completer {
-        let event_loop = match pyo3::types::PyWeakrefReference::new(event_loop) {
-            Ok(weak) => LoopRef::Weak(weak.into_any().unbind()),
-            Err(_) => LoopRef::Strong(event_loop.clone().unbind()),
+        let weak = pyo3::types::PyWeakrefReference::new(event_loop).ok();
+        if let (Some(weak), Some(fd)) = (&weak, new_eventfd()) {
+            let raw = fd.as_raw_fd();
+            let queue = Arc::new(Queue::new(LoopRef::Weak(weak.clone().into_any().unbind()), Wake::Fd(fd)));
+            let watched = Bound::new(event_loop.py(), FdDrain(queue.clone())).and_then(|drain| event_loop.call_method1("add_reader", (raw, drain)));
+            if watched.is_ok() {
+                return Completer { queue };
+            }
+        }
+        let event_loop = match weak {
+            Some(weak) => LoopRef::Weak(weak.into_any().unbind()),
+            None => LoopRef::Strong(event_loop.clone().unbind()),
         };
-        Completer { queue: Arc::new(Queue { event_loop, finished: Mutex::new(Vec::new()), scheduled: AtomicBool::new(false) }) }
+        Completer { queue: Arc::new(Queue::new(event_loop, Wake::ThreadSafeCall)) }
+    }
+}
+
+/// A non-blocking eventfd, or `None` where there is none.
+fn new_eventfd() -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The reader a loop runs when its completer's eventfd is written: clears it, then drains. The
+/// eventfd is read before the drain clears `scheduled`, so a call that finishes meanwhile and
+/// writes it again is seen at the loop's next turn.
+#[pyclass(module = "rayfine._rayfine", frozen)]
+struct FdDrain(Arc<Queue>);
+
+#[pymethods]
+impl FdDrain {
+    fn __call__(&self, py: Python<'_>) {
+        if let Wake::Fd(fd) = &self.0.wake {
+            let mut count: u64 = 0;
+            // SAFETY: an 8-byte read into a live u64 from the eventfd the queue owns; on a
+            // non-blocking eventfd that nobody wrote it fails with EAGAIN, which is fine.
+            unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+        }
+        self.0.drain(py);
     }
 }
 
@@ -192,17 +286,7 @@ where
         let outcome = task.await;
         queue.finished.lock().push((handle, outcome));
         if !queue.scheduled.swap(true, Ordering::SeqCst) {
-            attach_unless_exiting(|py| {
-                let scheduled = live_loop(py, &queue).and_then(|event_loop| {
-                    let drain = Bound::new(py, Drain(queue.clone())).ok()?;
-                    event_loop.call_method1("call_soon_threadsafe", (drain,)).ok()
-                });
-                if scheduled.is_none() {
-                    // The loop is closed or gone: nobody awaits these futures any more.
-                    queue.scheduled.store(false, Ordering::SeqCst);
-                    queue.finished.lock().clear();
-                }
-            });
+            queue.wake_loop();
         }
     });
     future.call_method1("add_done_callback", (AbortOnCancel(task.abort_handle()),))?;

@@ -146,6 +146,31 @@ def test_500_concurrent_async_calls_from_one_loop():
     assert not pid_alive(pid)
 
 
+def test_a_loop_is_woken_through_a_descriptor_it_watches_or_else_by_call_soon_threadsafe():
+    """Finished calls wake a selector loop through an eventfd it watches (no GIL on the runtime's
+    thread); a loop that cannot watch one (as Windows' proactor) is woken the other way."""
+
+    class NoReaders(asyncio.SelectorEventLoop):
+        def add_reader(self, fd, callback, *args):
+            raise NotImplementedError("this loop watches no file descriptors")
+
+    async def calls():
+        loop = asyncio.get_running_loop()
+        watched_before = set(loop._selector.get_map())
+        async with await rayfine.aio.load_env(path=ECHO) as env:
+            assert await asyncio.gather(*(env.call("add", i, 1) for i in range(50))) == list(range(1, 51))
+            assert await env.call("add", 1, 2) == 3
+        readers = [key.data[0] for fd, key in loop._selector.get_map().items() if fd not in watched_before]
+        return [type(handle._callback).__name__ for handle in readers if handle is not None]
+
+    assert asyncio.run(calls()) == ["FdDrain"]
+    loop = NoReaders()
+    try:
+        assert loop.run_until_complete(calls()) == []
+    finally:
+        loop.close()
+
+
 def test_a_sync_call_to_a_killed_server_says_it_stopped():
     import os
     import signal
