@@ -42,7 +42,10 @@ type Finished = (Py<PyAny>, Outcome);
 struct Queue {
     /// The asyncio loop the futures belong to.
     event_loop: LoopRef,
-    finished: Mutex<Vec<Finished>>,
+    /// `None` once the loop has stopped watching the eventfd (it was closed): outcomes that come
+    /// after that are dropped, not kept, since their futures would hold the closed loop (the key
+    /// of `rayfine.aio`'s completers) alive for good, and its eventfd open.
+    finished: Mutex<Option<Vec<Finished>>>,
     /// True from the moment a drain is scheduled until it starts.
     scheduled: AtomicBool,
     /// How a finished call has the loop drain.
@@ -68,7 +71,24 @@ enum LoopRef {
 
 impl Queue {
     fn new(event_loop: LoopRef, wake: Wake) -> Queue {
-        Queue { event_loop, finished: Mutex::new(Vec::new()), scheduled: AtomicBool::new(false), wake }
+        Queue { event_loop, finished: Mutex::new(Some(Vec::new())), scheduled: AtomicBool::new(false), wake }
+    }
+
+    /// Queues a finished call's outcome; whether it was (not if the loop is closed).
+    fn push(&self, finished: Finished) -> bool {
+        let mut queued = self.finished.lock();
+        match queued.as_mut() {
+            Some(queued) => {
+                queued.push(finished);
+                true
+            }
+            None => {
+                drop(queued);
+                // Without the GIL: pyo3 defers the references' release to its next entry.
+                drop(finished);
+                false
+            }
+        }
     }
 
     /// Has the loop drain the queue, from a runtime thread.
@@ -90,7 +110,8 @@ impl Queue {
                     if scheduled.is_none() {
                         // The loop is closed or gone: nobody awaits these futures any more.
                         self.scheduled.store(false, Ordering::SeqCst);
-                        self.finished.lock().clear();
+                        let gone = self.finished.lock().as_mut().map(std::mem::take);
+                        drop(gone);
                     }
                 });
             }
@@ -102,7 +123,7 @@ impl Queue {
     /// is reported as unraisable and the others are still completed.
     fn drain(&self, py: Python<'_>) {
         self.scheduled.store(false, Ordering::SeqCst);
-        let finished = std::mem::take(&mut *self.finished.lock());
+        let finished = self.finished.lock().as_mut().map(std::mem::take).unwrap_or_default();
         for (future, outcome) in finished {
             let future = future.bind(py);
             let completed = (|| -> PyResult<()> {
@@ -182,6 +203,15 @@ impl FdDrain {
             unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
         }
         self.0.drain(py);
+    }
+}
+
+/// The loop stopped watching the eventfd: it was closed (its selector's map cleared), with the
+/// GIL held. Whatever is queued will never be completed; what finishes later is not kept.
+impl Drop for FdDrain {
+    fn drop(&mut self) {
+        let left = self.0.finished.lock().take();
+        drop(left);
     }
 }
 
@@ -284,8 +314,7 @@ where
     let handle = future.clone().unbind();
     let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
         let outcome = task.await;
-        queue.finished.lock().push((handle, outcome));
-        if !queue.scheduled.swap(true, Ordering::SeqCst) {
+        if queue.push((handle, outcome)) && !queue.scheduled.swap(true, Ordering::SeqCst) {
             queue.wake_loop();
         }
     });
