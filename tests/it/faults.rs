@@ -10,7 +10,7 @@ use rayfine::{load_env, Error, LoadOptions};
 use serde_json::json;
 
 use super::docker_util::{docker_lines, DockerScope, BASE_IMAGE};
-use super::util::EnvCopy;
+use super::util::{wait_for_file, EnvCopy};
 
 /// Builds the `hostile` fixture in `scope`.
 async fn hostile_image(scope: &DockerScope) -> String {
@@ -87,7 +87,9 @@ async fn sigkill_of_the_owner_at_any_moment_of_a_start_leaves_nothing() {
     let scope = DockerScope::new("startkill");
     let tag = hostile_image(&scope).await;
     let state = tempfile::tempdir().unwrap();
-    let since = docker_lines(&["system", "info", "--format", "{{json .SystemTime}}"]).join("").trim_matches('"').to_string();
+    // The engine's clock, which `docker events` windows are read by.
+    let engine_now = || docker_lines(&["system", "info", "--format", "{{json .SystemTime}}"]).join("").trim_matches('"').to_string();
+    let since = engine_now();
     let kill_after = |delay: u64| {
         let mut owner = Command::new(env!("CARGO_BIN_EXE_rayfine"))
             .args(["run", &tag, "--call", "nap", "-a", "seconds=60"])
@@ -104,7 +106,7 @@ async fn sigkill_of_the_owner_at_any_moment_of_a_start_leaves_nothing() {
     };
     // Containers created by these owners, from the engine's events.
     let created_by = |owners: &[u32]| -> usize {
-        let until = docker_lines(&["system", "info", "--format", "{{json .SystemTime}}"]).join("").trim_matches('"').to_string();
+        let until = engine_now();
         owners
             .iter()
             .map(|pid| {
@@ -218,15 +220,11 @@ async fn a_worker_killed_from_outside_is_not_called_out_of_memory() {
     let env = load_env(LoadOptions::folder(env_dir.path())).await.unwrap();
     let worker = env.call("worker_pid", json!({})).await.unwrap().as_u64().unwrap() as i32;
     let started = env_dir.path().join("napping");
-    let killer = tokio::spawn({
+    let killer = tokio::task::spawn_blocking({
         let started = started.clone();
-        async move {
+        move || {
             // Once the call runs, not after a guess at how long it takes to get there.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !started.exists() {
-                assert!(Instant::now() < deadline, "the nap did not start within 60 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_for_file(&started);
             // SAFETY: signals the worker of the server this test started.
             unsafe { libc::kill(worker, libc::SIGKILL) };
         }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{bench_figure, http, quick_bench, repo, EnvCopy, RunningServer};
+use crate::util::{bench_figure, http, quick_bench, repo, wait_for_file, EnvCopy, RunningServer};
 
 fn openenv_python() -> PathBuf {
     let python = repo().join("target/openenv-venv/bin/python");
@@ -86,19 +86,6 @@ fn mcp(server: &RunningServer, method: &str, params: serde_json::Value) -> Resul
     match answer.get("error") {
         Some(error) => Err(error["message"].as_str().unwrap_or_default().to_string()),
         None => Ok(answer["result"].clone()),
-    }
-}
-
-/// Waits (bounded: 60 s) until `file` exists: a `slow_actor` nap made it, and now sleeps.
-/// Returns when it was made: when the nap started, however late this saw it.
-fn wait_for_file(file: &std::path::Path) -> std::time::SystemTime {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(made) = std::fs::metadata(file).and_then(|m| m.modified()) {
-            return made;
-        }
-        assert!(Instant::now() < deadline, "{} did not appear within 60 s", file.display());
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

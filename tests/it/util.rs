@@ -70,6 +70,19 @@ impl EnvCopy {
     }
 }
 
+/// Waits (bounded: 60 s) until `file` exists: a fixture's method made it (a `nap` named by its
+/// `started` argument) once it ran. Returns when it was made, however late this saw it.
+pub fn wait_for_file(file: &Path) -> std::time::SystemTime {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(made) = std::fs::metadata(file).and_then(|m| m.modified()) {
+            return made;
+        }
+        assert!(Instant::now() < deadline, "{} did not appear within 60 s", file.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until `list` (processes as "pid cmdline") is empty, for up to `within`, or up to a
 /// minute while every process left has been SIGKILLed (the signal pending, or the exit begun):
 /// those have been dealt with, and the kernel ends them when they next run, which on a machine
